@@ -1,0 +1,228 @@
+//! The `notes.v1.NotesService` handlers: validate the request, call the
+//! store as the authenticated caller, map the result.
+//!
+//! - [`page_token`]: opaque, tamper-evident ListNotes page tokens.
+
+pub mod page_token;
+
+use std::{sync::Arc, time::SystemTime};
+
+use notes_api::pb::{
+    self, CreateNoteRequest, DeleteNoteRequest, DeleteNoteResponse, GetNoteRequest,
+    ListNotesRequest, ListNotesResponse, UpdateNoteRequest, notes_service_server::NotesService,
+};
+use tonic::{Request, Response, Status};
+use uuid::Uuid;
+
+pub use page_token::PageTokens;
+
+use crate::{
+    auth::Caller,
+    config::error_chain,
+    store::{NewNote, Note, NoteStore, StoreError},
+};
+
+/// Largest note content, in bytes of UTF-8.
+pub const MAX_CONTENT_BYTES: usize = 65_536;
+/// Largest `request_id`, in bytes.
+pub const MAX_REQUEST_ID_BYTES: usize = 128;
+/// ListNotes page size when the request says 0.
+pub const DEFAULT_PAGE_SIZE: usize = 50;
+/// Largest ListNotes page; larger requests are clamped to it.
+pub const MAX_PAGE_SIZE: usize = 100;
+
+/// The service implementation.
+pub struct NotesApi {
+    store: Arc<dyn NoteStore>,
+    pages: PageTokens,
+}
+
+impl NotesApi {
+    /// Handlers over `store`, sealing page tokens with `pages`.
+    pub fn new(store: Arc<dyn NoteStore>, pages: PageTokens) -> Self {
+        Self { store, pages }
+    }
+}
+
+/// The one mapping of store failures into gRPC statuses. Expected
+/// conditions keep their message; failures are logged with their cause chain
+/// and answered without it.
+impl From<StoreError> for Status {
+    fn from(err: StoreError) -> Self {
+        match &err {
+            StoreError::NotFound(_) => Status::not_found(err.to_string()),
+            StoreError::VersionMismatch { .. } => Status::aborted(err.to_string()),
+            StoreError::RequestIdReused(_) => Status::already_exists(err.to_string()),
+            StoreError::Unavailable(_) => {
+                tracing::warn!(error = %error_chain(&err), "note store unavailable");
+                Status::unavailable("note store is unavailable; retry with backoff")
+            }
+            StoreError::Internal(..) => {
+                tracing::error!(error = %error_chain(&err), "note store failed");
+                Status::internal("internal error")
+            }
+        }
+    }
+}
+
+fn invalid(field: &str, problem: impl std::fmt::Display) -> Status {
+    Status::invalid_argument(format!("{field}: {problem}"))
+}
+
+fn validate_content(field: &str, content: &str) -> Result<(), Status> {
+    if content.is_empty() {
+        return Err(invalid(field, "must not be empty"));
+    }
+    if content.len() > MAX_CONTENT_BYTES {
+        return Err(invalid(
+            field,
+            format_args!(
+                "must be at most {MAX_CONTENT_BYTES} bytes of UTF-8, got {}",
+                content.len()
+            ),
+        ));
+    }
+    Ok(())
+}
+
+fn parse_note_id(note_id: &str) -> Result<Uuid, Status> {
+    if note_id.is_empty() {
+        return Err(invalid("note_id", "is required"));
+    }
+    Uuid::try_parse(note_id).map_err(|_| invalid("note_id", "is not a UUID"))
+}
+
+fn parse_expected_version(expected: i64) -> Result<Option<i64>, Status> {
+    match expected {
+        0 => Ok(None),
+        v if v < 0 => Err(invalid("expected_version", "must not be negative")),
+        v => Ok(Some(v)),
+    }
+}
+
+fn parse_request_id(request_id: String) -> Result<Option<String>, Status> {
+    if request_id.is_empty() {
+        return Ok(None);
+    }
+    if request_id.len() > MAX_REQUEST_ID_BYTES {
+        return Err(invalid(
+            "request_id",
+            format_args!("must be at most {MAX_REQUEST_ID_BYTES} bytes"),
+        ));
+    }
+    if !request_id.bytes().all(|b| b.is_ascii_graphic()) {
+        return Err(invalid(
+            "request_id",
+            "must be printable ASCII without spaces",
+        ));
+    }
+    Ok(Some(request_id))
+}
+
+fn page_size(requested: i32) -> Result<usize, Status> {
+    match usize::try_from(requested) {
+        Err(_) => Err(invalid("page_size", "must not be negative")),
+        Ok(0) => Ok(DEFAULT_PAGE_SIZE),
+        Ok(n) => Ok(n.min(MAX_PAGE_SIZE)),
+    }
+}
+
+fn to_pb(note: Note) -> pb::Note {
+    pb::Note {
+        note_id: note.note_id.to_string(),
+        user_id: note.user_id,
+        content: note.content,
+        create_time: Some(note.create_time.into()),
+        update_time: Some(note.update_time.into()),
+        version: note.version,
+    }
+}
+
+/// The owner of the notes this request may touch: the token's subject.
+fn owner<T>(request: &Request<T>) -> Result<String, Status> {
+    Ok(Caller::of(request)?.subject.clone())
+}
+
+#[tonic::async_trait]
+impl NotesService for NotesApi {
+    async fn create_note(
+        &self,
+        request: Request<CreateNoteRequest>,
+    ) -> Result<Response<pb::Note>, Status> {
+        let owner = owner(&request)?;
+        let req = request.into_inner();
+        validate_content("content", &req.content)?;
+        let request_id = parse_request_id(req.request_id)?;
+        let note = NewNote {
+            note_id: Uuid::now_v7(),
+            content: req.content,
+            now: SystemTime::now(),
+            request_id,
+        };
+        let note = self.store.create(&owner, note).await?;
+        Ok(Response::new(to_pb(note)))
+    }
+
+    async fn get_note(
+        &self,
+        request: Request<GetNoteRequest>,
+    ) -> Result<Response<pb::Note>, Status> {
+        let owner = owner(&request)?;
+        let note_id = parse_note_id(&request.get_ref().note_id)?;
+        let note = self.store.get(&owner, note_id).await?;
+        Ok(Response::new(to_pb(note)))
+    }
+
+    async fn list_notes(
+        &self,
+        request: Request<ListNotesRequest>,
+    ) -> Result<Response<ListNotesResponse>, Status> {
+        let owner = owner(&request)?;
+        let req = request.into_inner();
+        let limit = page_size(req.page_size)?;
+        let after = match req.page_token.as_str() {
+            "" => None,
+            token => Some(
+                self.pages
+                    .open(&owner, token)
+                    .map_err(|e| invalid("page_token", e))?,
+            ),
+        };
+        let page = self.store.list(&owner, limit, after).await?;
+        Ok(Response::new(ListNotesResponse {
+            next_page_token: page
+                .next_after
+                .map(|id| self.pages.seal(&owner, id))
+                .unwrap_or_default(),
+            notes: page.notes.into_iter().map(to_pb).collect(),
+        }))
+    }
+
+    async fn update_note(
+        &self,
+        request: Request<UpdateNoteRequest>,
+    ) -> Result<Response<pb::Note>, Status> {
+        let owner = owner(&request)?;
+        let req = request.into_inner();
+        let note_id = parse_note_id(&req.note_id)?;
+        validate_content("content", &req.content)?;
+        let expected = parse_expected_version(req.expected_version)?;
+        let note = self
+            .store
+            .update(&owner, note_id, req.content, expected, SystemTime::now())
+            .await?;
+        Ok(Response::new(to_pb(note)))
+    }
+
+    async fn delete_note(
+        &self,
+        request: Request<DeleteNoteRequest>,
+    ) -> Result<Response<DeleteNoteResponse>, Status> {
+        let owner = owner(&request)?;
+        let req = request.into_inner();
+        let note_id = parse_note_id(&req.note_id)?;
+        let expected = parse_expected_version(req.expected_version)?;
+        self.store.delete(&owner, note_id, expected).await?;
+        Ok(Response::new(DeleteNoteResponse {}))
+    }
+}

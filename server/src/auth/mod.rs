@@ -1,0 +1,164 @@
+//! Who is calling, and may they?
+//!
+//! Every call's `authorization: Bearer <JWT>` is verified by [`AuthLayer`]
+//! before any handler runs. Handlers receive the result as a typed [`Caller`]
+//! in the request extensions and never look at tokens themselves.
+//!
+//! - [`keys`]: where verification keys come from ([`keys::KeySource`]): a JWKS file or an in-process set.
+//! - [`token`]: the [`token::Verifier`]: header, signature and claim checks.
+//! - [`policy`]: which scopes each method needs, and which services need no token.
+//! - [`layer`]: the tower layer that ties these together per request.
+//! - [`signer`]: signs Cognito-shaped access tokens (dev mode and tests).
+
+pub mod keys;
+pub mod layer;
+pub mod policy;
+pub mod signer;
+pub mod token;
+
+use std::{collections::BTreeSet, sync::Arc};
+
+use tonic::Status;
+
+pub use layer::{AuthLayer, Authenticator};
+pub use policy::{Access, ScopePolicy};
+pub use token::{TokenPolicy, Verifier};
+
+use crate::tls::PeerIdentity;
+
+/// The authenticated caller of one request, put in the request extensions by
+/// [`AuthLayer`].
+#[derive(Debug, Clone)]
+pub struct Caller {
+    /// The token's `sub`: the owner of the notes this call may touch.
+    pub subject: String,
+    /// The token's `client_id`: the Cognito app client that obtained it.
+    pub client_id: String,
+    /// Cognito `username`, absent for machine (client-credentials) tokens.
+    pub username: Option<String>,
+    /// The token's scopes.
+    pub scopes: BTreeSet<String>,
+    /// The client certificate this call arrived over.
+    pub peer: Arc<PeerIdentity>,
+}
+
+impl Caller {
+    /// The caller of `request`, as verified by [`AuthLayer`]. Fails closed:
+    /// a request that did not pass the layer gets UNAUTHENTICATED.
+    pub fn of<T>(request: &tonic::Request<T>) -> Result<&Caller, Status> {
+        request
+            .extensions()
+            .get::<Caller>()
+            .ok_or_else(|| Status::unauthenticated("request was not authenticated"))
+    }
+}
+
+/// Why a call was refused. The `Display` text is sent to the caller, so it
+/// names the failed check and never includes the token.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum AuthError {
+    /// No `authorization` metadata.
+    #[error("missing authorization metadata: expected 'Bearer <access token>'")]
+    MissingToken,
+    /// `authorization` present but not a single `Bearer <token>`.
+    #[error("authorization metadata must be exactly one 'Bearer <access token>'")]
+    MalformedAuthorization,
+    /// Over the size limit; rejected before decoding.
+    #[error("token is larger than {0} bytes")]
+    TooLarge(usize),
+    /// Not a decodable JWT (segments, base64, JSON).
+    #[error("token is not a well-formed JWT")]
+    Malformed,
+    /// The claims do not have the expected types.
+    #[error(
+        "token claims are malformed: a claim has the wrong type or the payload is not a JSON object"
+    )]
+    MalformedClaims,
+    /// The header names an algorithm the policy does not allow.
+    #[error("token algorithm {0} is not allowed")]
+    AlgorithmNotAllowed(String),
+    /// The header carries a key reference that is never trusted.
+    #[error("token header parameter '{0}' is not accepted")]
+    UntrustedHeader(&'static str),
+    /// No `kid` in the header.
+    #[error("token header has no key id (kid)")]
+    MissingKeyId,
+    /// `kid` not in the issuer's key set.
+    #[error("token signing key is unknown to the issuer's key set")]
+    UnknownKey,
+    /// The key's own type or algorithm does not fit the token's algorithm.
+    #[error("token algorithm does not match its signing key")]
+    KeyAlgorithmMismatch,
+    /// The signature does not verify.
+    #[error("token signature is invalid")]
+    BadSignature,
+    /// `exp` is in the past (beyond the leeway).
+    #[error("token has expired")]
+    Expired,
+    /// `nbf` is in the future (beyond the leeway).
+    #[error("token is not yet valid")]
+    NotYetValid,
+    /// `iat` is in the future (beyond the leeway).
+    #[error("token was issued in the future")]
+    IssuedInFuture,
+    /// `iss` is not the configured issuer.
+    #[error("token issuer is not trusted")]
+    WrongIssuer,
+    /// A claim the policy requires is absent.
+    #[error("token has no '{0}' claim")]
+    MissingClaim(&'static str),
+    /// `token_use` is not `access`.
+    #[error("token_use must be 'access', got '{0}'")]
+    WrongTokenUse(String),
+    /// `client_id` is not in the allow-list.
+    #[error("token client_id is not allowed to call this service")]
+    ClientNotAllowed,
+    /// The keys could not be obtained; verification is refused, not skipped.
+    #[error("token keys are unavailable; try again later")]
+    KeysUnavailable,
+    /// The connection carries no verified client certificate.
+    #[error("no verified client certificate on this connection")]
+    NoPeerCertificate,
+    /// A valid token without a scope this method requires.
+    #[error("token lacks required scope '{0}'")]
+    MissingScope(String),
+}
+
+impl AuthError {
+    /// A short, stable code for logs and metrics.
+    pub fn reason(&self) -> &'static str {
+        match self {
+            AuthError::MissingToken => "missing_token",
+            AuthError::MalformedAuthorization => "malformed_authorization",
+            AuthError::TooLarge(_) => "too_large",
+            AuthError::Malformed => "malformed",
+            AuthError::MalformedClaims => "malformed_claims",
+            AuthError::AlgorithmNotAllowed(_) => "algorithm_not_allowed",
+            AuthError::UntrustedHeader(_) => "untrusted_header",
+            AuthError::MissingKeyId => "missing_kid",
+            AuthError::UnknownKey => "unknown_kid",
+            AuthError::KeyAlgorithmMismatch => "key_alg_mismatch",
+            AuthError::BadSignature => "bad_signature",
+            AuthError::Expired => "expired",
+            AuthError::NotYetValid => "not_yet_valid",
+            AuthError::IssuedInFuture => "issued_in_future",
+            AuthError::WrongIssuer => "wrong_issuer",
+            AuthError::MissingClaim(_) => "missing_claim",
+            AuthError::WrongTokenUse(_) => "wrong_token_use",
+            AuthError::ClientNotAllowed => "client_not_allowed",
+            AuthError::KeysUnavailable => "keys_unavailable",
+            AuthError::NoPeerCertificate => "no_peer_certificate",
+            AuthError::MissingScope(_) => "missing_scope",
+        }
+    }
+}
+
+impl From<AuthError> for Status {
+    fn from(err: AuthError) -> Self {
+        match err {
+            AuthError::MissingScope(_) => Status::permission_denied(err.to_string()),
+            AuthError::KeysUnavailable => Status::unavailable(err.to_string()),
+            _ => Status::unauthenticated(err.to_string()),
+        }
+    }
+}

@@ -1,0 +1,205 @@
+//! Typed configuration for `notes-server serve`.
+//!
+//! Every setting is a flag with a `NOTES_*` environment fallback (flags win);
+//! anything invalid fails start-up with a message naming the setting.
+//! Secrets live in [`Secret`], which never prints.
+
+use std::{collections::BTreeSet, fmt, net::SocketAddr, path::PathBuf, sync::Arc, time::Duration};
+
+use crate::{
+    App,
+    api::{PageTokens, page_token::MIN_KEY_LEN},
+    auth::{
+        Authenticator, ScopePolicy, TokenPolicy, Verifier, keys::StaticKeys, token::MAX_LEEWAY,
+    },
+    server::Limits,
+    store::MemoryStore,
+    tls::{self, TlsMaterial},
+};
+
+/// A value that must not reach logs or error messages.
+#[derive(Clone)]
+pub struct Secret<T>(T);
+
+impl<T> Secret<T> {
+    /// Wraps a secret.
+    pub fn new(value: T) -> Self {
+        Self(value)
+    }
+
+    /// The secret itself; call only where it is used.
+    pub fn expose(&self) -> &T {
+        &self.0
+    }
+}
+
+impl<T> fmt::Debug for Secret<T> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("Secret([redacted])")
+    }
+}
+
+/// A start-up configuration error, naming the setting at fault.
+#[derive(Debug, thiserror::Error)]
+#[error("invalid configuration {setting}: {problem}")]
+pub struct ConfigError {
+    /// The flag and environment variable.
+    pub setting: &'static str,
+    /// What is wrong.
+    pub problem: String,
+}
+
+fn config_err(setting: &'static str, problem: impl fmt::Display) -> ConfigError {
+    ConfigError {
+        setting,
+        problem: problem.to_string(),
+    }
+}
+
+/// Settings of `notes-server serve`.
+#[derive(Debug, Clone, clap::Args)]
+pub struct ServeConfig {
+    /// Address to listen on.
+    #[arg(long, env = "NOTES_LISTEN", default_value = "0.0.0.0:50051")]
+    pub listen: SocketAddr,
+    /// Server certificate chain (PEM, leaf first).
+    #[arg(long, env = "NOTES_TLS_CERT")]
+    pub tls_cert: PathBuf,
+    /// Server private key (PEM).
+    #[arg(long, env = "NOTES_TLS_KEY")]
+    pub tls_key: PathBuf,
+    /// CA bundle (PEM) that client certificates must chain to.
+    #[arg(long, env = "NOTES_CLIENT_CA")]
+    pub client_ca: PathBuf,
+    /// Exact token issuer (`iss`), e.g. https://cognito-idp.REGION.amazonaws.com/POOL_ID.
+    #[arg(long, env = "NOTES_ISSUER")]
+    pub issuer: String,
+    /// The issuer's JWKS document, as a file.
+    #[arg(long, env = "NOTES_JWKS_FILE")]
+    pub jwks_file: PathBuf,
+    /// App client ids whose tokens are accepted (comma-separated).
+    #[arg(long, env = "NOTES_CLIENT_IDS", value_delimiter = ',', required = true)]
+    pub client_ids: Vec<String>,
+    /// Scopes required by GetNote and ListNotes (comma-separated; all required).
+    #[arg(
+        long,
+        env = "NOTES_READ_SCOPES",
+        value_delimiter = ',',
+        default_value = "notes/read"
+    )]
+    pub read_scopes: Vec<String>,
+    /// Scopes required by CreateNote, UpdateNote and DeleteNote.
+    #[arg(
+        long,
+        env = "NOTES_WRITE_SCOPES",
+        value_delimiter = ',',
+        default_value = "notes/write"
+    )]
+    pub write_scopes: Vec<String>,
+    /// Clock skew allowed on exp/nbf/iat, in seconds (at most 300).
+    #[arg(long, env = "NOTES_TOKEN_LEEWAY_SECS", default_value_t = 60)]
+    pub token_leeway_secs: u64,
+    /// File holding the page-token key: at least 32 random bytes, the same on every instance.
+    #[arg(long, env = "NOTES_PAGE_TOKEN_KEY_FILE")]
+    pub page_token_key_file: PathBuf,
+    /// Seconds allowed for a TLS handshake.
+    #[arg(long, env = "NOTES_HANDSHAKE_TIMEOUT_SECS", default_value_t = 10)]
+    pub handshake_timeout_secs: u64,
+    /// Seconds in-flight calls get to finish on shutdown.
+    #[arg(long, env = "NOTES_GRACE_PERIOD_SECS", default_value_t = 20)]
+    pub grace_period_secs: u64,
+}
+
+/// The scope lists as a set, dropping blanks.
+fn scope_set(scopes: &[String]) -> BTreeSet<String> {
+    scopes
+        .iter()
+        .map(|s| s.trim().to_owned())
+        .filter(|s| !s.is_empty())
+        .collect()
+}
+
+/// Reads a page-token key file and checks its length.
+pub fn read_page_token_key(path: &std::path::Path) -> Result<Secret<Vec<u8>>, ConfigError> {
+    const SETTING: &str = "--page-token-key-file / NOTES_PAGE_TOKEN_KEY_FILE";
+    let key =
+        std::fs::read(path).map_err(|e| config_err(SETTING, format!("{}: {e}", path.display())))?;
+    if key.len() < MIN_KEY_LEN {
+        return Err(config_err(
+            SETTING,
+            format!(
+                "{} holds {} bytes; at least {MIN_KEY_LEN} are required",
+                path.display(),
+                key.len()
+            ),
+        ));
+    }
+    Ok(Secret::new(key))
+}
+
+impl ServeConfig {
+    /// Checks every setting and assembles the server.
+    pub fn build(&self) -> Result<App, ConfigError> {
+        let leeway = Duration::from_secs(self.token_leeway_secs);
+        if leeway > MAX_LEEWAY {
+            return Err(config_err(
+                "--token-leeway-secs / NOTES_TOKEN_LEEWAY_SECS",
+                format!(
+                    "{} exceeds the maximum of {}",
+                    self.token_leeway_secs,
+                    MAX_LEEWAY.as_secs()
+                ),
+            ));
+        }
+        if self.issuer.trim().is_empty() {
+            return Err(config_err("--issuer / NOTES_ISSUER", "must not be empty"));
+        }
+        let client_ids = scope_set(&self.client_ids);
+        if client_ids.is_empty() {
+            return Err(config_err(
+                "--client-ids / NOTES_CLIENT_IDS",
+                "must name at least one app client",
+            ));
+        }
+        let keys = StaticKeys::from_jwks_file(&self.jwks_file)
+            .map_err(|e| config_err("--jwks-file / NOTES_JWKS_FILE", error_chain(&e)))?;
+        let tls_material = TlsMaterial::from_files(&self.tls_cert, &self.tls_key, &self.client_ca)
+            .map_err(|e| config_err("--tls-cert / --tls-key / --client-ca", error_chain(&e)))?;
+        let tls = tls::server_config(&tls_material)
+            .map_err(|e| config_err("--tls-cert / --tls-key / --client-ca", error_chain(&e)))?;
+        let page_key = read_page_token_key(&self.page_token_key_file)?;
+
+        let mut policy = TokenPolicy::new(self.issuer.trim(), client_ids);
+        policy.leeway = leeway;
+        let scopes = ScopePolicy {
+            read: scope_set(&self.read_scopes),
+            write: scope_set(&self.write_scopes),
+        };
+        Ok(App {
+            store: Arc::new(MemoryStore::new()),
+            authenticator: Arc::new(Authenticator::new(
+                Verifier::new(policy, Arc::new(keys)),
+                scopes,
+            )),
+            tls,
+            page_tokens: PageTokens::new(page_key.expose()),
+            limits: Limits {
+                handshake_timeout: Duration::from_secs(self.handshake_timeout_secs),
+                grace_period: Duration::from_secs(self.grace_period_secs),
+                ..Limits::default()
+            },
+        })
+    }
+}
+
+/// `err` and its sources joined with `: `.
+pub fn error_chain(err: &dyn std::error::Error) -> String {
+    let mut out = err.to_string();
+    let mut source = err.source();
+    while let Some(cause) = source {
+        out.push_str(": ");
+        out.push_str(&cause.to_string());
+        source = cause.source();
+    }
+    out
+}

@@ -1,0 +1,135 @@
+//! Serving: [`run`] takes a bound listener, a shutdown future and the
+//! assembled [`App`], so the binary and the tests start the server the same way.
+
+use std::{future::Future, sync::Arc, time::Duration};
+
+use notes_api::pb::notes_service_server::NotesServiceServer;
+use tokio::net::TcpListener;
+use tokio_rustls::TlsAcceptor;
+use tokio_util::sync::CancellationToken;
+use tonic::transport::Server;
+
+use crate::{
+    api::{NotesApi, PageTokens},
+    auth::{AuthLayer, Authenticator},
+    store::NoteStore,
+    tls,
+};
+
+/// Largest request message accepted: a note's content plus headroom.
+const MAX_MESSAGE_BYTES: usize = 256 * 1024;
+
+/// Everything the server needs, assembled by the caller.
+pub struct App {
+    /// Where notes live.
+    pub store: Arc<dyn NoteStore>,
+    /// Token verification and scope policy.
+    pub authenticator: Arc<Authenticator>,
+    /// The rustls configuration (mutual TLS).
+    pub tls: Arc<rustls::ServerConfig>,
+    /// Page token sealing key.
+    pub page_tokens: PageTokens,
+    /// Timeouts and limits.
+    pub limits: Limits,
+}
+
+/// Timeouts and limits of the serving loop.
+#[derive(Debug, Clone)]
+pub struct Limits {
+    /// A TLS handshake that takes longer is dropped.
+    pub handshake_timeout: Duration,
+    /// How long in-flight calls may finish after shutdown begins.
+    pub grace_period: Duration,
+    /// Per-call deadline enforced by the server.
+    pub request_timeout: Duration,
+}
+
+impl Default for Limits {
+    fn default() -> Self {
+        Self {
+            handshake_timeout: Duration::from_secs(10),
+            grace_period: Duration::from_secs(20),
+            request_timeout: Duration::from_secs(30),
+        }
+    }
+}
+
+/// Failures of the serving loop.
+#[derive(Debug, thiserror::Error)]
+pub enum ServeError {
+    /// Reflection could not load the descriptors.
+    #[error("cannot build gRPC reflection")]
+    Reflection(#[from] tonic_reflection::server::Error),
+    /// The transport failed.
+    #[error("gRPC transport failed")]
+    Transport(#[from] tonic::transport::Error),
+}
+
+/// Serves NotesService, health and reflection on `listener` over mutual TLS
+/// until `shutdown` resolves, then drains in-flight calls for at most the
+/// grace period.
+pub async fn run(
+    listener: TcpListener,
+    shutdown: impl Future<Output = ()> + Send + 'static,
+    app: App,
+) -> Result<(), ServeError> {
+    let (health, health_service) = tonic_health::server::health_reporter();
+    health.set_serving::<NotesServiceServer<NotesApi>>().await;
+
+    let reflection_v1 = tonic_reflection::server::Builder::configure()
+        .register_encoded_file_descriptor_set(notes_api::FILE_DESCRIPTOR_SET)
+        .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
+        .build_v1()?;
+    let reflection_v1alpha = tonic_reflection::server::Builder::configure()
+        .register_encoded_file_descriptor_set(notes_api::FILE_DESCRIPTOR_SET)
+        .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
+        .build_v1alpha()?;
+    let notes = NotesServiceServer::new(NotesApi::new(app.store, app.page_tokens))
+        .max_decoding_message_size(MAX_MESSAGE_BYTES);
+
+    let stop = CancellationToken::new();
+    let local_addr = listener.local_addr().ok();
+    let incoming = tls::accept::incoming(
+        listener,
+        TlsAcceptor::from(app.tls),
+        app.limits.handshake_timeout,
+        stop.clone(),
+    );
+
+    let signal = {
+        let stop = stop.clone();
+        async move {
+            shutdown.await;
+            tracing::info!("shutting down: refusing new connections, draining calls");
+            health
+                .set_not_serving::<NotesServiceServer<NotesApi>>()
+                .await;
+            stop.cancel();
+        }
+    };
+
+    let router = Server::builder()
+        .timeout(app.limits.request_timeout)
+        // Detect dead peers behind load balancers that drop idle flows silently.
+        .http2_keepalive_interval(Some(Duration::from_secs(30)))
+        .http2_keepalive_timeout(Some(Duration::from_secs(10)))
+        // Authentication wraps the router: nothing routes before it decides.
+        .layer(AuthLayer::new(app.authenticator))
+        .add_service(health_service)
+        .add_service(reflection_v1)
+        .add_service(reflection_v1alpha)
+        .add_service(notes);
+
+    tracing::info!(addr = ?local_addr, "serving notes.v1.NotesService over mutual TLS");
+    let serve = router.serve_with_incoming_shutdown(incoming, signal);
+    tokio::pin!(serve);
+    let grace = app.limits.grace_period;
+    tokio::select! {
+        result = &mut serve => result?,
+        _ = async { stop.cancelled().await; tokio::time::sleep(grace).await } => {
+            tracing::warn!(?grace, "grace period ran out with calls in flight; closing them");
+        }
+    }
+    tracing::info!("server stopped");
+    Ok(())
+}

@@ -1,0 +1,127 @@
+//! Where notes live.
+//!
+//! The service talks to a [`NoteStore`]; each backend is one file:
+//! - [`memory`]: the embedded in-memory store (dev mode, fast tests).
+//!
+//! Every method is scoped to one owner (the caller's token subject): there is
+//! no way to address another owner's notes through this trait.
+
+pub mod memory;
+
+use std::time::SystemTime;
+
+use async_trait::async_trait;
+use uuid::Uuid;
+
+pub use memory::MemoryStore;
+
+/// A stored note.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Note {
+    /// Server-made UUIDv7: sorts by creation time.
+    pub note_id: Uuid,
+    /// The owner: the `sub` of the token that created it.
+    pub user_id: String,
+    /// UTF-8 text.
+    pub content: String,
+    /// When it was created.
+    pub create_time: SystemTime,
+    /// When it was last changed.
+    pub update_time: SystemTime,
+    /// 1 on creation, +1 on every update.
+    pub version: i64,
+}
+
+/// A note to create, already validated.
+#[derive(Debug, Clone)]
+pub struct NewNote {
+    /// The id the server chose for it.
+    pub note_id: Uuid,
+    /// Its content.
+    pub content: String,
+    /// The creation time.
+    pub now: SystemTime,
+    /// The caller's idempotency key, if any.
+    pub request_id: Option<String>,
+}
+
+/// One page of a listing, newest first.
+#[derive(Debug, Clone, Default)]
+pub struct NotePage {
+    /// The notes, newest first.
+    pub notes: Vec<Note>,
+    /// Set when more notes may follow: the id to continue after.
+    pub next_after: Option<Uuid>,
+}
+
+/// Failures of a store; expected conditions are variants of their own.
+#[derive(Debug, thiserror::Error)]
+pub enum StoreError {
+    /// No such note for this owner.
+    #[error("note {0} not found")]
+    NotFound(Uuid),
+    /// A conditional write found another version.
+    #[error("note {note_id} is at version {actual}, not the expected {expected}")]
+    VersionMismatch {
+        /// The note.
+        note_id: Uuid,
+        /// The version the caller expected.
+        expected: i64,
+        /// The version stored.
+        actual: i64,
+    },
+    /// The idempotency key was already used for a create with other content.
+    #[error("request_id {0:?} was already used with different content")]
+    RequestIdReused(String),
+    /// The backend is unreachable, throttling or timed out; the call may be retried.
+    #[error("note store unavailable")]
+    Unavailable(#[source] Box<dyn std::error::Error + Send + Sync>),
+    /// Anything else: misconfiguration, denied access, corrupt data.
+    #[error("note store failed: {0}")]
+    Internal(
+        String,
+        #[source] Option<Box<dyn std::error::Error + Send + Sync>>,
+    ),
+}
+
+/// What the handlers need from a backend.
+///
+/// Implementations must make `update` and `delete` atomic with their version
+/// check, and `create` atomic with its idempotency record.
+#[async_trait]
+pub trait NoteStore: Send + Sync + 'static {
+    /// Creates a note. With a `request_id` already used by this owner, returns
+    /// the note first created if the content matches, else
+    /// [`StoreError::RequestIdReused`].
+    async fn create(&self, owner: &str, note: NewNote) -> Result<Note, StoreError>;
+
+    /// Reads one note.
+    async fn get(&self, owner: &str, note_id: Uuid) -> Result<Note, StoreError>;
+
+    /// Lists up to `limit` notes older than `after` (all when `None`), newest first.
+    async fn list(
+        &self,
+        owner: &str,
+        limit: usize,
+        after: Option<Uuid>,
+    ) -> Result<NotePage, StoreError>;
+
+    /// Replaces the content and bumps the version; `expected_version` `None`
+    /// is unconditional.
+    async fn update(
+        &self,
+        owner: &str,
+        note_id: Uuid,
+        content: String,
+        expected_version: Option<i64>,
+        now: SystemTime,
+    ) -> Result<Note, StoreError>;
+
+    /// Deletes a note; `expected_version` `None` is unconditional.
+    async fn delete(
+        &self,
+        owner: &str,
+        note_id: Uuid,
+        expected_version: Option<i64>,
+    ) -> Result<(), StoreError>;
+}

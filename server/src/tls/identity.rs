@@ -1,0 +1,59 @@
+//! What a client certificate says about the caller.
+
+use std::fmt;
+
+use x509_parser::{extensions::GeneralName, prelude::FromDer};
+
+/// The identity of a verified client certificate.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PeerIdentity {
+    /// URI SANs, e.g. `spiffe://example.org/billing`.
+    pub uris: Vec<String>,
+    /// DNS SANs.
+    pub dns_names: Vec<String>,
+    /// The subject distinguished name.
+    pub subject: String,
+    /// SHA-256 of the certificate DER, lowercase hex.
+    pub sha256: String,
+}
+
+impl PeerIdentity {
+    /// Reads the identity from a certificate the TLS handshake already verified.
+    pub fn from_der(der: &[u8]) -> Result<Self, String> {
+        let (_, cert) = x509_parser::certificate::X509Certificate::from_der(der)
+            .map_err(|e| format!("client certificate does not parse: {e}"))?;
+        let mut uris = Vec::new();
+        let mut dns_names = Vec::new();
+        if let Ok(Some(san)) = cert.subject_alternative_name() {
+            for name in &san.value.general_names {
+                match name {
+                    GeneralName::URI(uri) => uris.push((*uri).to_owned()),
+                    GeneralName::DNSName(dns) => dns_names.push((*dns).to_owned()),
+                    _ => {}
+                }
+            }
+        }
+        let digest = aws_lc_rs::digest::digest(&aws_lc_rs::digest::SHA256, der);
+        Ok(Self {
+            uris,
+            dns_names,
+            subject: cert.subject().to_string(),
+            sha256: digest.as_ref().iter().map(|b| format!("{b:02x}")).collect(),
+        })
+    }
+
+    /// The name callers are known by: the first URI SAN, else the first DNS
+    /// SAN, else the subject.
+    pub fn name(&self) -> &str {
+        self.uris
+            .first()
+            .or(self.dns_names.first())
+            .unwrap_or(&self.subject)
+    }
+}
+
+impl fmt::Display for PeerIdentity {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.name())
+    }
+}

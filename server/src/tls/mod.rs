@@ -1,0 +1,147 @@
+//! Mutual TLS: the server's rustls configuration, the accept loop, and the
+//! identity a client certificate proves.
+//!
+//! - [`accept`]: the TLS accept loop feeding tonic, with a handshake timeout.
+//! - [`identity`]: [`PeerIdentity`], extracted once per connection.
+//! - [`pki`]: certificate authority and certificate issuance (dev mode, tests).
+
+pub mod accept;
+pub mod identity;
+pub mod pki;
+
+use std::{path::Path, sync::Arc};
+
+use rustls::{
+    RootCertStore, ServerConfig,
+    crypto::CryptoProvider,
+    pki_types::{CertificateDer, PrivateKeyDer, pem::PemObject},
+    server::WebPkiClientVerifier,
+};
+
+pub use accept::{ConnInfo, TlsConn};
+pub use identity::PeerIdentity;
+
+/// Failures building the TLS configuration.
+#[derive(Debug, thiserror::Error)]
+pub enum TlsError {
+    /// A file could not be read.
+    #[error("cannot read {what} from {path}")]
+    Read {
+        /// Which setting.
+        what: &'static str,
+        /// The file.
+        path: String,
+        /// Why.
+        #[source]
+        source: std::io::Error,
+    },
+    /// PEM content did not parse.
+    #[error("{what} is not valid PEM")]
+    Pem {
+        /// Which setting.
+        what: &'static str,
+        /// Why.
+        #[source]
+        source: rustls::pki_types::pem::Error,
+    },
+    /// PEM parsed but held nothing of the expected kind.
+    #[error("{0} holds no certificate")]
+    Empty(&'static str),
+    /// rustls refused the material (key does not match certificate, bad CA, ...).
+    #[error("TLS configuration rejected: {0}")]
+    Rustls(String),
+}
+
+/// The PEM material a server needs for mutual TLS.
+#[derive(Debug, Clone)]
+pub struct TlsMaterial {
+    /// The server certificate chain, leaf first.
+    pub cert_chain: Vec<CertificateDer<'static>>,
+    /// The server's private key.
+    pub key: Arc<PrivateKeyDer<'static>>,
+    /// The CAs whose client certificates are accepted.
+    pub client_ca: Vec<CertificateDer<'static>>,
+}
+
+impl TlsMaterial {
+    /// Parses PEM bytes.
+    pub fn from_pem(
+        cert_pem: &[u8],
+        key_pem: &[u8],
+        client_ca_pem: &[u8],
+    ) -> Result<Self, TlsError> {
+        Ok(Self {
+            cert_chain: certs(cert_pem, "server certificate")?,
+            key: Arc::new(PrivateKeyDer::from_pem_slice(key_pem).map_err(|source| {
+                TlsError::Pem {
+                    what: "server key",
+                    source,
+                }
+            })?),
+            client_ca: certs(client_ca_pem, "client CA bundle")?,
+        })
+    }
+
+    /// Reads PEM files.
+    pub fn from_files(cert: &Path, key: &Path, client_ca: &Path) -> Result<Self, TlsError> {
+        Self::from_pem(
+            &read(cert, "server certificate")?,
+            &read(key, "server key")?,
+            &read(client_ca, "client CA bundle")?,
+        )
+    }
+}
+
+fn read(path: &Path, what: &'static str) -> Result<Vec<u8>, TlsError> {
+    std::fs::read(path).map_err(|source| TlsError::Read {
+        what,
+        path: path.display().to_string(),
+        source,
+    })
+}
+
+fn certs(pem: &[u8], what: &'static str) -> Result<Vec<CertificateDer<'static>>, TlsError> {
+    let certs = CertificateDer::pem_slice_iter(pem)
+        .collect::<Result<Vec<_>, _>>()
+        .map_err(|source| TlsError::Pem { what, source })?;
+    if certs.is_empty() {
+        return Err(TlsError::Empty(what));
+    }
+    Ok(certs)
+}
+
+/// The one crypto provider this process uses: aws-lc-rs, which the AWS SDK
+/// brings anyway.
+pub fn crypto_provider() -> Arc<CryptoProvider> {
+    Arc::new(rustls::crypto::aws_lc_rs::default_provider())
+}
+
+/// Installs [`crypto_provider`] as the process default, once; later calls
+/// (tests start many servers in one process) are no-ops.
+pub fn install_crypto_provider() {
+    let _ = CryptoProvider::install_default(rustls::crypto::aws_lc_rs::default_provider());
+}
+
+/// The server's rustls configuration: TLS 1.3 preferred, 1.2 allowed (the
+/// provider's suites are all AEAD with forward secrecy), ALPN `h2`, and a
+/// client certificate chaining to `client_ca` required on every connection.
+pub fn server_config(material: &TlsMaterial) -> Result<Arc<ServerConfig>, TlsError> {
+    let provider = crypto_provider();
+    let mut roots = RootCertStore::empty();
+    for ca in &material.client_ca {
+        roots
+            .add(ca.clone())
+            .map_err(|e| TlsError::Rustls(format!("client CA: {e}")))?;
+    }
+    let verifier = WebPkiClientVerifier::builder_with_provider(Arc::new(roots), provider.clone())
+        .build()
+        .map_err(|e| TlsError::Rustls(format!("client verifier: {e}")))?;
+    let mut config = ServerConfig::builder_with_provider(provider)
+        .with_protocol_versions(&[&rustls::version::TLS13, &rustls::version::TLS12])
+        .map_err(|e| TlsError::Rustls(e.to_string()))?
+        .with_client_cert_verifier(verifier)
+        .with_single_cert(material.cert_chain.clone(), material.key.clone_key())
+        .map_err(|e| TlsError::Rustls(format!("server certificate/key: {e}")))?;
+    config.alpn_protocols = vec![b"h2".to_vec()];
+    Ok(Arc::new(config))
+}

@@ -1,0 +1,20 @@
+//! The `notes.v1` API, generated once from `proto/` and shared by the server
+//! (`notes-server`) and the client (`notes-client`).
+//!
+//! # Layout
+//! - [`pb`]: messages, the `NotesService` server trait and client stub.
+//! - [`FILE_DESCRIPTOR_SET`]: the encoded descriptors, served by gRPC reflection.
+
+/// Generated protobuf messages and gRPC stubs for `notes.v1`.
+#[allow(missing_docs, clippy::all, clippy::pedantic)]
+pub mod pb {
+    tonic::include_proto!("notes.v1");
+}
+
+/// The encoded `FileDescriptorSet` of `notes.v1` (with its imports), for
+/// gRPC server reflection.
+pub const FILE_DESCRIPTOR_SET: &[u8] =
+    include_bytes!(concat!(env!("OUT_DIR"), "/notes_descriptor.bin"));
+
+/// Fully qualified name of the service, as used in gRPC paths and reflection.
+pub const SERVICE_NAME: &str = "notes.v1.NotesService";
