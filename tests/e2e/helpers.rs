@@ -1,0 +1,283 @@
+//! The harness: a per-process test PKI and issuer, and [`TestApp`], a server
+//! on an ephemeral port that shuts down when dropped.
+
+use std::{
+    net::SocketAddr,
+    sync::{Arc, OnceLock},
+    time::{Duration, SystemTime, UNIX_EPOCH},
+};
+
+use jsonwebtoken::{Algorithm, EncodingKey, Header, jwk::JwkSet};
+use notes_api::pb::notes_service_client::NotesServiceClient;
+use notes_client::{NotesClient, TlsMaterial};
+use notes_server::{
+    App,
+    api::PageTokens,
+    auth::{Authenticator, ScopePolicy, TokenPolicy, Verifier, keys::StaticKeys},
+    server::Limits,
+    store::MemoryStore,
+    tls::{
+        self,
+        pki::{CertificateAuthority, CertifiedKey, Subject},
+    },
+};
+use serde_json::{Value, json};
+use tokio::{net::TcpListener, sync::oneshot};
+use tonic::transport::{Certificate, Channel, ClientTlsConfig, Endpoint, Identity};
+
+pub const ISSUER: &str = "https://cognito-idp.us-east-1.amazonaws.com/us-east-1_TestPool";
+pub const CLIENT_ID: &str = "test-app-client";
+pub const KID: &str = "test-key-1";
+pub const READ: &str = "notes/read";
+pub const WRITE: &str = "notes/write";
+pub const CLIENT_SPIFFE: &str = "spiffe://notes.test/billing";
+
+const DAY: Duration = Duration::from_secs(24 * 3600);
+
+/// Certificates: one CA for the server and trusted clients, and a second,
+/// untrusted CA with a client certificate of its own.
+pub struct TestPki {
+    pub ca_pem: String,
+    pub server: CertifiedKey,
+    pub client: CertifiedKey,
+    pub foreign_client: CertifiedKey,
+}
+
+/// The token issuer: an RSA key, its JWKS, and one unrelated RSA key.
+pub struct TestIssuer {
+    pub key: EncodingKey,
+    pub public_pem: String,
+    pub jwks: JwkSet,
+    pub other_key: EncodingKey,
+}
+
+pub fn init() {
+    tls::install_crypto_provider();
+    if std::env::var_os("TEST_LOG").is_some() {
+        notes_server::telemetry::init(false);
+    }
+}
+
+pub fn pki() -> &'static TestPki {
+    static PKI: OnceLock<TestPki> = OnceLock::new();
+    PKI.get_or_init(|| {
+        let ca = CertificateAuthority::generate("notes test CA", DAY).unwrap();
+        let server = ca
+            .issue_server(
+                &Subject {
+                    common_name: "localhost".into(),
+                    dns_names: vec!["localhost".into()],
+                    ips: vec!["127.0.0.1".parse().unwrap()],
+                    uris: vec![],
+                },
+                DAY,
+            )
+            .unwrap();
+        let client = ca
+            .issue_client(
+                &Subject {
+                    common_name: "billing".into(),
+                    dns_names: vec!["billing.notes.test".into()],
+                    ips: vec![],
+                    uris: vec![CLIENT_SPIFFE.into()],
+                },
+                DAY,
+            )
+            .unwrap();
+        let foreign = CertificateAuthority::generate("someone else's CA", DAY).unwrap();
+        let foreign_client = foreign
+            .issue_client(
+                &Subject {
+                    common_name: "billing".into(),
+                    uris: vec![CLIENT_SPIFFE.into()],
+                    ..Subject::default()
+                },
+                DAY,
+            )
+            .unwrap();
+        TestPki {
+            ca_pem: ca.cert_pem().to_owned(),
+            server,
+            client,
+            foreign_client,
+        }
+    })
+}
+
+fn rsa_key() -> (EncodingKey, String) {
+    let pair = rcgen::KeyPair::generate_rsa_for(&rcgen::PKCS_RSA_SHA256, rcgen::RsaKeySize::_2048)
+        .unwrap();
+    let key = EncodingKey::from_rsa_pem(pair.serialize_pem().as_bytes()).unwrap();
+    (key, pair.public_key_pem())
+}
+
+pub fn issuer() -> &'static TestIssuer {
+    static ISSUER_KEYS: OnceLock<TestIssuer> = OnceLock::new();
+    ISSUER_KEYS.get_or_init(|| {
+        let (key, public_pem) = rsa_key();
+        let mut jwk = jsonwebtoken::jwk::Jwk::from_encoding_key(&key, Algorithm::RS256).unwrap();
+        jwk.common.key_id = Some(KID.into());
+        let (other_key, _) = rsa_key();
+        TestIssuer {
+            key,
+            public_pem,
+            jwks: JwkSet { keys: vec![jwk] },
+            other_key,
+        }
+    })
+}
+
+pub fn now() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .unwrap()
+        .as_secs()
+}
+
+/// Claims of a valid access token for `subject` with both scopes.
+pub fn claims(subject: &str) -> Value {
+    let now = now();
+    json!({
+        "iss": ISSUER,
+        "sub": subject,
+        "client_id": CLIENT_ID,
+        "username": subject,
+        "token_use": "access",
+        "scope": format!("{READ} {WRITE}"),
+        "auth_time": now,
+        "iat": now,
+        "exp": now + 3600,
+        "jti": uuid::Uuid::new_v4().to_string(),
+    })
+}
+
+/// Signs `claims` RS256 with the issuer's key and `kid`.
+pub fn sign(claims: &Value) -> String {
+    let mut header = Header::new(Algorithm::RS256);
+    header.kid = Some(KID.into());
+    jsonwebtoken::encode(&header, claims, &issuer().key).unwrap()
+}
+
+/// A valid token for `subject`.
+pub fn token_for(subject: &str) -> String {
+    sign(&claims(subject))
+}
+
+/// A running server; dropped, it shuts down.
+pub struct TestApp {
+    pub addr: SocketAddr,
+    shutdown: Option<oneshot::Sender<()>>,
+}
+
+impl Drop for TestApp {
+    fn drop(&mut self) {
+        if let Some(tx) = self.shutdown.take() {
+            let _ = tx.send(());
+        }
+    }
+}
+
+impl TestApp {
+    pub async fn spawn() -> TestApp {
+        init();
+        let pki = pki();
+        let material = tls::TlsMaterial::from_pem(
+            pki.server.cert_pem.as_bytes(),
+            pki.server.key_pem.as_bytes(),
+            pki.ca_pem.as_bytes(),
+        )
+        .unwrap();
+        let keys =
+            StaticKeys::from_jwks_json(&serde_json::to_vec(&issuer().jwks).unwrap()).unwrap();
+        let verifier = Verifier::new(
+            TokenPolicy::new(ISSUER, [CLIENT_ID.to_owned()]),
+            Arc::new(keys),
+        );
+        let scopes = ScopePolicy {
+            read: [READ.to_owned()].into(),
+            write: [WRITE.to_owned()].into(),
+        };
+        let app = App {
+            store: Arc::new(MemoryStore::new()),
+            authenticator: Arc::new(Authenticator::new(verifier, scopes)),
+            tls: tls::server_config(&material).unwrap(),
+            page_tokens: PageTokens::new(b"0123456789abcdef0123456789abcdef"),
+            limits: Limits {
+                handshake_timeout: Duration::from_secs(2),
+                grace_period: Duration::from_secs(2),
+                ..Limits::default()
+            },
+        };
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let (tx, rx) = oneshot::channel();
+        tokio::spawn(async move {
+            notes_server::run(
+                listener,
+                async {
+                    let _ = rx.await;
+                },
+                app,
+            )
+            .await
+            .expect("server failed");
+        });
+        TestApp {
+            addr,
+            shutdown: Some(tx),
+        }
+    }
+
+    pub fn endpoint(&self) -> String {
+        format!("https://localhost:{}", self.addr.port())
+    }
+
+    pub fn tls(&self) -> TlsMaterial {
+        let pki = pki();
+        TlsMaterial {
+            ca_pem: pki.ca_pem.clone().into_bytes(),
+            cert_pem: pki.client.cert_pem.clone().into_bytes(),
+            key_pem: pki.client.key_pem.clone().into_bytes(),
+        }
+    }
+
+    /// The typed client, authenticated as `subject`.
+    pub async fn client_as(&self, subject: &str) -> NotesClient {
+        self.client_with_token(&token_for(subject)).await
+    }
+
+    pub async fn client_with_token(&self, token: &str) -> NotesClient {
+        NotesClient::builder(self.endpoint(), self.tls(), token)
+            .connect()
+            .await
+            .expect("connect")
+    }
+
+    /// An mTLS channel presenting `identity` (or no certificate at all).
+    pub async fn channel(&self, identity: Option<&CertifiedKey>) -> Channel {
+        let mut tls = ClientTlsConfig::new().ca_certificate(Certificate::from_pem(&pki().ca_pem));
+        if let Some(id) = identity {
+            tls = tls.identity(Identity::from_pem(&id.cert_pem, &id.key_pem));
+        }
+        Endpoint::from_shared(self.endpoint())
+            .unwrap()
+            .tls_config(tls)
+            .unwrap()
+            .timeout(Duration::from_secs(5))
+            .connect_lazy()
+    }
+
+    /// The generated stub over a trusted-certificate channel, no token attached.
+    pub async fn raw(&self) -> NotesServiceClient<Channel> {
+        NotesServiceClient::new(self.channel(Some(&pki().client)).await)
+    }
+}
+
+/// A request carrying `authorization: Bearer <token>`.
+pub fn with_token<T>(message: T, token: &str) -> tonic::Request<T> {
+    let mut request = tonic::Request::new(message);
+    request
+        .metadata_mut()
+        .insert("authorization", format!("Bearer {token}").parse().unwrap());
+    request
+}
