@@ -13,7 +13,7 @@ use crate::{
         Authenticator, ScopePolicy, TokenPolicy, Verifier, keys::StaticKeys, token::MAX_LEEWAY,
     },
     server::Limits,
-    store::MemoryStore,
+    store::{DynamoStore, MemoryStore, NoteStore},
     tls::{self, TlsMaterial},
 };
 
@@ -108,6 +108,102 @@ pub struct ServeConfig {
     /// Seconds in-flight calls get to finish on shutdown.
     #[arg(long, env = "NOTES_GRACE_PERIOD_SECS", default_value_t = 20)]
     pub grace_period_secs: u64,
+    /// Where notes live: `dynamodb` (production) or `memory` (one instance, lost on exit).
+    #[arg(long, env = "NOTES_STORE", value_enum, default_value_t = StoreKind::Dynamodb)]
+    pub store: StoreKind,
+    /// DynamoDB settings.
+    #[command(flatten)]
+    pub dynamodb: DynamoConfig,
+}
+
+/// The note store backends.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum StoreKind {
+    /// DynamoDB (`--table`, credentials and region from the standard AWS chain).
+    Dynamodb,
+    /// In process memory: a single instance, notes lost on exit.
+    Memory,
+}
+
+/// DynamoDB connection settings. Region and credentials come from the
+/// standard AWS chain (environment, profile, web identity, ECS/EC2 roles).
+#[derive(Debug, Clone, clap::Args)]
+pub struct DynamoConfig {
+    /// Table name.
+    #[arg(long, env = "NOTES_TABLE", default_value = "notes")]
+    pub table: String,
+    /// Endpoint URL override, for DynamoDB Local, moto or LocalStack.
+    #[arg(long, env = "NOTES_DYNAMODB_ENDPOINT")]
+    pub dynamodb_endpoint: Option<String>,
+    /// Region override (default: the AWS chain, e.g. AWS_REGION).
+    #[arg(long, env = "NOTES_AWS_REGION")]
+    pub aws_region: Option<String>,
+    /// Deadline of one DynamoDB operation including retries, in milliseconds.
+    #[arg(long, env = "NOTES_DYNAMODB_TIMEOUT_MS", default_value_t = 3000)]
+    pub dynamodb_timeout_ms: u64,
+    /// Deadline of one attempt, in milliseconds.
+    #[arg(
+        long,
+        env = "NOTES_DYNAMODB_ATTEMPT_TIMEOUT_MS",
+        default_value_t = 1000
+    )]
+    pub dynamodb_attempt_timeout_ms: u64,
+    /// Attempts per operation (1 = no retry); retries back off with jitter.
+    #[arg(long, env = "NOTES_DYNAMODB_MAX_ATTEMPTS", default_value_t = 3)]
+    pub dynamodb_max_attempts: u32,
+}
+
+impl DynamoConfig {
+    /// A DynamoDB client with these timeouts and retry policy.
+    pub async fn client(&self) -> Result<aws_sdk_dynamodb::Client, ConfigError> {
+        use aws_config::{BehaviorVersion, retry::RetryConfig, timeout::TimeoutConfig};
+        if self.table.trim().is_empty() {
+            return Err(config_err("--table / NOTES_TABLE", "must not be empty"));
+        }
+        if self.dynamodb_max_attempts == 0 {
+            return Err(config_err(
+                "--dynamodb-max-attempts / NOTES_DYNAMODB_MAX_ATTEMPTS",
+                "must be at least 1",
+            ));
+        }
+        let mut loader = aws_config::defaults(BehaviorVersion::latest())
+            .retry_config(
+                RetryConfig::standard()
+                    .with_max_attempts(self.dynamodb_max_attempts)
+                    .with_initial_backoff(Duration::from_millis(50))
+                    .with_max_backoff(Duration::from_secs(1)),
+            )
+            .timeout_config(
+                TimeoutConfig::builder()
+                    .connect_timeout(Duration::from_millis(
+                        self.dynamodb_attempt_timeout_ms.min(1000),
+                    ))
+                    .operation_attempt_timeout(Duration::from_millis(
+                        self.dynamodb_attempt_timeout_ms,
+                    ))
+                    .operation_timeout(Duration::from_millis(self.dynamodb_timeout_ms))
+                    .build(),
+            );
+        if let Some(region) = &self.aws_region {
+            loader = loader.region(aws_config::Region::new(region.clone()));
+        }
+        if let Some(endpoint) = &self.dynamodb_endpoint {
+            loader = loader.endpoint_url(endpoint);
+        }
+        let shared = loader.load().await;
+        if shared.region().is_none() {
+            return Err(config_err(
+                "--aws-region / NOTES_AWS_REGION (or AWS_REGION)",
+                "no AWS region configured",
+            ));
+        }
+        Ok(aws_sdk_dynamodb::Client::new(&shared))
+    }
+
+    /// The store on the configured table.
+    pub async fn store(&self) -> Result<DynamoStore, ConfigError> {
+        Ok(DynamoStore::new(self.client().await?, self.table.trim()))
+    }
 }
 
 /// The scope lists as a set, dropping blanks.
@@ -138,8 +234,8 @@ pub fn read_page_token_key(path: &std::path::Path) -> Result<Secret<Vec<u8>>, Co
 }
 
 impl ServeConfig {
-    /// Checks every setting and assembles the server.
-    pub fn build(&self) -> Result<App, ConfigError> {
+    /// Checks every setting, checks the table, and assembles the server.
+    pub async fn build(&self) -> Result<App, ConfigError> {
         let leeway = Duration::from_secs(self.token_leeway_secs);
         if leeway > MAX_LEEWAY {
             return Err(config_err(
@@ -175,8 +271,24 @@ impl ServeConfig {
             read: scope_set(&self.read_scopes),
             write: scope_set(&self.write_scopes),
         };
+        let store: Arc<dyn NoteStore> = match self.store {
+            StoreKind::Memory => Arc::new(MemoryStore::new()),
+            StoreKind::Dynamodb => {
+                let store = self.dynamodb.store().await?;
+                store.check_table().await.map_err(|e| {
+                    config_err(
+                        "--table / NOTES_TABLE",
+                        format!(
+                            "{} (run `notes-server init-table` to create it)",
+                            error_chain(&e)
+                        ),
+                    )
+                })?;
+                Arc::new(store)
+            }
+        };
         Ok(App {
-            store: Arc::new(MemoryStore::new()),
+            store,
             authenticator: Arc::new(Authenticator::new(
                 Verifier::new(policy, Arc::new(keys)),
                 scopes,

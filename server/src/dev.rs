@@ -34,7 +34,7 @@ use crate::{
         signer::{AccessTokenSpec, TokenSigner},
     },
     server::Limits,
-    store::MemoryStore,
+    store::NoteStore,
     tls::{
         self, TlsMaterial,
         pki::{CertificateAuthority, Subject},
@@ -157,8 +157,8 @@ impl DevMaterial {
         Ok(TokenSigner::from_pem(DEV_KID, &pem)?)
     }
 
-    /// The server on dev defaults: in-memory store, dev PKI and issuer.
-    pub fn app(&self) -> anyhow::Result<App> {
+    /// The server on dev defaults (dev PKI and issuer) over `store`.
+    pub fn app(&self, store: Arc<dyn NoteStore>) -> anyhow::Result<App> {
         let material = TlsMaterial::from_files(
             &self.path("server.pem"),
             &self.path("server.key"),
@@ -175,7 +175,7 @@ impl DevMaterial {
         };
         let page_key = crate::config::read_page_token_key(&self.path("page-token.key"))?;
         Ok(App {
-            store: Arc::new(MemoryStore::new()),
+            store,
             authenticator: Arc::new(Authenticator::new(verifier, scopes)),
             tls: tls::server_config(&material)?,
             page_tokens: PageTokens::new(page_key.expose()),

@@ -1,11 +1,16 @@
 //! `notes-server`: parses configuration, binds the listener and calls
 //! [`notes_server::run`].
 
-use std::{net::SocketAddr, path::PathBuf};
+use std::{net::SocketAddr, path::PathBuf, sync::Arc, time::Duration};
 
 use anyhow::Context;
 use clap::{Parser, Subcommand};
-use notes_server::{config::ServeConfig, dev::DevMaterial, telemetry, tls};
+use notes_server::{
+    config::{DynamoConfig, ServeConfig, StoreKind, error_chain},
+    dev::DevMaterial,
+    store::{MemoryStore, NoteStore},
+    telemetry, tls,
+};
 use tokio::net::TcpListener;
 
 #[derive(Parser)]
@@ -28,9 +33,17 @@ enum Command {
         /// Address to listen on.
         #[arg(long, env = "NOTES_LISTEN", default_value = "127.0.0.1:50051")]
         listen: SocketAddr,
+        /// Where notes live; `dynamodb` creates the table if it is missing.
+        #[arg(long, value_enum, default_value_t = StoreKind::Memory)]
+        store: StoreKind,
+        /// DynamoDB settings, with `--store dynamodb`.
+        #[command(flatten)]
+        dynamodb: DynamoConfig,
     },
     /// Run with explicit configuration (flags or NOTES_* variables).
     Serve(Box<ServeConfig>),
+    /// Create the DynamoDB table if it is missing and wait until it is ACTIVE.
+    InitTable(DynamoConfig),
 }
 
 #[tokio::main]
@@ -40,11 +53,39 @@ async fn main() -> anyhow::Result<()> {
     tls::install_crypto_provider();
 
     let (app, listen, dev) = match cli.command {
-        Command::Dev { dir, listen } => {
+        Command::Dev {
+            dir,
+            listen,
+            store,
+            dynamodb,
+        } => {
+            let store: Arc<dyn NoteStore> = match store {
+                StoreKind::Memory => Arc::new(MemoryStore::new()),
+                StoreKind::Dynamodb => {
+                    let store = dynamodb.store().await?;
+                    store
+                        .init_table(Duration::from_secs(120))
+                        .await
+                        .map_err(|e| anyhow::anyhow!(error_chain(&e)))?;
+                    Arc::new(store)
+                }
+            };
             let material = DevMaterial::ensure(&dir)?;
-            (material.app()?, listen, Some(material))
+            (material.app(store)?, listen, Some(material))
         }
-        Command::Serve(config) => (config.build()?, config.listen, None),
+        Command::Serve(config) => (config.build().await?, config.listen, None),
+        Command::InitTable(config) => {
+            let store = config.store().await?;
+            store
+                .init_table(Duration::from_secs(120))
+                .await
+                .map_err(|e| anyhow::anyhow!(error_chain(&e)))?;
+            println!(
+                "table {:?} is ACTIVE with userId (HASH) + noteId (RANGE)",
+                store.table()
+            );
+            return Ok(());
+        }
     };
     let listener = TcpListener::bind(listen)
         .await
@@ -77,7 +118,7 @@ fn print_dev_instructions(material: &DevMaterial, addr: SocketAddr) {
     let d = material.dir.display();
     let port = addr.port();
     println!(
-        "\nnotes-server dev: listening on {addr} (mutual TLS, in-memory store)\n\
+        "\nnotes-server dev: listening on {addr} (mutual TLS)\n\
          dev material: {d}/ (CA, server and client certificates, signing key, token)\n\
          \n\
          Try the CLI (it finds {d}/ by itself):\n\

@@ -4,11 +4,10 @@ use notes_client::Error;
 use tonic::Code;
 use uuid::Uuid;
 
-use crate::helpers::TestApp;
+use crate::helpers::{Backend, TestApp};
 
-#[tokio::test]
-async fn create_returns_a_version_1_note_with_a_uuidv7_owned_by_the_caller() {
-    let app = TestApp::spawn().await;
+async fn create_returns_a_version_1_note_with_a_uuidv7_owned_by_the_caller(backend: Backend) {
+    let app = TestApp::spawn_on(backend).await;
     let mut client = app.client_as("alice").await;
 
     let note = client.create("first note", None).await.unwrap();
@@ -22,9 +21,8 @@ async fn create_returns_a_version_1_note_with_a_uuidv7_owned_by_the_caller() {
     assert!(note.create_time.is_some());
 }
 
-#[tokio::test]
-async fn get_returns_what_create_stored() {
-    let app = TestApp::spawn().await;
+async fn get_returns_what_create_stored(backend: Backend) {
+    let app = TestApp::spawn_on(backend).await;
     let mut client = app.client_as("alice").await;
     let created = client.create("remember the milk", None).await.unwrap();
 
@@ -33,9 +31,8 @@ async fn get_returns_what_create_stored() {
     assert_eq!(fetched, created);
 }
 
-#[tokio::test]
-async fn update_replaces_content_and_bumps_the_version() {
-    let app = TestApp::spawn().await;
+async fn update_replaces_content_and_bumps_the_version(backend: Backend) {
+    let app = TestApp::spawn_on(backend).await;
     let mut client = app.client_as("alice").await;
     let created = client.create("v1", None).await.unwrap();
 
@@ -48,9 +45,8 @@ async fn update_replaces_content_and_bumps_the_version() {
     assert_eq!(client.get(&created.note_id).await.unwrap(), again);
 }
 
-#[tokio::test]
-async fn update_with_a_stale_version_is_aborted_and_changes_nothing() {
-    let app = TestApp::spawn().await;
+async fn update_with_a_stale_version_is_aborted_and_changes_nothing(backend: Backend) {
+    let app = TestApp::spawn_on(backend).await;
     let mut client = app.client_as("alice").await;
     let note = client.create("original", None).await.unwrap();
     client.update(&note.note_id, "second", 1).await.unwrap();
@@ -66,9 +62,8 @@ async fn update_with_a_stale_version_is_aborted_and_changes_nothing() {
     assert_eq!((stored.version, stored.content.as_str()), (2, "second"));
 }
 
-#[tokio::test]
-async fn delete_with_a_wrong_version_is_aborted_and_the_note_survives() {
-    let app = TestApp::spawn().await;
+async fn delete_with_a_wrong_version_is_aborted_and_the_note_survives(backend: Backend) {
+    let app = TestApp::spawn_on(backend).await;
     let mut client = app.client_as("alice").await;
     let note = client.create("keep me", None).await.unwrap();
 
@@ -78,9 +73,8 @@ async fn delete_with_a_wrong_version_is_aborted_and_the_note_survives() {
     assert_eq!(client.get(&note.note_id).await.unwrap(), note);
 }
 
-#[tokio::test]
-async fn delete_removes_the_note() {
-    let app = TestApp::spawn().await;
+async fn delete_removes_the_note(backend: Backend) {
+    let app = TestApp::spawn_on(backend).await;
     let mut client = app.client_as("alice").await;
     let note = client.create("short-lived", None).await.unwrap();
 
@@ -92,9 +86,8 @@ async fn delete_removes_the_note() {
     assert!(matches!(err, Error::NotFound(_)), "{err}");
 }
 
-#[tokio::test]
-async fn a_retried_create_with_the_same_request_id_returns_the_first_note() {
-    let app = TestApp::spawn().await;
+async fn a_retried_create_with_the_same_request_id_returns_the_first_note(backend: Backend) {
+    let app = TestApp::spawn_on(backend).await;
     let mut client = app.client_as("alice").await;
 
     let first = client.create("once", Some("req-123")).await.unwrap();
@@ -105,9 +98,8 @@ async fn a_retried_create_with_the_same_request_id_returns_the_first_note() {
     assert_eq!(page.notes.len(), 1);
 }
 
-#[tokio::test]
-async fn the_same_request_id_with_other_content_is_already_exists() {
-    let app = TestApp::spawn().await;
+async fn the_same_request_id_with_other_content_is_already_exists(backend: Backend) {
+    let app = TestApp::spawn_on(backend).await;
     let mut client = app.client_as("alice").await;
     client.create("once", Some("req-123")).await.unwrap();
 
@@ -120,9 +112,8 @@ async fn the_same_request_id_with_other_content_is_already_exists() {
     assert_eq!(client.list(0, "").await.unwrap().notes.len(), 1);
 }
 
-#[tokio::test]
-async fn content_must_be_non_empty_and_at_most_64_kib() {
-    let app = TestApp::spawn().await;
+async fn content_must_be_non_empty_and_at_most_64_kib(backend: Backend) {
+    let app = TestApp::spawn_on(backend).await;
     let mut client = app.client_as("alice").await;
 
     let empty = client.create("", None).await.unwrap_err();
@@ -143,9 +134,8 @@ async fn content_must_be_non_empty_and_at_most_64_kib() {
     assert_eq!(client.get(&max.note_id).await.unwrap().version, 1);
 }
 
-#[tokio::test]
-async fn a_note_id_that_is_not_a_uuid_is_invalid_argument() {
-    let app = TestApp::spawn().await;
+async fn a_note_id_that_is_not_a_uuid_is_invalid_argument(backend: Backend) {
+    let app = TestApp::spawn_on(backend).await;
     let mut client = app.client_as("alice").await;
 
     for bad in ["", "not-a-uuid", "0192", "../../etc/passwd"] {
@@ -161,9 +151,8 @@ async fn a_note_id_that_is_not_a_uuid_is_invalid_argument() {
     assert!(matches!(err, Error::InvalidArgument(_)), "{err}");
 }
 
-#[tokio::test]
-async fn a_missing_note_is_not_found() {
-    let app = TestApp::spawn().await;
+async fn a_missing_note_is_not_found(backend: Backend) {
+    let app = TestApp::spawn_on(backend).await;
     let mut client = app.client_as("alice").await;
 
     let err = client.get(&Uuid::now_v7().to_string()).await.unwrap_err();
@@ -171,9 +160,8 @@ async fn a_missing_note_is_not_found() {
     assert!(matches!(err, Error::NotFound(_)), "{err}");
 }
 
-#[tokio::test]
-async fn a_negative_expected_version_is_invalid_argument() {
-    let app = TestApp::spawn().await;
+async fn a_negative_expected_version_is_invalid_argument(backend: Backend) {
+    let app = TestApp::spawn_on(backend).await;
     let mut client = app.client_as("alice").await;
     let note = client.create("x", None).await.unwrap();
 
@@ -185,12 +173,11 @@ async fn a_negative_expected_version_is_invalid_argument() {
     );
 }
 
-#[tokio::test]
-async fn listing_pages_newest_first_with_no_duplicate_or_gap() {
-    let app = TestApp::spawn().await;
+async fn listing_over_four_pages_is_newest_first_with_no_duplicate_or_gap(backend: Backend) {
+    let app = TestApp::spawn_on(backend).await;
     let mut client = app.client_as("alice").await;
     let mut created = Vec::new();
-    for i in 0..7 {
+    for i in 0..11 {
         created.push(
             client
                 .create(&format!("note {i}"), None)
@@ -216,12 +203,11 @@ async fn listing_pages_newest_first_with_no_duplicate_or_gap() {
 
     created.reverse();
     assert_eq!(seen, created);
-    assert_eq!(pages, 3);
+    assert_eq!(pages, 4);
 }
 
-#[tokio::test]
-async fn page_size_defaults_to_50_and_is_capped_at_100() {
-    let app = TestApp::spawn().await;
+async fn page_size_defaults_to_50_and_is_capped_at_100(backend: Backend) {
+    let app = TestApp::spawn_on(backend).await;
     let mut client = app.client_as("alice").await;
     for i in 0..101 {
         client.create(&format!("n{i}"), None).await.unwrap();
@@ -240,9 +226,8 @@ async fn page_size_defaults_to_50_and_is_capped_at_100() {
     );
 }
 
-#[tokio::test]
-async fn a_garbage_or_tampered_page_token_is_invalid_argument() {
-    let app = TestApp::spawn().await;
+async fn a_garbage_or_tampered_page_token_is_invalid_argument(backend: Backend) {
+    let app = TestApp::spawn_on(backend).await;
     let mut client = app.client_as("alice").await;
     for i in 0..3 {
         client.create(&format!("n{i}"), None).await.unwrap();
@@ -266,3 +251,21 @@ async fn a_garbage_or_tampered_page_token_is_invalid_argument() {
     }
     assert_eq!(client.list(1, &token).await.unwrap().notes.len(), 1);
 }
+
+conformance!(
+    create_returns_a_version_1_note_with_a_uuidv7_owned_by_the_caller,
+    get_returns_what_create_stored,
+    update_replaces_content_and_bumps_the_version,
+    update_with_a_stale_version_is_aborted_and_changes_nothing,
+    delete_with_a_wrong_version_is_aborted_and_the_note_survives,
+    delete_removes_the_note,
+    a_retried_create_with_the_same_request_id_returns_the_first_note,
+    the_same_request_id_with_other_content_is_already_exists,
+    content_must_be_non_empty_and_at_most_64_kib,
+    a_note_id_that_is_not_a_uuid_is_invalid_argument,
+    a_missing_note_is_not_found,
+    a_negative_expected_version_is_invalid_argument,
+    listing_over_four_pages_is_newest_first_with_no_duplicate_or_gap,
+    page_size_defaults_to_50_and_is_capped_at_100,
+    a_garbage_or_tampered_page_token_is_invalid_argument,
+);

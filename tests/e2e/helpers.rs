@@ -14,15 +14,19 @@ use notes_server::{
     App,
     api::PageTokens,
     auth::{Authenticator, ScopePolicy, TokenPolicy, Verifier, keys::StaticKeys},
+    config::DynamoConfig,
     server::Limits,
-    store::MemoryStore,
+    store::{MemoryStore, NoteStore},
     tls::{
         self,
         pki::{CertificateAuthority, CertifiedKey, Subject},
     },
 };
 use serde_json::{Value, json};
-use tokio::{net::TcpListener, sync::oneshot};
+use tokio::{
+    net::{TcpListener, TcpStream},
+    sync::{oneshot, watch},
+};
 use tonic::transport::{Certificate, Channel, ClientTlsConfig, Endpoint, Identity};
 
 pub const ISSUER: &str = "https://cognito-idp.us-east-1.amazonaws.com/us-east-1_TestPool";
@@ -177,9 +181,61 @@ impl Drop for TestApp {
     }
 }
 
+/// Which store a test server uses.
+#[derive(Debug, Clone)]
+pub enum Backend {
+    /// The in-memory store.
+    Memory,
+    /// A fresh table on the test DynamoDB server (moto, started by scripts/test).
+    DynamoDb,
+    /// A fresh table on the test DynamoDB server, reached through this endpoint.
+    DynamoDbAt(String),
+}
+
+/// The DynamoDB-compatible server that `scripts/test` started.
+pub fn dynamodb_endpoint() -> String {
+    const HELP: &str =
+        "DynamoDB tests need the moto server: run ./scripts/test, which installs and starts it";
+    let endpoint = std::env::var("NOTES_TEST_DYNAMODB_ENDPOINT").expect(HELP);
+    // Without explicit credentials the AWS chain would probe instance metadata
+    // over the network; the script sets dummy ones for moto.
+    assert!(std::env::var_os("AWS_ACCESS_KEY_ID").is_some(), "{HELP}");
+    endpoint
+}
+
+/// DynamoDB settings for a new, uniquely named table at `endpoint`.
+pub fn dynamodb_config(endpoint: String) -> DynamoConfig {
+    DynamoConfig {
+        table: format!("notes-test-{}", uuid::Uuid::new_v4().simple()),
+        dynamodb_endpoint: Some(endpoint),
+        aws_region: Some("us-east-1".into()),
+        dynamodb_timeout_ms: 3000,
+        dynamodb_attempt_timeout_ms: 1000,
+        dynamodb_max_attempts: 3,
+    }
+}
+
+impl Backend {
+    pub async fn store(&self) -> Arc<dyn NoteStore> {
+        let endpoint = match self {
+            Backend::Memory => return Arc::new(MemoryStore::new()),
+            Backend::DynamoDb => dynamodb_endpoint(),
+            Backend::DynamoDbAt(endpoint) => endpoint.clone(),
+        };
+        let store = dynamodb_config(endpoint).store().await.unwrap();
+        store.init_table(Duration::from_secs(30)).await.unwrap();
+        Arc::new(store)
+    }
+}
+
 impl TestApp {
     pub async fn spawn() -> TestApp {
+        Self::spawn_on(Backend::Memory).await
+    }
+
+    pub async fn spawn_on(backend: Backend) -> TestApp {
         init();
+        let store = backend.store().await;
         let pki = pki();
         let material = tls::TlsMaterial::from_pem(
             pki.server.cert_pem.as_bytes(),
@@ -198,7 +254,7 @@ impl TestApp {
             write: [WRITE.to_owned()].into(),
         };
         let app = App {
-            store: Arc::new(MemoryStore::new()),
+            store,
             authenticator: Arc::new(Authenticator::new(verifier, scopes)),
             tls: tls::server_config(&material).unwrap(),
             page_tokens: PageTokens::new(b"0123456789abcdef0123456789abcdef"),
@@ -280,4 +336,45 @@ pub fn with_token<T>(message: T, token: &str) -> tonic::Request<T> {
         .metadata_mut()
         .insert("authorization", format!("Bearer {token}").parse().unwrap());
     request
+}
+
+/// A TCP proxy to a DynamoDB endpoint that a test can cut and restore: while
+/// down it closes every open connection and refuses new ones, as a crashed or
+/// partitioned DynamoDB would look to the server.
+pub struct Proxy {
+    pub endpoint: String,
+    up: watch::Sender<bool>,
+}
+
+impl Proxy {
+    pub async fn start(upstream: &str) -> Proxy {
+        let upstream = upstream.trim_start_matches("http://").to_owned();
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let endpoint = format!("http://{}", listener.local_addr().unwrap());
+        let (up, watch_up) = watch::channel(true);
+        tokio::spawn(async move {
+            while let Ok((mut inbound, _)) = listener.accept().await {
+                let mut watch_up = watch_up.clone();
+                if !*watch_up.borrow() {
+                    drop(inbound);
+                    continue;
+                }
+                let upstream = upstream.clone();
+                tokio::spawn(async move {
+                    let Ok(mut outbound) = TcpStream::connect(&upstream).await else {
+                        return;
+                    };
+                    tokio::select! {
+                        _ = tokio::io::copy_bidirectional(&mut inbound, &mut outbound) => {}
+                        _ = watch_up.wait_for(|up| !*up) => {}
+                    }
+                });
+            }
+        });
+        Proxy { endpoint, up }
+    }
+
+    pub fn set_up(&self, up: bool) {
+        self.up.send_replace(up);
+    }
 }

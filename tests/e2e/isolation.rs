@@ -4,11 +4,10 @@ use notes_client::Error;
 use tonic::Code;
 use uuid::Uuid;
 
-use crate::helpers::TestApp;
+use crate::helpers::{Backend, TestApp};
 
-#[tokio::test]
-async fn another_users_note_answers_not_found_exactly_like_a_missing_one() {
-    let app = TestApp::spawn().await;
+async fn another_users_note_answers_not_found_exactly_like_a_missing_one(backend: Backend) {
+    let app = TestApp::spawn_on(backend).await;
     let mut alice = app.client_as("alice").await;
     let mut bob = app.client_as("bob").await;
     let note = alice.create("alice's secret", None).await.unwrap();
@@ -25,9 +24,8 @@ async fn another_users_note_answers_not_found_exactly_like_a_missing_one() {
     );
 }
 
-#[tokio::test]
-async fn another_user_cannot_update_or_delete_and_the_note_is_unchanged() {
-    let app = TestApp::spawn().await;
+async fn another_user_cannot_update_or_delete_and_the_note_is_unchanged(backend: Backend) {
+    let app = TestApp::spawn_on(backend).await;
     let mut alice = app.client_as("alice").await;
     let mut bob = app.client_as("bob").await;
     let note = alice.create("alice's", None).await.unwrap();
@@ -48,9 +46,8 @@ async fn another_user_cannot_update_or_delete_and_the_note_is_unchanged() {
     assert_eq!(alice.get(&note.note_id).await.unwrap(), note);
 }
 
-#[tokio::test]
-async fn listing_shows_only_the_callers_notes() {
-    let app = TestApp::spawn().await;
+async fn listing_shows_only_the_callers_notes(backend: Backend) {
+    let app = TestApp::spawn_on(backend).await;
     let mut alice = app.client_as("alice").await;
     let mut bob = app.client_as("bob").await;
     alice.create("a1", None).await.unwrap();
@@ -74,9 +71,8 @@ async fn listing_shows_only_the_callers_notes() {
     assert!(alices.iter().all(|n| n.user_id == "alice"));
 }
 
-#[tokio::test]
-async fn a_page_token_issued_to_one_user_is_refused_for_another() {
-    let app = TestApp::spawn().await;
+async fn a_page_token_issued_to_one_user_is_refused_for_another(backend: Backend) {
+    let app = TestApp::spawn_on(backend).await;
     let mut alice = app.client_as("alice").await;
     let mut bob = app.client_as("bob").await;
     for i in 0..3 {
@@ -92,9 +88,8 @@ async fn a_page_token_issued_to_one_user_is_refused_for_another() {
     );
 }
 
-#[tokio::test]
-async fn the_same_request_id_from_two_users_makes_two_notes() {
-    let app = TestApp::spawn().await;
+async fn the_same_request_id_from_two_users_makes_two_notes(backend: Backend) {
+    let app = TestApp::spawn_on(backend).await;
     let mut alice = app.client_as("alice").await;
     let mut bob = app.client_as("bob").await;
 
@@ -104,3 +99,11 @@ async fn the_same_request_id_from_two_users_makes_two_notes() {
     assert_ne!(a.note_id, b.note_id);
     assert_eq!(b.user_id, "bob");
 }
+
+conformance!(
+    another_users_note_answers_not_found_exactly_like_a_missing_one,
+    another_user_cannot_update_or_delete_and_the_note_is_unchanged,
+    listing_shows_only_the_callers_notes,
+    a_page_token_issued_to_one_user_is_refused_for_another,
+    the_same_request_id_from_two_users_makes_two_notes,
+);

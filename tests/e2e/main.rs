@@ -2,10 +2,38 @@
 //! reached over real TCP and mutual TLS, with RSA-signed tokens.
 //!
 //! One binary, one module per area; [`helpers`] holds the harness.
+//!
+//! The contract suites (`crud`, `isolation`, `concurrency`) run unchanged on
+//! both stores: [`conformance!`] makes a `memory::` and a `dynamodb::` test
+//! of each.
 
+/// For each `async fn name(backend: Backend)`, a test per store.
+macro_rules! conformance {
+    ($($name:ident),* $(,)?) => {
+        mod memory {
+            $(
+                #[tokio::test]
+                async fn $name() {
+                    super::$name(crate::helpers::Backend::Memory).await
+                }
+            )*
+        }
+        mod dynamodb {
+            $(
+                #[tokio::test]
+                async fn $name() {
+                    super::$name(crate::helpers::Backend::DynamoDb).await
+                }
+            )*
+        }
+    };
+}
+
+mod concurrency;
 mod crud;
 mod helpers;
 mod isolation;
+mod outage;
 mod public_services;
 mod tokens;
 mod transport;

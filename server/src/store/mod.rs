@@ -2,10 +2,12 @@
 //!
 //! The service talks to a [`NoteStore`]; each backend is one file:
 //! - [`memory`]: the embedded in-memory store (dev mode, fast tests).
+//! - [`dynamodb`]: DynamoDB, the production store shared by every instance.
 //!
 //! Every method is scoped to one owner (the caller's token subject): there is
 //! no way to address another owner's notes through this trait.
 
+pub mod dynamodb;
 pub mod memory;
 
 use std::time::SystemTime;
@@ -13,6 +15,7 @@ use std::time::SystemTime;
 use async_trait::async_trait;
 use uuid::Uuid;
 
+pub use dynamodb::DynamoStore;
 pub use memory::MemoryStore;
 
 /// A stored note.
