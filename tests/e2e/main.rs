@@ -29,6 +29,7 @@ macro_rules! conformance {
     };
 }
 
+mod binaries;
 mod concurrency;
 mod crud;
 mod helpers;

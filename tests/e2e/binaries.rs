@@ -1,0 +1,228 @@
+//! The shipped binaries, as an operator and a caller run them: `notes-server
+//! init-table` and `serve` configured through NOTES_* variables against the
+//! DynamoDB test server, and the `notes` CLI talking to it.
+
+use std::{
+    net::TcpListener,
+    path::{Path, PathBuf},
+    process::{Output, Stdio},
+    time::Duration,
+};
+
+use tokio::process::{Child, Command};
+
+use crate::helpers::{
+    CLIENT_ID, ISSUER, dynamodb_config, dynamodb_endpoint, issuer, pki, token_for,
+};
+
+/// A binary built next to this test executable (`scripts/test` builds them
+/// with `cargo build --workspace --bins` first).
+fn bin(name: &str) -> PathBuf {
+    let exe = std::env::current_exe().unwrap();
+    let dir = exe.parent().unwrap().parent().unwrap();
+    let path = dir.join(name);
+    assert!(
+        path.exists(),
+        "{} is not built; run the workspace's tests",
+        path.display()
+    );
+    path
+}
+
+fn free_port() -> u16 {
+    TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+/// Writes the PKI, JWKS and page-token key a `serve` needs into `dir`.
+fn write_material(dir: &Path) {
+    let pki = pki();
+    for (name, contents) in [
+        ("server.pem", &pki.server.cert_pem),
+        ("server.key", &pki.server.key_pem),
+        ("ca.pem", &pki.ca_pem),
+        ("client.pem", &pki.client.cert_pem),
+        ("client.key", &pki.client.key_pem),
+    ] {
+        std::fs::write(dir.join(name), contents).unwrap();
+    }
+    std::fs::write(
+        dir.join("jwks.json"),
+        serde_json::to_vec(&issuer().jwks).unwrap(),
+    )
+    .unwrap();
+    std::fs::write(dir.join("page.key"), [9u8; 32]).unwrap();
+}
+
+fn server_command(dir: &Path, table: &str, port: u16) -> Command {
+    let mut cmd = Command::new(bin("notes-server"));
+    cmd.kill_on_drop(true)
+        .arg("serve")
+        .env("NOTES_LISTEN", format!("127.0.0.1:{port}"))
+        .env("NOTES_TLS_CERT", dir.join("server.pem"))
+        .env("NOTES_TLS_KEY", dir.join("server.key"))
+        .env("NOTES_CLIENT_CA", dir.join("ca.pem"))
+        .env("NOTES_ISSUER", ISSUER)
+        .env("NOTES_JWKS_FILE", dir.join("jwks.json"))
+        .env("NOTES_CLIENT_IDS", CLIENT_ID)
+        .env("NOTES_PAGE_TOKEN_KEY_FILE", dir.join("page.key"))
+        .env("NOTES_TABLE", table)
+        .env("NOTES_DYNAMODB_ENDPOINT", dynamodb_endpoint())
+        .env("NOTES_GRACE_PERIOD_SECS", "2");
+    cmd
+}
+
+/// Runs `cmd` to completion, killing it if it takes more than 30 s.
+async fn run(mut cmd: Command) -> Output {
+    cmd.kill_on_drop(true);
+    tokio::time::timeout(Duration::from_secs(30), cmd.output())
+        .await
+        .expect("command did not finish within 30 s")
+        .unwrap()
+}
+
+async fn init_table(table: &str) -> Output {
+    let mut cmd = Command::new(bin("notes-server"));
+    cmd.args(["init-table", "--table", table, "--dynamodb-endpoint"])
+        .arg(dynamodb_endpoint());
+    run(cmd).await
+}
+
+async fn notes(dir: &Path, port: u16, args: &[&str]) -> Output {
+    let mut cmd = Command::new(bin("notes"));
+    cmd.args(["--endpoint", &format!("https://localhost:{port}")])
+        .arg("--ca-cert")
+        .arg(dir.join("ca.pem"))
+        .arg("--cert")
+        .arg(dir.join("client.pem"))
+        .arg("--key")
+        .arg(dir.join("client.key"))
+        .args(["--token", &token_for("cli-user")])
+        .args(args);
+    run(cmd).await
+}
+
+async fn wait_for_port(port: u16) {
+    for _ in 0..200 {
+        if tokio::net::TcpStream::connect(("127.0.0.1", port))
+            .await
+            .is_ok()
+        {
+            return;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    panic!("notes-server did not listen on {port}");
+}
+
+#[tokio::test]
+async fn init_table_is_safe_to_run_twice() {
+    let table = dynamodb_config(dynamodb_endpoint()).table;
+
+    let first = init_table(&table).await;
+    let second = init_table(&table).await;
+
+    for out in [&first, &second] {
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        assert!(String::from_utf8_lossy(&out.stdout).contains("ACTIVE"));
+    }
+}
+
+#[tokio::test]
+async fn serve_on_dynamodb_answers_the_cli_and_stops_gracefully_on_sigterm() {
+    let dir = tempfile::tempdir().unwrap();
+    write_material(dir.path());
+    let table = dynamodb_config(dynamodb_endpoint()).table;
+    assert!(init_table(&table).await.status.success());
+    let port = free_port();
+    let mut server: Child = server_command(dir.path(), &table, port)
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    wait_for_port(port).await;
+
+    let created = notes(dir.path(), port, &["--json", "create", "from the CLI"]).await;
+    assert!(
+        created.status.success(),
+        "{}",
+        String::from_utf8_lossy(&created.stderr)
+    );
+    let note: serde_json::Value = serde_json::from_slice(&created.stdout).unwrap();
+    let id = note["noteId"].as_str().unwrap();
+    let listed = notes(dir.path(), port, &["list"]).await;
+    let missing = notes(
+        dir.path(),
+        port,
+        &["get", &uuid::Uuid::now_v7().to_string()],
+    )
+    .await;
+    let conflict = notes(
+        dir.path(),
+        port,
+        &["update", id, "x", "--expected-version", "7"],
+    )
+    .await;
+    let invalid = notes(dir.path(), port, &["get", "not-a-uuid"]).await;
+
+    assert!(String::from_utf8_lossy(&listed.stdout).contains("from the CLI"));
+    assert_eq!(note["version"], 1);
+    assert_eq!(note["userId"], "cli-user");
+    assert_eq!(missing.status.code(), Some(3));
+    assert_eq!(conflict.status.code(), Some(4));
+    assert_eq!(invalid.status.code(), Some(5));
+
+    let pid = server.id().unwrap().to_string();
+    let kill = std::process::Command::new("kill")
+        .args(["-TERM", &pid])
+        .status()
+        .unwrap();
+    assert!(kill.success());
+    let status = tokio::time::timeout(Duration::from_secs(30), server.wait())
+        .await
+        .expect("notes-server did not stop within 30 s of SIGTERM")
+        .unwrap();
+    assert!(status.success(), "notes-server exited with {status}");
+}
+
+#[tokio::test]
+async fn serve_refuses_to_start_on_a_missing_table_and_names_the_setting() {
+    let dir = tempfile::tempdir().unwrap();
+    write_material(dir.path());
+
+    let out = run(server_command(dir.path(), "no-such-table", free_port())).await;
+
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success());
+    assert!(
+        stderr.contains("NOTES_TABLE") && stderr.contains("init-table"),
+        "{stderr}"
+    );
+}
+
+#[tokio::test]
+async fn serve_refuses_an_invalid_setting_and_names_it() {
+    let dir = tempfile::tempdir().unwrap();
+    write_material(dir.path());
+    std::fs::write(dir.path().join("page.key"), b"short").unwrap();
+
+    let mut leeway = server_command(dir.path(), "notes", free_port());
+    leeway.env("NOTES_TOKEN_LEEWAY_SECS", "3600");
+    let leeway = run(leeway).await;
+    let key = run(server_command(dir.path(), "notes", free_port())).await;
+
+    let leeway = String::from_utf8_lossy(&leeway.stderr);
+    let key = String::from_utf8_lossy(&key.stderr);
+    assert!(leeway.contains("NOTES_TOKEN_LEEWAY_SECS"), "{leeway}");
+    assert!(
+        key.contains("NOTES_PAGE_TOKEN_KEY_FILE") && key.contains("at least 32"),
+        "{key}"
+    );
+}
