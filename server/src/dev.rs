@@ -165,18 +165,18 @@ impl DevMaterial {
             &self.path("ca.pem"),
         )?;
         let keys = StaticKeys::from_jwk_set(&self.signer()?.jwks())?;
+        let scopes = ScopePolicy::same_for_all(
+            [DEV_READ_SCOPE.to_owned()].into(),
+            [DEV_WRITE_SCOPE.to_owned()].into(),
+        );
         let verifier = Verifier::new(
-            TokenPolicy::new(DEV_ISSUER, [DEV_CLIENT_ID.to_owned()]),
+            TokenPolicy::new(DEV_ISSUER, [DEV_CLIENT_ID.to_owned()]).with_scopes(scopes),
             Arc::new(keys),
         );
-        let scopes = ScopePolicy {
-            read: [DEV_READ_SCOPE.to_owned()].into(),
-            write: [DEV_WRITE_SCOPE.to_owned()].into(),
-        };
         let page_key = crate::config::read_page_token_key(&self.path("page-token.key"))?;
         Ok(App {
             store,
-            authenticator: Arc::new(Authenticator::new(verifier, scopes)),
+            authenticator: Arc::new(Authenticator::new(verifier)),
             tls: tls::server_config(&material)?,
             page_tokens: PageTokens::new(page_key.expose()),
             limits: Limits::default(),

@@ -7,7 +7,8 @@ use notes_api::pb::notes_service_server::NotesServiceServer;
 use tokio::net::TcpListener;
 use tokio_rustls::TlsAcceptor;
 use tokio_util::sync::CancellationToken;
-use tonic::transport::Server;
+use tonic::{server::NamedService, transport::Server};
+use tonic_health::{ServingStatus, server::HealthReporter};
 
 use crate::{
     api::{NotesApi, PageTokens},
@@ -65,6 +66,40 @@ pub enum ServeError {
     Transport(#[from] tonic::transport::Error),
 }
 
+/// Sets the status of the server as a whole ("") and of NotesService.
+async fn set_health(health: &HealthReporter, status: ServingStatus) {
+    health.set_service_status("", status).await;
+    health
+        .set_service_status(<NotesServiceServer<NotesApi> as NamedService>::NAME, status)
+        .await;
+}
+
+/// Loads the token keys, retrying with backoff, then reports SERVING.
+async fn become_ready(
+    authenticator: Arc<Authenticator>,
+    health: HealthReporter,
+    stop: CancellationToken,
+) {
+    let mut delay = Duration::from_millis(200);
+    loop {
+        match authenticator.verifier().load_keys().await {
+            Ok(()) => break,
+            Err(err) => {
+                tracing::warn!(error = %err, retry_in = ?delay, "token keys not loaded; not ready");
+            }
+        }
+        tokio::select! {
+            _ = stop.cancelled() => return,
+            _ = tokio::time::sleep(delay) => {}
+        }
+        delay = (delay * 2).min(Duration::from_secs(30));
+    }
+    if !stop.is_cancelled() {
+        set_health(&health, ServingStatus::Serving).await;
+        tracing::info!("token keys loaded; ready");
+    }
+}
+
 /// Serves NotesService, health and reflection on `listener` over mutual TLS
 /// until `shutdown` resolves, then drains in-flight calls for at most the
 /// grace period.
@@ -74,7 +109,16 @@ pub async fn run(
     app: App,
 ) -> Result<(), ServeError> {
     let (health, health_service) = tonic_health::server::health_reporter();
-    health.set_serving::<NotesServiceServer<NotesApi>>().await;
+    let stop = CancellationToken::new();
+    // Not ready until every issuer's keys are loaded: until then health says
+    // NOT_SERVING (load balancers route elsewhere) while loading is retried.
+    set_health(&health, ServingStatus::NotServing).await;
+    tokio::spawn(become_ready(
+        app.authenticator.clone(),
+        health.clone(),
+        stop.clone(),
+    ));
+    app.authenticator.verifier().spawn_refresh(stop.clone());
 
     let reflection_v1 = tonic_reflection::server::Builder::configure()
         .register_encoded_file_descriptor_set(notes_api::FILE_DESCRIPTOR_SET)
@@ -87,7 +131,6 @@ pub async fn run(
     let notes = NotesServiceServer::new(NotesApi::new(app.store, app.page_tokens))
         .max_decoding_message_size(MAX_MESSAGE_BYTES);
 
-    let stop = CancellationToken::new();
     let local_addr = listener.local_addr().ok();
     let incoming = tls::accept::incoming(
         listener,

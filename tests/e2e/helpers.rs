@@ -108,6 +108,21 @@ pub fn pki() -> &'static TestPki {
     })
 }
 
+/// A fresh RSA signing key with its public JWK (`kid` set, RS256).
+pub fn new_key(kid: &str) -> (EncodingKey, jsonwebtoken::jwk::Jwk) {
+    let (key, _) = rsa_key();
+    let mut jwk = jsonwebtoken::jwk::Jwk::from_encoding_key(&key, Algorithm::RS256).unwrap();
+    jwk.common.key_id = Some(kid.into());
+    (key, jwk)
+}
+
+/// Signs `claims` with `alg`, `key` and `kid`.
+pub fn sign_with(alg: Algorithm, kid: &str, claims: &Value, key: &EncodingKey) -> String {
+    let mut header = Header::new(alg);
+    header.kid = Some(kid.into());
+    jsonwebtoken::encode(&header, claims, key).unwrap()
+}
+
 fn rsa_key() -> (EncodingKey, String) {
     let pair = rcgen::KeyPair::generate_rsa_for(&rcgen::PKCS_RSA_SHA256, rcgen::RsaKeySize::_2048)
         .unwrap();
@@ -165,6 +180,24 @@ pub fn sign(claims: &Value) -> String {
 /// A valid token for `subject`.
 pub fn token_for(subject: &str) -> String {
     sign(&claims(subject))
+}
+
+/// The test issuer's policy: its client, both scopes for users and machines.
+pub fn test_policy() -> TokenPolicy {
+    TokenPolicy::new(ISSUER, [CLIENT_ID.to_owned()]).with_scopes(ScopePolicy::same_for_all(
+        [READ.to_owned()].into(),
+        [WRITE.to_owned()].into(),
+    ))
+}
+
+/// The test issuer's keys, as a fixed JWKS.
+pub fn test_keys() -> Arc<StaticKeys> {
+    Arc::new(StaticKeys::from_jwks_json(&serde_json::to_vec(&issuer().jwks).unwrap()).unwrap())
+}
+
+/// The default authenticator of test servers.
+pub fn test_authenticator() -> Authenticator {
+    Authenticator::new(Verifier::new(test_policy(), test_keys()))
 }
 
 /// A running server; dropped, it shuts down.
@@ -234,6 +267,16 @@ impl TestApp {
     }
 
     pub async fn spawn_on(backend: Backend) -> TestApp {
+        Self::spawn_with(backend, test_authenticator()).await
+    }
+
+    /// A server on `backend` deciding with `authenticator`.
+    pub async fn spawn_with(backend: Backend, authenticator: Authenticator) -> TestApp {
+        Self::spawn_shared(backend, Arc::new(authenticator)).await
+    }
+
+    /// Like [`spawn_with`](Self::spawn_with), keeping a handle on the authenticator.
+    pub async fn spawn_shared(backend: Backend, authenticator: Arc<Authenticator>) -> TestApp {
         init();
         let store = backend.store().await;
         let pki = pki();
@@ -243,19 +286,9 @@ impl TestApp {
             pki.ca_pem.as_bytes(),
         )
         .unwrap();
-        let keys =
-            StaticKeys::from_jwks_json(&serde_json::to_vec(&issuer().jwks).unwrap()).unwrap();
-        let verifier = Verifier::new(
-            TokenPolicy::new(ISSUER, [CLIENT_ID.to_owned()]),
-            Arc::new(keys),
-        );
-        let scopes = ScopePolicy {
-            read: [READ.to_owned()].into(),
-            write: [WRITE.to_owned()].into(),
-        };
         let app = App {
             store,
-            authenticator: Arc::new(Authenticator::new(verifier, scopes)),
+            authenticator,
             tls: tls::server_config(&material).unwrap(),
             page_tokens: PageTokens::new(b"0123456789abcdef0123456789abcdef"),
             limits: Limits {

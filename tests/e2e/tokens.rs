@@ -8,7 +8,15 @@ use notes_api::pb::{CreateNoteRequest, ListNotesRequest};
 use serde_json::{Value, json};
 use tonic::{Code, Status};
 
-use crate::helpers::{self, CLIENT_ID, KID, READ, TestApp, claims, issuer, now, sign, with_token};
+use std::sync::Arc;
+
+use jsonwebtoken::jwk::KeyAlgorithm;
+use notes_server::auth::{Authenticator, Verifier, keys::StaticKeys};
+
+use crate::helpers::{
+    self, Backend, CLIENT_ID, KID, READ, TestApp, claims, issuer, new_key, now, sign, sign_with,
+    test_policy, with_token,
+};
 
 async fn list_with(app: &TestApp, token: &str) -> Result<(), Status> {
     app.raw()
@@ -130,59 +138,63 @@ async fn authorization_that_is_not_one_bearer_token_is_unauthenticated() {
     );
 }
 
+/// A token with this header JSON and claims and a signature that does not
+/// matter (the header is refused first).
+fn with_header(header: Value, claims: &Value) -> String {
+    format!("{}.{}.c2lnbmF0dXJl", b64(&header), b64(claims))
+}
+
+struct Case {
+    name: &'static str,
+    token: String,
+    code: Code,
+    fragment: &'static str,
+}
+
+fn refused(name: &'static str, token: String, fragment: &'static str) -> Case {
+    Case {
+        name,
+        token,
+        code: Code::Unauthenticated,
+        fragment,
+    }
+}
+
+/// The test issuer's key set plus a key that declares RS384 for itself.
+fn authenticator_with_an_rs384_key() -> (Authenticator, EncodingKey) {
+    let (rs384_key, mut rs384_jwk) = new_key("rs384-key");
+    rs384_jwk.common.key_algorithm = Some(KeyAlgorithm::RS384);
+    let mut set = issuer().jwks.clone();
+    set.keys.push(rs384_jwk);
+    let keys = StaticKeys::from_jwk_set(&set).unwrap();
+    let auth = Authenticator::new(Verifier::new(test_policy(), Arc::new(keys)));
+    (auth, rs384_key)
+}
+
 #[tokio::test]
 async fn each_kind_of_bad_token_gets_its_code_and_reason() {
-    let app = TestApp::spawn().await;
+    let (auth, rs384_key) = authenticator_with_an_rs384_key();
+    let app = TestApp::spawn_with(Backend::Memory, auth).await;
     let t = now();
     let good = claims("alice");
-    let rs256 = |kid: Option<&str>, claims: &Value, key: &EncodingKey| {
-        let mut header = Header::new(Algorithm::RS256);
-        header.kid = kid.map(str::to_owned);
-        jsonwebtoken::encode(&header, claims, key).unwrap()
-    };
+    let key = &issuer().key;
     let valid = sign(&good);
-    let (head, _, sig) = {
-        let mut parts = valid.split('.');
-        (
-            parts.next().unwrap(),
-            parts.next().unwrap(),
-            parts.next().unwrap(),
-        )
+    let parts: Vec<&str> = valid.split('.').collect();
+    let (head, sig) = (parts[0], parts[2]);
+    let rs256_header = json!({"alg": "RS256", "typ": "JWT", "kid": KID});
+    let header_with = |name: &str, value: Value| {
+        let mut header = rs256_header.clone();
+        header[name] = value;
+        header
     };
-    let hs256_with_public_key = {
-        let mut header = Header::new(Algorithm::HS256);
-        header.kid = Some(KID.into());
-        jsonwebtoken::encode(
-            &header,
-            &good,
-            &EncodingKey::from_secret(issuer().public_pem.as_bytes()),
-        )
-        .unwrap()
-    };
-    let alg_none = format!(
-        "{}.{}.",
-        b64(&json!({"alg": "none", "typ": "JWT", "kid": KID})),
-        b64(&good)
-    );
-    let tampered_payload = format!(
-        "{head}.{}.{sig}",
-        b64(&with(good.clone(), "sub", json!("mallory")))
-    );
-    let mut tampered_sig = sig.to_owned().into_bytes();
-    tampered_sig[10] = if tampered_sig[10] == b'A' { b'B' } else { b'A' };
-    let tampered_sig = format!(
-        "{}.{}",
-        &valid[..valid.rfind('.').unwrap()],
-        String::from_utf8(tampered_sig).unwrap()
-    );
-    let jku_header = {
-        let header =
-            json!({"alg": "RS256", "kid": KID, "jku": "https://attacker.invalid/jwks.json"});
-        format!("{}.{}.{sig}", b64(&header), b64(&good))
-    };
+    let mut flipped = sig.to_owned().into_bytes();
+    flipped[10] = if flipped[10] == b'A' { b'B' } else { b'A' };
+    let flipped = String::from_utf8(flipped).unwrap();
+    let (other_pool_key, _) = new_key("pool-b-key");
+    let other_pool = "https://cognito-idp.eu-west-1.amazonaws.com/eu-west-1_PoolB";
 
-    let cases: Vec<(&str, String, &str)> = vec![
-        (
+    let mut cases = vec![
+        refused(
             "expired",
             sign(&with(
                 with(good.clone(), "exp", json!(t - 3600)),
@@ -191,37 +203,53 @@ async fn each_kind_of_bad_token_gets_its_code_and_reason() {
             )),
             "expired",
         ),
-        (
+        refused(
             "not yet valid",
             sign(&with(good.clone(), "nbf", json!(t + 3600))),
             "not yet valid",
         ),
-        (
+        refused(
             "issued in the future",
             sign(&with(good.clone(), "iat", json!(t + 3600))),
             "issued in the future",
         ),
-        ("no exp", sign(&without(good.clone(), "exp")), "'exp'"),
-        (
+        refused("no exp", sign(&without(good.clone(), "exp")), "'exp'"),
+        refused("no iss", sign(&without(good.clone(), "iss")), "'iss'"),
+        refused(
             "wrong issuer",
             sign(&with(
                 good.clone(),
                 "iss",
-                json!("https://cognito-idp.us-east-1.amazonaws.com/us-east-1_Other"),
+                json!("https://evil.example/pool"),
             )),
             "issuer",
         ),
-        (
+        refused(
+            "another pool's token",
+            sign_with(
+                Algorithm::RS256,
+                "pool-b-key",
+                &with(good.clone(), "iss", json!(other_pool)),
+                &other_pool_key,
+            ),
+            "issuer",
+        ),
+        refused(
+            "our issuer, another pool's key",
+            sign_with(Algorithm::RS256, KID, &good, &other_pool_key),
+            "signature",
+        ),
+        refused(
             "another client_id",
             sign(&with(good.clone(), "client_id", json!("someone-else"))),
             "client_id",
         ),
-        (
+        refused(
             "no client_id",
             sign(&without(good.clone(), "client_id")),
             "'client_id'",
         ),
-        (
+        refused(
             "id token",
             sign(&with(
                 with(good.clone(), "token_use", json!("id")),
@@ -230,63 +258,183 @@ async fn each_kind_of_bad_token_gets_its_code_and_reason() {
             )),
             "token_use",
         ),
-        (
+        refused(
+            "refresh token_use",
+            sign(&with(good.clone(), "token_use", json!("refresh"))),
+            "token_use",
+        ),
+        refused(
             "no token_use",
             sign(&without(good.clone(), "token_use")),
             "'token_use'",
         ),
-        (
+        refused("no sub", sign(&without(good.clone(), "sub")), "'sub'"),
+        refused(
+            "empty sub",
+            sign(&with(good.clone(), "sub", json!(""))),
+            "'sub'",
+        ),
+        refused(
             "exp of the wrong type",
             sign(&with(good.clone(), "exp", json!("tomorrow"))),
-            "'exp'",
+            "claims are malformed",
         ),
-        (
+        refused(
             "sub of the wrong type",
             sign(&with(good.clone(), "sub", json!(42))),
-            "malformed",
+            "claims are malformed",
         ),
-        ("alg none", alg_none, "well-formed"),
-        (
+        refused(
+            "scope of the wrong type",
+            sign(&with(good.clone(), "scope", json!(["notes/read"]))),
+            "claims are malformed",
+        ),
+        refused(
+            "iss of the wrong type",
+            sign(&with(good.clone(), "iss", json!(7))),
+            "claims are malformed",
+        ),
+        refused(
+            "neither user nor client-credentials",
+            sign(&without(good.clone(), "username")),
+            "neither a user token nor a client-credentials token",
+        ),
+        refused(
+            "alg none",
+            format!(
+                "{}.{}.",
+                b64(&json!({"alg": "none", "kid": KID})),
+                b64(&good)
+            ),
+            "well-formed",
+        ),
+        refused(
             "HS256 signed with the public key",
-            hs256_with_public_key,
+            jsonwebtoken::encode(
+                &Header {
+                    kid: Some(KID.into()),
+                    ..Header::new(Algorithm::HS256)
+                },
+                &good,
+                &EncodingKey::from_secret(issuer().public_pem.as_bytes()),
+            )
+            .unwrap(),
             "HS256",
         ),
-        (
+        refused(
+            "RS384 when only RS256 is allowed",
+            sign_with(Algorithm::RS384, KID, &good, key),
+            "RS384",
+        ),
+        refused(
+            "PS256",
+            sign_with(Algorithm::PS256, KID, &good, key),
+            "PS256",
+        ),
+        refused(
+            "key declares another algorithm",
+            sign_with(Algorithm::RS256, "rs384-key", &good, &rs384_key),
+            "does not match",
+        ),
+        refused(
             "unknown kid",
-            rs256(Some("no-such-key"), &good, &issuer().key),
+            sign_with(Algorithm::RS256, "no-such-key", &good, key),
             "unknown",
         ),
-        ("no kid", rs256(None, &good, &issuer().key), "kid"),
-        (
-            "signed by another key",
-            rs256(Some(KID), &good, &issuer().other_key),
+        refused(
+            "no kid",
+            jsonwebtoken::encode(&Header::new(Algorithm::RS256), &good, key).unwrap(),
+            "kid",
+        ),
+        refused(
+            "tampered payload",
+            format!(
+                "{head}.{}.{sig}",
+                b64(&with(good.clone(), "sub", json!("mallory")))
+            ),
             "signature",
         ),
-        ("tampered payload", tampered_payload, "signature"),
-        ("tampered signature", tampered_sig, "signature"),
-        ("jku header", jku_header, "jku"),
-        (
+        refused(
+            "tampered signature",
+            format!("{head}.{}.{flipped}", parts[1]),
+            "signature",
+        ),
+        refused(
+            "jku header",
+            with_header(
+                header_with("jku", json!("https://evil.example/jwks")),
+                &good,
+            ),
+            "'jku'",
+        ),
+        refused(
+            "x5u header",
+            with_header(
+                header_with("x5u", json!("https://evil.example/cert")),
+                &good,
+            ),
+            "'x5u'",
+        ),
+        refused(
+            "embedded jwk header",
+            with_header(
+                header_with("jwk", serde_json::to_value(&issuer().jwks.keys[0]).unwrap()),
+                &good,
+            ),
+            "'jwk'",
+        ),
+        refused(
+            "x5c header",
+            with_header(header_with("x5c", json!(["MIIB"])), &good),
+            "'x5c'",
+        ),
+        refused(
             "two segments",
             format!("{head}.{}", b64(&good)),
             "well-formed",
         ),
-        ("four segments", format!("{valid}.{sig}"), "well-formed"),
-        ("not base64", "!!!.@@@.###".into(), "well-formed"),
-        (
+        refused("four segments", format!("{valid}.{sig}"), "well-formed"),
+        refused("not base64", "!!!.@@@.###".into(), "well-formed"),
+        refused(
+            "header not JSON",
+            format!(
+                "{}.{}.{sig}",
+                URL_SAFE_NO_PAD.encode("not json"),
+                b64(&good)
+            ),
+            "well-formed",
+        ),
+        refused(
             "payload not an object",
             sign(&json!([1, 2, 3])),
             "claims are malformed",
         ),
-        (
+        refused(
             "oversize",
             sign(&with(good.clone(), "pad", json!("x".repeat(9000)))),
             "larger than",
         ),
+        refused(
+            "bound to another certificate",
+            sign(&with(
+                good.clone(),
+                "cnf",
+                json!({"x5t#S256": "AAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAA"}),
+            )),
+            "different client certificate",
+        ),
     ];
+    cases.push(Case {
+        name: "no scopes",
+        token: sign(&without(good.clone(), "scope")),
+        code: Code::PermissionDenied,
+        fragment: "lacks required scope",
+    });
+    assert!(cases.len() >= 40);
 
-    for (case, token, fragment) in &cases {
-        let result = list_with(&app, token).await;
-        assert_refused(result, Code::Unauthenticated, fragment, token, case);
+    for case in &cases {
+        let result = list_with(&app, &case.token).await;
+        assert_refused(result, case.code, case.fragment, &case.token, case.name);
     }
 }
 

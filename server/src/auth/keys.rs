@@ -2,8 +2,8 @@
 //!
 //! The [`Verifier`](super::Verifier) asks a [`KeySource`] for the key a
 //! token's `kid` names. [`StaticKeys`] serves a fixed JWKS (a file, or the dev
-//! issuer's set); a source that fetches and caches a user pool's JWKS over
-//! HTTPS is another implementation of the same trait.
+//! issuer's set); [`RemoteJwks`](super::jwks::RemoteJwks) fetches and caches a
+//! user pool's JWKS over HTTPS.
 
 use std::{collections::HashMap, path::Path, sync::Arc};
 
@@ -49,6 +49,20 @@ pub enum KeyError {
 pub trait KeySource: Send + Sync + 'static {
     /// The key named `kid`, or `None` when the issuer has no such key.
     async fn key(&self, kid: &str) -> Result<Option<Arc<VerifyKey>>, KeyError>;
+
+    /// The key named `kid` if it is known now, without fetching anything.
+    fn cached_key(&self, kid: &str) -> Option<Arc<VerifyKey>>;
+
+    /// Loads the keys; the server reports itself ready only once every
+    /// source has. A fixed set is always loaded.
+    async fn refresh(&self) -> Result<(), KeyError> {
+        Ok(())
+    }
+
+    /// How often [`refresh`](Self::refresh) should run in the background, if at all.
+    fn refresh_interval(&self) -> Option<std::time::Duration> {
+        None
+    }
 }
 
 /// A fixed set of keys.
@@ -56,16 +70,29 @@ pub struct StaticKeys {
     keys: HashMap<String, Arc<VerifyKey>>,
 }
 
+/// The usable keys of a JWKS document, by `kid`.
+pub(crate) fn parse_jwks(json: &[u8]) -> Result<HashMap<String, Arc<VerifyKey>>, KeyError> {
+    let set: JwkSet = serde_json::from_slice(json).map_err(KeyError::Parse)?;
+    let keys = usable_keys(&set);
+    if keys.is_empty() {
+        return Err(KeyError::Empty);
+    }
+    Ok(keys)
+}
+
+fn usable_keys(set: &JwkSet) -> HashMap<String, Arc<VerifyKey>> {
+    set.keys
+        .iter()
+        .filter_map(|jwk| Some((jwk.common.key_id.clone()?, Arc::new(usable_key(jwk)?))))
+        .collect()
+}
+
 impl StaticKeys {
     /// Keeps the RSA signing keys of `set` that have a `kid`; other keys
     /// (EC, symmetric, encryption-only, no kid) are skipped, and a set
     /// with none left is an error.
     pub fn from_jwk_set(set: &JwkSet) -> Result<Self, KeyError> {
-        let keys: HashMap<_, _> = set
-            .keys
-            .iter()
-            .filter_map(|jwk| Some((jwk.common.key_id.clone()?, Arc::new(usable_key(jwk)?))))
-            .collect();
+        let keys = usable_keys(set);
         if keys.is_empty() {
             return Err(KeyError::Empty);
         }
@@ -74,8 +101,9 @@ impl StaticKeys {
 
     /// Parses a JWKS document.
     pub fn from_jwks_json(json: &[u8]) -> Result<Self, KeyError> {
-        let set: JwkSet = serde_json::from_slice(json).map_err(KeyError::Parse)?;
-        Self::from_jwk_set(&set)
+        Ok(Self {
+            keys: parse_jwks(json)?,
+        })
     }
 
     /// Reads a JWKS document from a file.
@@ -111,6 +139,10 @@ fn usable_key(jwk: &Jwk) -> Option<VerifyKey> {
 #[async_trait]
 impl KeySource for StaticKeys {
     async fn key(&self, kid: &str) -> Result<Option<Arc<VerifyKey>>, KeyError> {
-        Ok(self.keys.get(kid).cloned())
+        Ok(self.cached_key(kid))
+    }
+
+    fn cached_key(&self, kid: &str) -> Option<Arc<VerifyKey>> {
+        self.keys.get(kid).cloned()
     }
 }

@@ -5,8 +5,9 @@
 //! (and no unknown path) runs unauthenticated.
 
 use std::{
+    collections::{BTreeMap, BTreeSet, HashMap},
     pin::Pin,
-    sync::Arc,
+    sync::{Arc, Mutex},
     task::{Context, Poll},
 };
 
@@ -14,19 +15,57 @@ use http::{HeaderMap, Request, Response, header::AUTHORIZATION};
 use tonic::{Status, body::Body};
 use tower::{Layer, Service};
 
-use super::{Access, AuthError, Caller, ScopePolicy, Verifier};
+use super::{Access, AuthError, Caller, CallerKind, Verifier};
 use crate::tls::ConnInfo;
 
-/// Verifies tokens and applies the scope policy for one deployment.
+/// Which app clients each client-certificate identity may present tokens of.
+pub type Bindings = HashMap<String, BTreeSet<String>>;
+
+/// Verifies tokens and applies the per-call policy for one deployment.
 pub struct Authenticator {
     verifier: Verifier,
-    scopes: ScopePolicy,
+    bindings: Bindings,
+    rejections: Mutex<BTreeMap<&'static str, u64>>,
 }
 
 impl Authenticator {
-    /// Combines a token verifier with the per-method scope policy.
-    pub fn new(verifier: Verifier, scopes: ScopePolicy) -> Self {
-        Self { verifier, scopes }
+    /// Decides with `verifier`; each issuer's policy comes with it.
+    pub fn new(verifier: Verifier) -> Self {
+        Self {
+            verifier,
+            bindings: Bindings::new(),
+            rejections: Mutex::default(),
+        }
+    }
+
+    /// Restricts the listed certificate identities (URI SAN, else DNS SAN)
+    /// to tokens of the listed app clients; identities not listed are not
+    /// restricted.
+    pub fn with_bindings(mut self, bindings: Bindings) -> Self {
+        self.bindings = bindings;
+        self
+    }
+
+    /// The token verifier.
+    pub fn verifier(&self) -> &Verifier {
+        &self.verifier
+    }
+
+    /// Refusals so far, by reason code.
+    pub fn rejections(&self) -> BTreeMap<&'static str, u64> {
+        self.rejections
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .clone()
+    }
+
+    fn count(&self, reason: &'static str) {
+        *self
+            .rejections
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .entry(reason)
+            .or_default() += 1;
     }
 
     /// Decides one call. `Ok(None)`: a public method, no token needed.
@@ -43,14 +82,41 @@ impl Authenticator {
         }
         let token = bearer_token(headers)?;
         let verified = self.verifier.verify(token).await?;
-        if let Some(scope) = self.scopes.missing(access, &verified.scopes) {
+        let policy = self
+            .verifier
+            .policy(&verified.issuer)
+            .ok_or(AuthError::WrongIssuer)?;
+        // RFC 8705: a certificate-bound token only travels with its certificate.
+        if let Some(thumbprint) = &verified.cnf_x5t_s256
+            && *thumbprint != conn.peer.x5t_s256
+        {
+            return Err(AuthError::CertificateMismatch);
+        }
+        if let Some(allowed) = self.bindings.get(conn.peer.name())
+            && !allowed.contains(&verified.client_id)
+        {
+            return Err(AuthError::ClientNotBound(conn.peer.name().to_owned()));
+        }
+        if verified.kind == CallerKind::User
+            && !policy.required_groups.is_empty()
+            && policy.required_groups.is_disjoint(&verified.groups)
+        {
+            return Err(AuthError::MissingGroup);
+        }
+        if let Some(scope) = policy
+            .scopes
+            .missing(access, verified.kind, &verified.scopes)
+        {
             return Err(AuthError::MissingScope(scope.to_owned()));
         }
         Ok(Some(Caller {
-            subject: verified.subject,
-            client_id: verified.client_id,
-            username: verified.username,
-            scopes: verified.scopes,
+            subject: verified.subject.clone(),
+            kind: verified.kind,
+            issuer: verified.issuer.clone(),
+            groups: verified.groups.clone(),
+            client_id: verified.client_id.clone(),
+            username: verified.username.clone(),
+            scopes: verified.scopes.clone(),
             peer: conn.peer.clone(),
         }))
     }
@@ -142,13 +208,15 @@ where
             match decision {
                 Ok(caller) => {
                     if let Some(caller) = caller {
-                        tracing::debug!(
+                        tracing::info!(
                             target: "notes::audit",
                             method = %path,
                             subject = %caller.subject,
                             client_id = %caller.client_id,
+                            kind = ?caller.kind,
                             peer = %peer,
                             decision = "allow",
+                            reason = "ok",
                         );
                         req.extensions_mut().insert(caller);
                     }
@@ -157,6 +225,7 @@ where
                     inner.call(req).await
                 }
                 Err(err) => {
+                    auth.count(err.reason());
                     tracing::info!(
                         target: "notes::audit",
                         method = %path,

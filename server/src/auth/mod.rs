@@ -5,11 +5,15 @@
 //! in the request extensions and never look at tokens themselves.
 //!
 //! - [`keys`]: where verification keys come from ([`keys::KeySource`]): a JWKS file or an in-process set.
-//! - [`token`]: the [`token::Verifier`]: header, signature and claim checks.
-//! - [`policy`]: which scopes each method needs, and which services need no token.
-//! - [`layer`]: the tower layer that ties these together per request.
+//! - [`jwks`]: a user pool's JWKS over HTTPS: cached, refreshed, refetched on unknown `kid` (rate-limited).
+//! - [`token`]: the [`token::Verifier`]: per-issuer header, signature and claim checks (the issuer check is here).
+//! - [`cache`]: verified tokens, so a reused token skips RSA.
+//! - [`policy`]: which scopes each method needs (users and machines apart), which services need no token.
+//! - [`layer`]: the tower layer: per-call policy (scopes, groups, certificate binding), audit log, counters.
 //! - [`signer`]: signs Cognito-shaped access tokens (dev mode and tests).
 
+pub mod cache;
+pub mod jwks;
 pub mod keys;
 pub mod layer;
 pub mod policy;
@@ -21,10 +25,19 @@ use std::{collections::BTreeSet, sync::Arc};
 use tonic::Status;
 
 pub use layer::{AuthLayer, Authenticator};
-pub use policy::{Access, ScopePolicy};
+pub use policy::{Access, GroupScopes, ScopePolicy};
 pub use token::{TokenPolicy, Verifier};
 
 use crate::tls::PeerIdentity;
+
+/// Who holds a token.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum CallerKind {
+    /// A signed-in user (the token has a `username`).
+    User,
+    /// A service using client credentials (`sub` is the app client id, no `username`).
+    Service,
+}
 
 /// The authenticated caller of one request, put in the request extensions by
 /// [`AuthLayer`].
@@ -32,6 +45,12 @@ use crate::tls::PeerIdentity;
 pub struct Caller {
     /// The token's `sub`: the owner of the notes this call may touch.
     pub subject: String,
+    /// User or service.
+    pub kind: CallerKind,
+    /// The issuer (user pool) that vouched for it.
+    pub issuer: String,
+    /// `cognito:groups`.
+    pub groups: BTreeSet<String>,
     /// The token's `client_id`: the Cognito app client that obtained it.
     pub client_id: String,
     /// Cognito `username`, absent for machine (client-credentials) tokens.
@@ -119,9 +138,21 @@ pub enum AuthError {
     /// The connection carries no verified client certificate.
     #[error("no verified client certificate on this connection")]
     NoPeerCertificate,
+    /// Neither a user token (`username`) nor a client-credentials token (`sub` = `client_id`).
+    #[error("token is neither a user token nor a client-credentials token")]
+    UnknownTokenKind,
+    /// The token is bound (`cnf.x5t#S256`) to another client certificate.
+    #[error("token is bound to a different client certificate")]
+    CertificateMismatch,
     /// A valid token without a scope this method requires.
     #[error("token lacks required scope '{0}'")]
     MissingScope(String),
+    /// A valid user token outside every required group.
+    #[error("token is not in any required group")]
+    MissingGroup,
+    /// This client certificate may not present tokens of this app client.
+    #[error("client certificate '{0}' may not present tokens of this client_id")]
+    ClientNotBound(String),
 }
 
 impl AuthError {
@@ -148,7 +179,11 @@ impl AuthError {
             AuthError::ClientNotAllowed => "client_not_allowed",
             AuthError::KeysUnavailable => "keys_unavailable",
             AuthError::NoPeerCertificate => "no_peer_certificate",
+            AuthError::UnknownTokenKind => "unknown_token_kind",
+            AuthError::CertificateMismatch => "certificate_mismatch",
             AuthError::MissingScope(_) => "missing_scope",
+            AuthError::MissingGroup => "missing_group",
+            AuthError::ClientNotBound(_) => "client_not_bound",
         }
     }
 }
@@ -156,7 +191,9 @@ impl AuthError {
 impl From<AuthError> for Status {
     fn from(err: AuthError) -> Self {
         match err {
-            AuthError::MissingScope(_) => Status::permission_denied(err.to_string()),
+            AuthError::MissingScope(_) | AuthError::MissingGroup | AuthError::ClientNotBound(_) => {
+                Status::permission_denied(err.to_string())
+            }
             AuthError::KeysUnavailable => Status::unavailable(err.to_string()),
             _ => Status::unauthenticated(err.to_string()),
         }

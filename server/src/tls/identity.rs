@@ -2,6 +2,7 @@
 
 use std::fmt;
 
+use base64::{Engine, engine::general_purpose::URL_SAFE_NO_PAD};
 use x509_parser::{extensions::GeneralName, prelude::FromDer};
 
 /// The identity of a verified client certificate.
@@ -15,6 +16,8 @@ pub struct PeerIdentity {
     pub subject: String,
     /// SHA-256 of the certificate DER, lowercase hex.
     pub sha256: String,
+    /// SHA-256 of the certificate DER, base64url: the `x5t#S256` thumbprint of RFC 8705.
+    pub x5t_s256: String,
 }
 
 impl PeerIdentity {
@@ -39,6 +42,7 @@ impl PeerIdentity {
             dns_names,
             subject: cert.subject().to_string(),
             sha256: digest.as_ref().iter().map(|b| format!("{b:02x}")).collect(),
+            x5t_s256: URL_SAFE_NO_PAD.encode(digest.as_ref()),
         })
     }
 

@@ -3,15 +3,19 @@
 //! Every setting is a flag with a `NOTES_*` environment fallback (flags win);
 //! anything invalid fails start-up with a message naming the setting.
 //! Secrets live in [`Secret`], which never prints.
+//!
+//! - [`auth`]: issuers, their JWKS and claim policies, certificate bindings
+//!   (flags for one issuer, or a TOML file for several).
+
+pub mod auth;
 
 use std::{collections::BTreeSet, fmt, net::SocketAddr, path::PathBuf, sync::Arc, time::Duration};
+
+pub use auth::AuthArgs;
 
 use crate::{
     App,
     api::{PageTokens, page_token::MIN_KEY_LEN},
-    auth::{
-        Authenticator, ScopePolicy, TokenPolicy, Verifier, keys::StaticKeys, token::MAX_LEEWAY,
-    },
     server::Limits,
     store::{DynamoStore, MemoryStore, NoteStore},
     tls::{self, TlsMaterial},
@@ -49,7 +53,7 @@ pub struct ConfigError {
     pub problem: String,
 }
 
-fn config_err(setting: &'static str, problem: impl fmt::Display) -> ConfigError {
+pub(crate) fn config_err(setting: &'static str, problem: impl fmt::Display) -> ConfigError {
     ConfigError {
         setting,
         problem: problem.to_string(),
@@ -71,34 +75,9 @@ pub struct ServeConfig {
     /// CA bundle (PEM) that client certificates must chain to.
     #[arg(long, env = "NOTES_CLIENT_CA")]
     pub client_ca: PathBuf,
-    /// Exact token issuer (`iss`), e.g. https://cognito-idp.REGION.amazonaws.com/POOL_ID.
-    #[arg(long, env = "NOTES_ISSUER")]
-    pub issuer: String,
-    /// The issuer's JWKS document, as a file.
-    #[arg(long, env = "NOTES_JWKS_FILE")]
-    pub jwks_file: PathBuf,
-    /// App client ids whose tokens are accepted (comma-separated).
-    #[arg(long, env = "NOTES_CLIENT_IDS", value_delimiter = ',', required = true)]
-    pub client_ids: Vec<String>,
-    /// Scopes required by GetNote and ListNotes (comma-separated; all required).
-    #[arg(
-        long,
-        env = "NOTES_READ_SCOPES",
-        value_delimiter = ',',
-        default_value = "notes/read"
-    )]
-    pub read_scopes: Vec<String>,
-    /// Scopes required by CreateNote, UpdateNote and DeleteNote.
-    #[arg(
-        long,
-        env = "NOTES_WRITE_SCOPES",
-        value_delimiter = ',',
-        default_value = "notes/write"
-    )]
-    pub write_scopes: Vec<String>,
-    /// Clock skew allowed on exp/nbf/iat, in seconds (at most 300).
-    #[arg(long, env = "NOTES_TOKEN_LEEWAY_SECS", default_value_t = 60)]
-    pub token_leeway_secs: u64,
+    /// Token issuers, policies and certificate bindings.
+    #[command(flatten)]
+    pub auth: AuthArgs,
     /// File holding the page-token key: at least 32 random bytes, the same on every instance.
     #[arg(long, env = "NOTES_PAGE_TOKEN_KEY_FILE")]
     pub page_token_key_file: PathBuf,
@@ -206,8 +185,8 @@ impl DynamoConfig {
     }
 }
 
-/// The scope lists as a set, dropping blanks.
-fn scope_set(scopes: &[String]) -> BTreeSet<String> {
+/// The list as a set, dropping blanks.
+pub(crate) fn scope_set(scopes: &[String]) -> BTreeSet<String> {
     scopes
         .iter()
         .map(|s| s.trim().to_owned())
@@ -236,41 +215,13 @@ pub fn read_page_token_key(path: &std::path::Path) -> Result<Secret<Vec<u8>>, Co
 impl ServeConfig {
     /// Checks every setting, checks the table, and assembles the server.
     pub async fn build(&self) -> Result<App, ConfigError> {
-        let leeway = Duration::from_secs(self.token_leeway_secs);
-        if leeway > MAX_LEEWAY {
-            return Err(config_err(
-                "--token-leeway-secs / NOTES_TOKEN_LEEWAY_SECS",
-                format!(
-                    "{} exceeds the maximum of {}",
-                    self.token_leeway_secs,
-                    MAX_LEEWAY.as_secs()
-                ),
-            ));
-        }
-        if self.issuer.trim().is_empty() {
-            return Err(config_err("--issuer / NOTES_ISSUER", "must not be empty"));
-        }
-        let client_ids = scope_set(&self.client_ids);
-        if client_ids.is_empty() {
-            return Err(config_err(
-                "--client-ids / NOTES_CLIENT_IDS",
-                "must name at least one app client",
-            ));
-        }
-        let keys = StaticKeys::from_jwks_file(&self.jwks_file)
-            .map_err(|e| config_err("--jwks-file / NOTES_JWKS_FILE", error_chain(&e)))?;
+        let authenticator = self.auth.build()?;
         let tls_material = TlsMaterial::from_files(&self.tls_cert, &self.tls_key, &self.client_ca)
             .map_err(|e| config_err("--tls-cert / --tls-key / --client-ca", error_chain(&e)))?;
         let tls = tls::server_config(&tls_material)
             .map_err(|e| config_err("--tls-cert / --tls-key / --client-ca", error_chain(&e)))?;
         let page_key = read_page_token_key(&self.page_token_key_file)?;
 
-        let mut policy = TokenPolicy::new(self.issuer.trim(), client_ids);
-        policy.leeway = leeway;
-        let scopes = ScopePolicy {
-            read: scope_set(&self.read_scopes),
-            write: scope_set(&self.write_scopes),
-        };
         let store: Arc<dyn NoteStore> = match self.store {
             StoreKind::Memory => Arc::new(MemoryStore::new()),
             StoreKind::Dynamodb => {
@@ -289,10 +240,7 @@ impl ServeConfig {
         };
         Ok(App {
             store,
-            authenticator: Arc::new(Authenticator::new(
-                Verifier::new(policy, Arc::new(keys)),
-                scopes,
-            )),
+            authenticator: Arc::new(authenticator),
             tls,
             page_tokens: PageTokens::new(page_key.expose()),
             limits: Limits {

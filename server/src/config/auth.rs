@@ -1,0 +1,335 @@
+//! Token issuers and their policies.
+//!
+//! One issuer can be configured with flags (`--issuer`, `--jwks-url` or
+//! `--jwks-file`, `--client-ids`, scopes); several, with per-issuer policy
+//! and certificate bindings, come from a TOML file (`--auth-config`):
+//!
+//! ```toml
+//! max_token_bytes = 8192        # default
+//! cache_capacity = 10000        # verified tokens kept; 0 disables
+//!
+//! [[issuer]]
+//! issuer = "https://cognito-idp.eu-west-1.amazonaws.com/eu-west-1_AbCdEf"
+//! # jwks_url defaults to "{issuer}/.well-known/jwks.json"; or jwks_file = "..."
+//! client_ids = ["1example23456789"]
+//! algorithms = ["RS256"]        # RS384 and RS512 may be added
+//! accept_id_tokens = false      # ID tokens are checked with `aud`
+//! leeway_secs = 60              # at most 300
+//! required_groups = []          # user tokens must be in one of these
+//! refresh_interval_secs = 3600
+//! min_refetch_interval_secs = 60
+//! user_scopes = { read = ["aws.cognito.signin.user.admin"], write = ["aws.cognito.signin.user.admin"] }
+//! machine_scopes = { read = ["notes/read"], write = ["notes/write"] }
+//!
+//! [[binding]]                   # this certificate may only present these clients' tokens
+//! identity = "spiffe://example.org/billing"
+//! client_ids = ["billing-client-id"]
+//! ```
+
+use std::{
+    collections::BTreeSet,
+    path::{Path, PathBuf},
+    sync::Arc,
+    time::Duration,
+};
+
+use jsonwebtoken::Algorithm;
+use serde::Deserialize;
+
+use super::{ConfigError, config_err, error_chain, scope_set};
+use crate::auth::{
+    Authenticator, GroupScopes, ScopePolicy, TokenPolicy, Verifier,
+    jwks::{JwksSettings, RemoteJwks},
+    keys::{KeySource, StaticKeys},
+    layer::Bindings,
+    token::{DEFAULT_CACHE_CAPACITY, DEFAULT_MAX_TOKEN_BYTES, MAX_LEEWAY},
+};
+
+/// Token settings on the command line.
+#[derive(Debug, Clone, clap::Args)]
+pub struct AuthArgs {
+    /// TOML file with several issuers, per-issuer policy and certificate bindings.
+    #[arg(long, env = "NOTES_AUTH_CONFIG", conflicts_with_all = ["issuer", "jwks_url", "jwks_file", "client_ids"])]
+    pub auth_config: Option<PathBuf>,
+    /// Exact token issuer (`iss`), e.g. https://cognito-idp.REGION.amazonaws.com/POOL_ID.
+    #[arg(long, env = "NOTES_ISSUER", required_unless_present = "auth_config")]
+    pub issuer: Option<String>,
+    /// The issuer's JWKS URL [default: ISSUER/.well-known/jwks.json].
+    #[arg(long, env = "NOTES_JWKS_URL", conflicts_with = "jwks_file")]
+    pub jwks_url: Option<String>,
+    /// The issuer's JWKS as a file, instead of fetching it.
+    #[arg(long, env = "NOTES_JWKS_FILE")]
+    pub jwks_file: Option<PathBuf>,
+    /// App client ids whose tokens are accepted (comma-separated).
+    #[arg(
+        long,
+        env = "NOTES_CLIENT_IDS",
+        value_delimiter = ',',
+        required_unless_present = "auth_config"
+    )]
+    pub client_ids: Vec<String>,
+    /// Scopes required by GetNote and ListNotes (comma-separated; all required).
+    #[arg(
+        long,
+        env = "NOTES_READ_SCOPES",
+        value_delimiter = ',',
+        default_value = "notes/read"
+    )]
+    pub read_scopes: Vec<String>,
+    /// Scopes required by CreateNote, UpdateNote and DeleteNote.
+    #[arg(
+        long,
+        env = "NOTES_WRITE_SCOPES",
+        value_delimiter = ',',
+        default_value = "notes/write"
+    )]
+    pub write_scopes: Vec<String>,
+    /// Clock skew allowed on exp/nbf/iat, in seconds (at most 300).
+    #[arg(long, env = "NOTES_TOKEN_LEEWAY_SECS", default_value_t = 60)]
+    pub token_leeway_secs: u64,
+}
+
+fn default_max_token_bytes() -> usize {
+    DEFAULT_MAX_TOKEN_BYTES
+}
+
+fn default_cache_capacity() -> usize {
+    DEFAULT_CACHE_CAPACITY
+}
+
+/// The `--auth-config` file.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct AuthFile {
+    /// Tokens longer than this are refused before decoding.
+    #[serde(default = "default_max_token_bytes")]
+    pub max_token_bytes: usize,
+    /// Verified tokens kept; 0 disables the cache.
+    #[serde(default = "default_cache_capacity")]
+    pub cache_capacity: usize,
+    /// The issuers.
+    #[serde(default, rename = "issuer")]
+    pub issuers: Vec<IssuerFile>,
+    /// Certificate bindings.
+    #[serde(default, rename = "binding")]
+    pub bindings: Vec<BindingFile>,
+}
+
+/// One `[[issuer]]`.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct IssuerFile {
+    /// Exact `iss`.
+    pub issuer: String,
+    /// JWKS URL; default `{issuer}/.well-known/jwks.json`.
+    pub jwks_url: Option<String>,
+    /// JWKS file instead of a URL.
+    pub jwks_file: Option<PathBuf>,
+    /// Accepted app clients.
+    pub client_ids: Vec<String>,
+    /// Accepted algorithms (RS256, RS384, RS512).
+    #[serde(default)]
+    pub algorithms: Vec<String>,
+    /// Accept ID tokens too.
+    #[serde(default)]
+    pub accept_id_tokens: bool,
+    /// Leeway in seconds.
+    pub leeway_secs: Option<u64>,
+    /// User tokens must be in one of these groups.
+    #[serde(default)]
+    pub required_groups: BTreeSet<String>,
+    /// Scopes required of user tokens.
+    #[serde(default)]
+    pub user_scopes: GroupScopes,
+    /// Scopes required of client-credentials tokens.
+    #[serde(default)]
+    pub machine_scopes: GroupScopes,
+    /// Background JWKS refresh, seconds.
+    pub refresh_interval_secs: Option<u64>,
+    /// Least time between refetches for unknown `kid`s, seconds.
+    pub min_refetch_interval_secs: Option<u64>,
+    /// JWKS fetch timeout, milliseconds.
+    pub fetch_timeout_ms: Option<u64>,
+}
+
+/// One `[[binding]]`.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct BindingFile {
+    /// Certificate identity: URI SAN, else DNS SAN.
+    pub identity: String,
+    /// The app clients whose tokens it may present.
+    pub client_ids: Vec<String>,
+}
+
+/// A JWKS URL must be HTTPS, except on loopback (local Cognito-compatible servers).
+fn check_jwks_url(setting: &'static str, url: &str) -> Result<(), ConfigError> {
+    let parsed =
+        reqwest::Url::parse(url).map_err(|e| config_err(setting, format!("{url:?}: {e}")))?;
+    let loopback = matches!(
+        parsed.host_str(),
+        Some("localhost" | "127.0.0.1" | "[::1]" | "::1")
+    );
+    match parsed.scheme() {
+        "https" => Ok(()),
+        "http" if loopback => Ok(()),
+        _ => Err(config_err(
+            setting,
+            format!("{url:?} must be an https:// URL"),
+        )),
+    }
+}
+
+fn leeway(setting: &'static str, secs: u64) -> Result<Duration, ConfigError> {
+    if secs > MAX_LEEWAY.as_secs() {
+        return Err(config_err(
+            setting,
+            format!("{secs} exceeds the maximum of {}", MAX_LEEWAY.as_secs()),
+        ));
+    }
+    Ok(Duration::from_secs(secs))
+}
+
+fn key_source(
+    setting: &'static str,
+    issuer: &str,
+    url: Option<&str>,
+    file: Option<&Path>,
+    settings: JwksSettings,
+) -> Result<Arc<dyn KeySource>, ConfigError> {
+    if let Some(file) = file {
+        let keys =
+            StaticKeys::from_jwks_file(file).map_err(|e| config_err(setting, error_chain(&e)))?;
+        return Ok(Arc::new(keys));
+    }
+    let url = match url {
+        Some(url) => url.to_owned(),
+        None => format!("{}/.well-known/jwks.json", issuer.trim_end_matches('/')),
+    };
+    check_jwks_url(setting, &url)?;
+    let remote =
+        RemoteJwks::new(url, settings).map_err(|e| config_err(setting, error_chain(&e)))?;
+    Ok(Arc::new(remote))
+}
+
+fn algorithms(setting: &'static str, names: &[String]) -> Result<Vec<Algorithm>, ConfigError> {
+    if names.is_empty() {
+        return Ok(vec![Algorithm::RS256]);
+    }
+    names
+        .iter()
+        .map(|name| match name.as_str() {
+            "RS256" => Ok(Algorithm::RS256),
+            "RS384" => Ok(Algorithm::RS384),
+            "RS512" => Ok(Algorithm::RS512),
+            other => Err(config_err(
+                setting,
+                format!("algorithm {other:?} is not allowed (RS256, RS384, RS512)"),
+            )),
+        })
+        .collect()
+}
+
+impl AuthArgs {
+    /// Checks the settings and builds the authenticator.
+    pub fn build(&self) -> Result<Authenticator, ConfigError> {
+        if let Some(path) = &self.auth_config {
+            let text = std::fs::read_to_string(path).map_err(|e| {
+                config_err(
+                    "--auth-config / NOTES_AUTH_CONFIG",
+                    format!("{}: {e}", path.display()),
+                )
+            })?;
+            let file: AuthFile = toml::from_str(&text).map_err(|e| {
+                config_err(
+                    "--auth-config / NOTES_AUTH_CONFIG",
+                    format!("{}: {e}", path.display()),
+                )
+            })?;
+            return file.build();
+        }
+        let leeway = leeway(
+            "--token-leeway-secs / NOTES_TOKEN_LEEWAY_SECS",
+            self.token_leeway_secs,
+        )?;
+        let issuer = self.issuer.as_deref().unwrap_or_default().trim();
+        if issuer.is_empty() {
+            return Err(config_err("--issuer / NOTES_ISSUER", "must not be empty"));
+        }
+        let client_ids = scope_set(&self.client_ids);
+        if client_ids.is_empty() {
+            return Err(config_err(
+                "--client-ids / NOTES_CLIENT_IDS",
+                "must name at least one app client",
+            ));
+        }
+        let keys = key_source(
+            "--jwks-url / --jwks-file",
+            issuer,
+            self.jwks_url.as_deref(),
+            self.jwks_file.as_deref(),
+            JwksSettings::default(),
+        )?;
+        let mut policy = TokenPolicy::new(issuer, client_ids).with_scopes(
+            ScopePolicy::same_for_all(scope_set(&self.read_scopes), scope_set(&self.write_scopes)),
+        );
+        policy.leeway = leeway;
+        Ok(Authenticator::new(Verifier::new(policy, keys)))
+    }
+}
+
+impl AuthFile {
+    /// Checks the file and builds the authenticator.
+    pub fn build(self) -> Result<Authenticator, ConfigError> {
+        const SETTING: &str = "--auth-config / NOTES_AUTH_CONFIG";
+        if self.issuers.is_empty() {
+            return Err(config_err(SETTING, "at least one [[issuer]] is required"));
+        }
+        let mut issuers = Vec::new();
+        for issuer in self.issuers {
+            if issuer.client_ids.is_empty() {
+                return Err(config_err(
+                    SETTING,
+                    format!("issuer {:?} lists no client_ids", issuer.issuer),
+                ));
+            }
+            let defaults = JwksSettings::default();
+            let settings = JwksSettings {
+                refresh_interval: issuer
+                    .refresh_interval_secs
+                    .map_or(defaults.refresh_interval, Duration::from_secs),
+                min_refetch_interval: issuer
+                    .min_refetch_interval_secs
+                    .map_or(defaults.min_refetch_interval, Duration::from_secs),
+                timeout: issuer
+                    .fetch_timeout_ms
+                    .map_or(defaults.timeout, Duration::from_millis),
+                ..defaults
+            };
+            let keys = key_source(
+                SETTING,
+                &issuer.issuer,
+                issuer.jwks_url.as_deref(),
+                issuer.jwks_file.as_deref(),
+                settings,
+            )?;
+            let mut policy = TokenPolicy::new(issuer.issuer, issuer.client_ids);
+            policy.algorithms = algorithms(SETTING, &issuer.algorithms)?;
+            policy.accept_id_tokens = issuer.accept_id_tokens;
+            policy.leeway = leeway(SETTING, issuer.leeway_secs.unwrap_or(60))?;
+            policy.required_groups = issuer.required_groups;
+            policy.scopes = ScopePolicy {
+                user: issuer.user_scopes,
+                machine: issuer.machine_scopes,
+            };
+            issuers.push((policy, keys));
+        }
+        let bindings: Bindings = self
+            .bindings
+            .into_iter()
+            .map(|b| (b.identity, b.client_ids.into_iter().collect()))
+            .collect();
+        let verifier = Verifier::with_issuers(issuers, self.max_token_bytes, self.cache_capacity);
+        Ok(Authenticator::new(verifier).with_bindings(bindings))
+    }
+}

@@ -1,0 +1,254 @@
+//! Per-call policy beyond the token's validity: user and machine callers,
+//! scopes per kind, groups, ID tokens, certificate-bound tokens, bindings
+//! of certificates to app clients, refusal counters and the token cache.
+
+use std::{
+    collections::BTreeSet,
+    sync::{
+        Arc,
+        atomic::{AtomicUsize, Ordering},
+    },
+    time::Duration,
+};
+
+use async_trait::async_trait;
+use jsonwebtoken::Algorithm;
+use notes_api::pb::{CreateNoteRequest, ListNotesRequest};
+use notes_server::{
+    auth::{
+        Authenticator, GroupScopes, ScopePolicy, TokenPolicy, Verifier,
+        keys::{KeyError, KeySource, VerifyKey},
+    },
+    tls::PeerIdentity,
+};
+use rustls::pki_types::{CertificateDer, pem::PemObject};
+use serde_json::{Value, json};
+use tonic::{Code, Status};
+
+use crate::helpers::{
+    Backend, CLIENT_ID, CLIENT_SPIFFE, ISSUER, KID, TestApp, claims, issuer, now, pki, sign,
+    sign_with, test_keys, test_policy, with_token,
+};
+
+const USER_SCOPE: &str = "aws.cognito.signin.user.admin";
+
+fn set(items: &[&str]) -> BTreeSet<String> {
+    items.iter().map(|s| (*s).to_owned()).collect()
+}
+
+/// Claims of a client-credentials token: `sub` is the app client, no username.
+fn machine_claims(scope: &str) -> Value {
+    let mut c = claims(CLIENT_ID);
+    c["scope"] = json!(scope);
+    c.as_object_mut().unwrap().remove("username");
+    c
+}
+
+async fn create(app: &TestApp, token: &str) -> Result<notes_api::pb::Note, Status> {
+    let request = CreateNoteRequest {
+        content: "x".into(),
+        request_id: String::new(),
+    };
+    app.raw()
+        .await
+        .create_note(with_token(request, token))
+        .await
+        .map(|r| r.into_inner())
+}
+
+async fn list(app: &TestApp, token: &str) -> Result<(), Status> {
+    app.raw()
+        .await
+        .list_notes(with_token(ListNotesRequest::default(), token))
+        .await
+        .map(|_| ())
+}
+
+fn spawn(policy: TokenPolicy) -> impl std::future::Future<Output = TestApp> {
+    TestApp::spawn_with(
+        Backend::Memory,
+        Authenticator::new(Verifier::new(policy, test_keys())),
+    )
+}
+
+#[tokio::test]
+async fn a_client_credentials_token_is_a_service_caller_that_owns_its_notes() {
+    let app = TestApp::spawn().await;
+
+    let note = create(&app, &sign(&machine_claims("notes/read notes/write")))
+        .await
+        .unwrap();
+
+    assert_eq!(note.user_id, CLIENT_ID);
+}
+
+#[tokio::test]
+async fn users_and_machines_are_held_to_their_own_scopes() {
+    let policy = test_policy().with_scopes(ScopePolicy {
+        user: GroupScopes {
+            read: set(&[USER_SCOPE]),
+            write: set(&[USER_SCOPE]),
+        },
+        machine: GroupScopes {
+            read: set(&["notes/read"]),
+            write: set(&["notes/write"]),
+        },
+    });
+    let app = spawn(policy).await;
+    let mut user = claims("alice");
+    user["scope"] = json!(USER_SCOPE);
+
+    create(&app, &sign(&user)).await.unwrap();
+    create(&app, &sign(&machine_claims("notes/write")))
+        .await
+        .unwrap();
+    let machine_with_user_scope = create(&app, &sign(&machine_claims(USER_SCOPE)))
+        .await
+        .unwrap_err();
+    let machine_read_only = create(&app, &sign(&machine_claims("notes/read")))
+        .await
+        .unwrap_err();
+
+    for status in [&machine_with_user_scope, &machine_read_only] {
+        assert_eq!(status.code(), Code::PermissionDenied, "{status:?}");
+        assert!(status.message().contains("notes/write"), "{status:?}");
+    }
+}
+
+#[tokio::test]
+async fn a_required_group_admits_only_its_members() {
+    let mut policy = test_policy();
+    policy.required_groups = set(&["notes-users"]);
+    let app = spawn(policy).await;
+    let mut member = claims("alice");
+    member["cognito:groups"] = json!(["admins", "notes-users"]);
+    let mut outsider = claims("bob");
+    outsider["cognito:groups"] = json!(["admins"]);
+
+    list(&app, &sign(&member)).await.unwrap();
+    let no_groups = list(&app, &sign(&claims("carol"))).await.unwrap_err();
+    let wrong_group = list(&app, &sign(&outsider)).await.unwrap_err();
+    list(&app, &sign(&machine_claims("notes/read")))
+        .await
+        .unwrap();
+
+    for status in [&no_groups, &wrong_group] {
+        assert_eq!(status.code(), Code::PermissionDenied, "{status:?}");
+        assert!(status.message().contains("group"), "{status:?}");
+    }
+}
+
+#[tokio::test]
+async fn id_tokens_are_accepted_only_when_enabled_and_then_checked_with_aud() {
+    let mut policy = TokenPolicy::new(ISSUER, [CLIENT_ID.to_owned()]);
+    policy.accept_id_tokens = true;
+    let app = spawn(policy).await;
+    let id_token = |aud: &str| {
+        let mut c = claims("alice");
+        c["token_use"] = json!("id");
+        c["aud"] = json!(aud);
+        c["cognito:username"] = json!("alice");
+        for claim in ["client_id", "scope", "username"] {
+            c.as_object_mut().unwrap().remove(claim);
+        }
+        sign(&c)
+    };
+
+    create(&app, &id_token(CLIENT_ID)).await.unwrap();
+    let other = create(&app, &id_token("another-client")).await.unwrap_err();
+
+    assert_eq!(other.code(), Code::Unauthenticated);
+    assert!(other.message().contains("client_id"), "{other:?}");
+}
+
+#[tokio::test]
+async fn a_certificate_bound_token_is_accepted_with_its_certificate() {
+    let app = TestApp::spawn().await;
+    let der = CertificateDer::from_pem_slice(pki().client.cert_pem.as_bytes()).unwrap();
+    let thumbprint = PeerIdentity::from_der(&der).unwrap().x5t_s256;
+    let mut bound = claims("alice");
+    bound["cnf"] = json!({ "x5t#S256": thumbprint });
+
+    create(&app, &sign(&bound)).await.unwrap();
+}
+
+#[tokio::test]
+async fn a_certificate_may_present_only_the_tokens_of_its_bound_clients() {
+    let policy = TokenPolicy::new(ISSUER, [CLIENT_ID.to_owned(), "reports-client".to_owned()]);
+    let bindings = [(CLIENT_SPIFFE.to_owned(), set(&["reports-client"]))].into();
+    let auth = Authenticator::new(Verifier::new(policy, test_keys())).with_bindings(bindings);
+    let app = TestApp::spawn_with(Backend::Memory, auth).await;
+    let mut reports = claims("alice");
+    reports["client_id"] = json!("reports-client");
+
+    list(&app, &sign(&reports)).await.unwrap();
+    let status = list(&app, &sign(&claims("alice"))).await.unwrap_err();
+
+    assert_eq!(status.code(), Code::PermissionDenied);
+    assert!(status.message().contains(CLIENT_SPIFFE), "{status:?}");
+}
+
+#[tokio::test]
+async fn refusals_are_counted_by_reason() {
+    let auth = Arc::new(Authenticator::new(Verifier::new(
+        test_policy(),
+        test_keys(),
+    )));
+    let app = TestApp::spawn_shared(Backend::Memory, auth.clone()).await;
+    let expired = {
+        let mut c = claims("alice");
+        c["exp"] = json!(now() - 3600);
+        sign(&c)
+    };
+
+    let _ = list(&app, &expired).await;
+    let _ = list(&app, &expired).await;
+    let _ = list(&app, "garbage").await;
+    list(&app, &sign(&claims("alice"))).await.unwrap();
+
+    let counts = auth.rejections();
+    assert_eq!(counts.get("expired"), Some(&2));
+    assert_eq!(counts.get("malformed"), Some(&1));
+    assert_eq!(counts.values().sum::<u64>(), 3);
+}
+
+/// The test keys, counting how often a key is looked up for verification.
+struct CountingKeys {
+    inner: Arc<dyn KeySource>,
+    lookups: AtomicUsize,
+}
+
+#[async_trait]
+impl KeySource for CountingKeys {
+    async fn key(&self, kid: &str) -> Result<Option<Arc<VerifyKey>>, KeyError> {
+        self.lookups.fetch_add(1, Ordering::SeqCst);
+        self.inner.key(kid).await
+    }
+
+    fn cached_key(&self, kid: &str) -> Option<Arc<VerifyKey>> {
+        self.inner.cached_key(kid)
+    }
+}
+
+#[tokio::test]
+async fn a_reused_token_skips_signature_verification_until_it_expires() {
+    let keys = Arc::new(CountingKeys {
+        inner: test_keys(),
+        lookups: AtomicUsize::new(0),
+    });
+    let verifier = Verifier::new(test_policy(), keys.clone());
+    let mut short = claims("alice");
+    short["exp"] = json!(now() + 2);
+    let token = sign_with(Algorithm::RS256, KID, &short, &issuer().key);
+
+    for _ in 0..5 {
+        verifier.verify(&token).await.unwrap();
+    }
+    let while_valid = keys.lookups.load(Ordering::SeqCst);
+    tokio::time::sleep(Duration::from_millis(3100)).await;
+    // Past `exp` the cache entry is gone; the 60 s leeway still admits it after full verification.
+    verifier.verify(&token).await.unwrap();
+
+    assert_eq!(while_valid, 1);
+    assert_eq!(keys.lookups.load(Ordering::SeqCst), 2);
+}
