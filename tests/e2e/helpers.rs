@@ -47,12 +47,11 @@ pub struct TestPki {
     pub foreign_client: CertifiedKey,
 }
 
-/// The token issuer: an RSA key, its JWKS, and one unrelated RSA key.
+/// The token issuer: an RSA key and its JWKS.
 pub struct TestIssuer {
     pub key: EncodingKey,
     pub public_pem: String,
     pub jwks: JwkSet,
-    pub other_key: EncodingKey,
 }
 
 pub fn init() {
@@ -136,12 +135,10 @@ pub fn issuer() -> &'static TestIssuer {
         let (key, public_pem) = rsa_key();
         let mut jwk = jsonwebtoken::jwk::Jwk::from_encoding_key(&key, Algorithm::RS256).unwrap();
         jwk.common.key_id = Some(KID.into());
-        let (other_key, _) = rsa_key();
         TestIssuer {
             key,
             public_pem,
             jwks: JwkSet { keys: vec![jwk] },
-            other_key,
         }
     })
 }
