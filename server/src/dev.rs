@@ -36,7 +36,7 @@ use crate::{
     server::Limits,
     store::NoteStore,
     tls::{
-        self, TlsMaterial,
+        ServerTls, TlsFiles,
         pki::{CertificateAuthority, Subject},
     },
 };
@@ -159,11 +159,12 @@ impl DevMaterial {
 
     /// The server on dev defaults (dev PKI and issuer) over `store`.
     pub fn app(&self, store: Arc<dyn NoteStore>) -> anyhow::Result<App> {
-        let material = TlsMaterial::from_files(
-            &self.path("server.pem"),
-            &self.path("server.key"),
-            &self.path("ca.pem"),
-        )?;
+        let tls = ServerTls::from_files(TlsFiles {
+            cert: self.path("server.pem"),
+            key: self.path("server.key"),
+            client_ca: self.path("ca.pem"),
+            crls: vec![],
+        })?;
         let keys = StaticKeys::from_jwk_set(&self.signer()?.jwks())?;
         let scopes = ScopePolicy::same_for_all(
             [DEV_READ_SCOPE.to_owned()].into(),
@@ -177,7 +178,7 @@ impl DevMaterial {
         Ok(App {
             store,
             authenticator: Arc::new(Authenticator::new(verifier)),
-            tls: tls::server_config(&material)?,
+            tls,
             page_tokens: PageTokens::new(page_key.expose()),
             limits: Limits::default(),
         })

@@ -7,10 +7,11 @@
 //!
 //! # Layout
 //! - [`config`]: typed configuration (`NOTES_*` environment, flags), secrets that do not print.
-//! - [`tls`]: rustls server configuration, the mTLS accept loop, certificate identities, test/dev PKI.
+//! - [`tls`]: rustls server configuration, the mTLS accept loop, certificate identities, reload, the PKI.
 //! - [`auth`]: token verification, key sources, the per-method scope policy and the tower layer.
 //! - [`store`]: the [`store::NoteStore`] trait and one file per backend.
 //! - [`api`]: the gRPC handlers: validate, call the store, map errors; opaque page tokens.
+//! - [`certs`]: `notes-server certs`: create a CA, issue server and client certificates, revoke them.
 //! - [`dev`]: dev-mode material (PKI, signing key, ready token) on embedded defaults.
 //! - [`server`]: [`server::run`], which serves a bound listener until a shutdown future resolves.
 //! - [`telemetry`]: tracing set-up.
@@ -19,6 +20,7 @@
 
 pub mod api;
 pub mod auth;
+pub mod certs;
 pub mod config;
 pub mod dev;
 pub mod server;

@@ -1,7 +1,7 @@
 //! `notes-server`: parses configuration, binds the listener and calls
 //! [`notes_server::run`].
 
-use std::{net::SocketAddr, path::PathBuf, sync::Arc, time::Duration};
+use std::{net::SocketAddr, path::PathBuf, process::ExitCode, sync::Arc, time::Duration};
 
 use anyhow::Context;
 use clap::{Parser, Subcommand};
@@ -44,11 +44,30 @@ enum Command {
     Serve(Box<ServeConfig>),
     /// Create the DynamoDB table if it is missing and wait until it is ACTIVE.
     InitTable(DynamoConfig),
+    /// Create a CA, issue server and client certificates, revoke them.
+    Certs {
+        /// Folder of the PKI.
+        #[arg(long, env = "NOTES_CERTS_DIR", default_value = "certs/out")]
+        dir: PathBuf,
+        #[command(subcommand)]
+        command: notes_server::certs::CertsCommand,
+    },
 }
 
 #[tokio::main]
-async fn main() -> anyhow::Result<()> {
+async fn main() -> ExitCode {
     let cli = Cli::parse();
+    match run(cli).await {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(err) => {
+            // The cause chain on one line; no backtrace for operators.
+            eprintln!("notes-server: {err:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+async fn run(cli: Cli) -> anyhow::Result<()> {
     telemetry::init(cli.log_json);
     tls::install_crypto_provider();
 
@@ -74,6 +93,10 @@ async fn main() -> anyhow::Result<()> {
             (material.app(store)?, listen, Some(material))
         }
         Command::Serve(config) => (config.build().await?, config.listen, None),
+        Command::Certs { dir, command } => {
+            println!("{}", notes_server::certs::run(&dir, command)?);
+            return Ok(());
+        }
         Command::InitTable(config) => {
             let store = config.store().await?;
             store

@@ -5,7 +5,6 @@ use std::{future::Future, sync::Arc, time::Duration};
 
 use notes_api::pb::notes_service_server::NotesServiceServer;
 use tokio::net::TcpListener;
-use tokio_rustls::TlsAcceptor;
 use tokio_util::sync::CancellationToken;
 use tonic::{server::NamedService, transport::Server};
 use tonic_health::{ServingStatus, server::HealthReporter};
@@ -14,7 +13,7 @@ use crate::{
     api::{NotesApi, PageTokens},
     auth::{AuthLayer, Authenticator},
     store::NoteStore,
-    tls,
+    tls::{self, ServerTls},
 };
 
 /// Largest request message accepted: a note's content plus headroom.
@@ -26,8 +25,8 @@ pub struct App {
     pub store: Arc<dyn NoteStore>,
     /// Token verification and scope policy.
     pub authenticator: Arc<Authenticator>,
-    /// The rustls configuration (mutual TLS).
-    pub tls: Arc<rustls::ServerConfig>,
+    /// The rustls configuration (mutual TLS), reloadable.
+    pub tls: Arc<ServerTls>,
     /// Page token sealing key.
     pub page_tokens: PageTokens,
     /// Timeouts and limits.
@@ -43,6 +42,8 @@ pub struct Limits {
     pub grace_period: Duration,
     /// Per-call deadline enforced by the server.
     pub request_timeout: Duration,
+    /// How often the TLS files are checked for changes (SIGHUP also reloads).
+    pub tls_reload_interval: Duration,
 }
 
 impl Default for Limits {
@@ -51,6 +52,7 @@ impl Default for Limits {
             handshake_timeout: Duration::from_secs(10),
             grace_period: Duration::from_secs(20),
             request_timeout: Duration::from_secs(30),
+            tls_reload_interval: Duration::from_secs(10),
         }
     }
 }
@@ -132,9 +134,11 @@ pub async fn run(
         .max_decoding_message_size(MAX_MESSAGE_BYTES);
 
     let local_addr = listener.local_addr().ok();
+    app.tls
+        .spawn_watch(app.limits.tls_reload_interval, stop.clone());
     let incoming = tls::accept::incoming(
         listener,
-        TlsAcceptor::from(app.tls),
+        app.tls,
         app.limits.handshake_timeout,
         stop.clone(),
     );

@@ -18,15 +18,21 @@ use notes_server::{
     server::Limits,
     store::{MemoryStore, NoteStore},
     tls::{
-        self,
+        self, ServerTls,
         pki::{CertificateAuthority, CertifiedKey, Subject},
     },
 };
+use rustls::{
+    ClientConfig, RootCertStore,
+    pki_types::{CertificateDer, PrivateKeyDer, ServerName, pem::PemObject},
+};
 use serde_json::{Value, json};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::{
     net::{TcpListener, TcpStream},
     sync::{oneshot, watch},
 };
+use tokio_rustls::TlsConnector;
 use tonic::transport::{Certificate, Channel, ClientTlsConfig, Endpoint, Identity};
 
 pub const ISSUER: &str = "https://cognito-idp.us-east-1.amazonaws.com/us-east-1_TestPool";
@@ -41,6 +47,7 @@ const DAY: Duration = Duration::from_secs(24 * 3600);
 /// Certificates: one CA for the server and trusted clients, and a second,
 /// untrusted CA with a client certificate of its own.
 pub struct TestPki {
+    pub ca: CertificateAuthority,
     pub ca_pem: String,
     pub server: CertifiedKey,
     pub client: CertifiedKey,
@@ -100,6 +107,7 @@ pub fn pki() -> &'static TestPki {
             .unwrap();
         TestPki {
             ca_pem: ca.cert_pem().to_owned(),
+            ca,
             server,
             client,
             foreign_client,
@@ -192,6 +200,18 @@ pub fn test_keys() -> Arc<StaticKeys> {
     Arc::new(StaticKeys::from_jwks_json(&serde_json::to_vec(&issuer().jwks).unwrap()).unwrap())
 }
 
+/// The test PKI's server certificate, trusting the test CA's clients; fixed.
+pub fn test_tls() -> Arc<ServerTls> {
+    let pki = pki();
+    let material = tls::TlsMaterial::from_pem(
+        pki.server.cert_pem.as_bytes(),
+        pki.server.key_pem.as_bytes(),
+        pki.ca_pem.as_bytes(),
+    )
+    .unwrap();
+    ServerTls::fixed(tls::server_config(&material).unwrap())
+}
+
 /// The default authenticator of test servers.
 pub fn test_authenticator() -> Authenticator {
     Authenticator::new(Verifier::new(test_policy(), test_keys()))
@@ -274,23 +294,26 @@ impl TestApp {
 
     /// Like [`spawn_with`](Self::spawn_with), keeping a handle on the authenticator.
     pub async fn spawn_shared(backend: Backend, authenticator: Arc<Authenticator>) -> TestApp {
+        Self::spawn_full(backend, authenticator, test_tls()).await
+    }
+
+    /// A server with its own TLS configuration (e.g. reloading from files).
+    pub async fn spawn_full(
+        backend: Backend,
+        authenticator: Arc<Authenticator>,
+        tls: Arc<ServerTls>,
+    ) -> TestApp {
         init();
         let store = backend.store().await;
-        let pki = pki();
-        let material = tls::TlsMaterial::from_pem(
-            pki.server.cert_pem.as_bytes(),
-            pki.server.key_pem.as_bytes(),
-            pki.ca_pem.as_bytes(),
-        )
-        .unwrap();
         let app = App {
             store,
             authenticator,
-            tls: tls::server_config(&material).unwrap(),
+            tls,
             page_tokens: PageTokens::new(b"0123456789abcdef0123456789abcdef"),
             limits: Limits {
                 handshake_timeout: Duration::from_secs(2),
                 grace_period: Duration::from_secs(2),
+                tls_reload_interval: Duration::from_millis(100),
                 ..Limits::default()
             },
         };
@@ -407,4 +430,58 @@ impl Proxy {
     pub fn set_up(&self, up: bool) {
         self.up.send_replace(up);
     }
+}
+
+/// Handshakes with the server at `addr` presenting `identity` (or no
+/// certificate), sends the HTTP/2 preface and reads: with TLS 1.3 the
+/// server's verdict on the client certificate arrives after the client
+/// considers the handshake done. Returns the server's leaf certificate, or
+/// the TLS error (e.g. the alert the server sent).
+pub async fn tls_probe(
+    addr: SocketAddr,
+    identity: Option<&CertifiedKey>,
+) -> Result<CertificateDer<'static>, rustls::Error> {
+    let mut roots = RootCertStore::empty();
+    roots
+        .add(CertificateDer::from_pem_slice(pki().ca_pem.as_bytes()).unwrap())
+        .unwrap();
+    let builder = ClientConfig::builder_with_provider(tls::crypto_provider())
+        .with_safe_default_protocol_versions()
+        .unwrap()
+        .with_root_certificates(roots);
+    let mut config = match identity {
+        Some(id) => builder
+            .with_client_auth_cert(
+                vec![CertificateDer::from_pem_slice(id.cert_pem.as_bytes()).unwrap()],
+                PrivateKeyDer::from_pem_slice(id.key_pem.as_bytes()).unwrap(),
+            )
+            .unwrap(),
+        None => builder.with_no_client_auth(),
+    };
+    config.alpn_protocols = vec![b"h2".to_vec()];
+    let tcp = TcpStream::connect(addr).await.unwrap();
+    let name = ServerName::try_from("localhost").unwrap();
+    let mut stream = TlsConnector::from(Arc::new(config))
+        .connect(name, tcp)
+        .await
+        .map_err(rustls_error)?;
+    stream
+        .write_all(b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n")
+        .await
+        .unwrap();
+    let mut buf = [0u8; 64];
+    match stream.read(&mut buf).await {
+        Ok(n) if n > 0 => Ok(stream.get_ref().1.peer_certificates().unwrap()[0]
+            .clone()
+            .into_owned()),
+        Ok(_) => Err(rustls::Error::General("closed without an alert".into())),
+        Err(err) => Err(rustls_error(err)),
+    }
+}
+
+fn rustls_error(err: std::io::Error) -> rustls::Error {
+    err.get_ref()
+        .and_then(|e| e.downcast_ref::<rustls::Error>())
+        .cloned()
+        .unwrap_or_else(|| rustls::Error::General(err.to_string()))
 }

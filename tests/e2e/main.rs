@@ -36,6 +36,7 @@ mod crud;
 mod helpers;
 mod isolation;
 mod jwks;
+mod mtls;
 mod outage;
 mod policy;
 mod public_services;

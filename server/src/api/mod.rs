@@ -139,8 +139,16 @@ fn to_pb(note: Note) -> pb::Note {
 }
 
 /// The owner of the notes this request may touch: the token's subject.
-fn owner<T>(request: &Request<T>) -> Result<String, Status> {
-    Ok(Caller::of(request)?.subject.clone())
+fn owner<T>(request: &Request<T>, method: &'static str) -> Result<String, Status> {
+    let caller = Caller::of(request)?;
+    tracing::debug!(
+        method,
+        subject = %caller.subject,
+        kind = ?caller.kind,
+        peer = %caller.peer,
+        "handling"
+    );
+    Ok(caller.subject.clone())
 }
 
 #[tonic::async_trait]
@@ -149,7 +157,7 @@ impl NotesService for NotesApi {
         &self,
         request: Request<CreateNoteRequest>,
     ) -> Result<Response<pb::Note>, Status> {
-        let owner = owner(&request)?;
+        let owner = owner(&request, "CreateNote")?;
         let req = request.into_inner();
         validate_content("content", &req.content)?;
         let request_id = parse_request_id(req.request_id)?;
@@ -167,7 +175,7 @@ impl NotesService for NotesApi {
         &self,
         request: Request<GetNoteRequest>,
     ) -> Result<Response<pb::Note>, Status> {
-        let owner = owner(&request)?;
+        let owner = owner(&request, "GetNote")?;
         let note_id = parse_note_id(&request.get_ref().note_id)?;
         let note = self.store.get(&owner, note_id).await?;
         Ok(Response::new(to_pb(note)))
@@ -177,7 +185,7 @@ impl NotesService for NotesApi {
         &self,
         request: Request<ListNotesRequest>,
     ) -> Result<Response<ListNotesResponse>, Status> {
-        let owner = owner(&request)?;
+        let owner = owner(&request, "ListNotes")?;
         let req = request.into_inner();
         let limit = page_size(req.page_size)?;
         let after = match req.page_token.as_str() {
@@ -202,7 +210,7 @@ impl NotesService for NotesApi {
         &self,
         request: Request<UpdateNoteRequest>,
     ) -> Result<Response<pb::Note>, Status> {
-        let owner = owner(&request)?;
+        let owner = owner(&request, "UpdateNote")?;
         let req = request.into_inner();
         let note_id = parse_note_id(&req.note_id)?;
         validate_content("content", &req.content)?;
@@ -218,7 +226,7 @@ impl NotesService for NotesApi {
         &self,
         request: Request<DeleteNoteRequest>,
     ) -> Result<Response<DeleteNoteResponse>, Status> {
-        let owner = owner(&request)?;
+        let owner = owner(&request, "DeleteNote")?;
         let req = request.into_inner();
         let note_id = parse_note_id(&req.note_id)?;
         let expected = parse_expected_version(req.expected_version)?;

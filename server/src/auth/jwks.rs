@@ -145,6 +145,12 @@ impl KeySource for RemoteJwks {
             return Ok(Some(key));
         }
         if last.is_some_and(|at| at.elapsed() < self.settings.min_refetch_interval) {
+            if self.current().is_empty() {
+                return Err(KeyError::Unavailable(format!(
+                    "no keys loaded from {} yet",
+                    self.url
+                )));
+            }
             return Ok(None);
         }
         *last = Some(Instant::now());

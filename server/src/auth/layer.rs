@@ -25,6 +25,7 @@ pub type Bindings = HashMap<String, BTreeSet<String>>;
 pub struct Authenticator {
     verifier: Verifier,
     bindings: Bindings,
+    allowed_identities: BTreeSet<String>,
     rejections: Mutex<BTreeMap<&'static str, u64>>,
 }
 
@@ -34,8 +35,17 @@ impl Authenticator {
         Self {
             verifier,
             bindings: Bindings::new(),
+            allowed_identities: BTreeSet::new(),
             rejections: Mutex::default(),
         }
+    }
+
+    /// Admits only callers whose certificate identity (URI SAN, else DNS
+    /// SAN) is listed, on every path; an empty list admits any identity the
+    /// TLS handshake verified.
+    pub fn with_allowed_identities(mut self, identities: BTreeSet<String>) -> Self {
+        self.allowed_identities = identities;
+        self
     }
 
     /// Restricts the listed certificate identities (URI SAN, else DNS SAN)
@@ -76,6 +86,11 @@ impl Authenticator {
         conn: Option<&ConnInfo>,
     ) -> Result<Option<Caller>, AuthError> {
         let conn = conn.ok_or(AuthError::NoPeerCertificate)?;
+        if !self.allowed_identities.is_empty()
+            && !self.allowed_identities.contains(conn.peer.name())
+        {
+            return Err(AuthError::IdentityNotAllowed(conn.peer.name().to_owned()));
+        }
         let access = Access::of_path(path);
         if access == Access::Public {
             return Ok(None);

@@ -150,6 +150,9 @@ pub enum AuthError {
     /// A valid user token outside every required group.
     #[error("token is not in any required group")]
     MissingGroup,
+    /// The client certificate's identity is not on the allow-list.
+    #[error("client certificate identity '{0}' is not allowed to call this service")]
+    IdentityNotAllowed(String),
     /// This client certificate may not present tokens of this app client.
     #[error("client certificate '{0}' may not present tokens of this client_id")]
     ClientNotBound(String),
@@ -184,6 +187,7 @@ impl AuthError {
             AuthError::MissingScope(_) => "missing_scope",
             AuthError::MissingGroup => "missing_group",
             AuthError::ClientNotBound(_) => "client_not_bound",
+            AuthError::IdentityNotAllowed(_) => "identity_not_allowed",
         }
     }
 }
@@ -191,9 +195,10 @@ impl AuthError {
 impl From<AuthError> for Status {
     fn from(err: AuthError) -> Self {
         match err {
-            AuthError::MissingScope(_) | AuthError::MissingGroup | AuthError::ClientNotBound(_) => {
-                Status::permission_denied(err.to_string())
-            }
+            AuthError::MissingScope(_)
+            | AuthError::MissingGroup
+            | AuthError::ClientNotBound(_)
+            | AuthError::IdentityNotAllowed(_) => Status::permission_denied(err.to_string()),
             AuthError::KeysUnavailable => Status::unavailable(err.to_string()),
             _ => Status::unauthenticated(err.to_string()),
         }

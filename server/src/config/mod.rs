@@ -18,7 +18,7 @@ use crate::{
     api::{PageTokens, page_token::MIN_KEY_LEN},
     server::Limits,
     store::{DynamoStore, MemoryStore, NoteStore},
-    tls::{self, TlsMaterial},
+    tls::{ServerTls, TlsFiles},
 };
 
 /// A value that must not reach logs or error messages.
@@ -75,6 +75,15 @@ pub struct ServeConfig {
     /// CA bundle (PEM) that client certificates must chain to.
     #[arg(long, env = "NOTES_CLIENT_CA")]
     pub client_ca: PathBuf,
+    /// CRLs (PEM) of the client CA; revoked client certificates fail the handshake.
+    #[arg(long = "client-crl", env = "NOTES_CLIENT_CRLS", value_delimiter = ',')]
+    pub client_crls: Vec<PathBuf>,
+    /// Only these client-certificate identities (URI SAN, else DNS SAN) may call; empty: any.
+    #[arg(long, env = "NOTES_ALLOWED_CLIENT_IDENTITIES", value_delimiter = ',')]
+    pub allowed_client_identities: Vec<String>,
+    /// Seconds between checks of the TLS files for changes (SIGHUP reloads at once).
+    #[arg(long, env = "NOTES_TLS_RELOAD_INTERVAL_SECS", default_value_t = 10)]
+    pub tls_reload_interval_secs: u64,
     /// Token issuers, policies and certificate bindings.
     #[command(flatten)]
     pub auth: AuthArgs,
@@ -216,10 +225,26 @@ impl ServeConfig {
     /// Checks every setting, checks the table, and assembles the server.
     pub async fn build(&self) -> Result<App, ConfigError> {
         let authenticator = self.auth.build()?;
-        let tls_material = TlsMaterial::from_files(&self.tls_cert, &self.tls_key, &self.client_ca)
-            .map_err(|e| config_err("--tls-cert / --tls-key / --client-ca", error_chain(&e)))?;
-        let tls = tls::server_config(&tls_material)
-            .map_err(|e| config_err("--tls-cert / --tls-key / --client-ca", error_chain(&e)))?;
+        let tls = ServerTls::from_files(TlsFiles {
+            cert: self.tls_cert.clone(),
+            key: self.tls_key.clone(),
+            client_ca: self.client_ca.clone(),
+            crls: self.client_crls.clone(),
+        })
+        .map_err(|e| {
+            config_err(
+                "--tls-cert / --tls-key / --client-ca / --client-crl",
+                error_chain(&e),
+            )
+        })?;
+        if self.tls_reload_interval_secs == 0 {
+            return Err(config_err(
+                "--tls-reload-interval-secs / NOTES_TLS_RELOAD_INTERVAL_SECS",
+                "must be at least 1",
+            ));
+        }
+        let authenticator =
+            authenticator.with_allowed_identities(scope_set(&self.allowed_client_identities));
         let page_key = read_page_token_key(&self.page_token_key_file)?;
 
         let store: Arc<dyn NoteStore> = match self.store {
@@ -245,6 +270,7 @@ impl ServeConfig {
             page_tokens: PageTokens::new(page_key.expose()),
             limits: Limits {
                 handshake_timeout: Duration::from_secs(self.handshake_timeout_secs),
+                tls_reload_interval: Duration::from_secs(self.tls_reload_interval_secs),
                 grace_period: Duration::from_secs(self.grace_period_secs),
                 ..Limits::default()
             },

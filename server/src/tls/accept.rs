@@ -20,6 +20,8 @@ use tokio::{
     sync::mpsc,
 };
 use tokio_rustls::{TlsAcceptor, server::TlsStream};
+
+use super::ServerTls;
 use tokio_stream::wrappers::ReceiverStream;
 use tokio_util::sync::CancellationToken;
 use tonic::transport::server::Connected;
@@ -91,10 +93,11 @@ impl AsyncWrite for TlsConn {
 }
 
 /// Accepts TCP connections on `listener` until `stop` is cancelled and yields
-/// those that complete a mutual-TLS handshake within `handshake_timeout`.
+/// those that complete a mutual-TLS handshake within `handshake_timeout`,
+/// each with the TLS configuration in force when it was accepted.
 pub fn incoming(
     listener: TcpListener,
-    acceptor: TlsAcceptor,
+    tls: Arc<ServerTls>,
     handshake_timeout: Duration,
     stop: CancellationToken,
 ) -> ReceiverStream<io::Result<TlsConn>> {
@@ -115,7 +118,8 @@ pub fn incoming(
                 },
             };
             let _ = tcp.set_nodelay(true);
-            let acceptor = acceptor.clone();
+            // The configuration in force now; a later reload does not touch this connection.
+            let acceptor = TlsAcceptor::from(tls.current());
             let tx = tx.clone();
             tokio::spawn(async move {
                 if let Some(conn) = handshake(acceptor, tcp, remote_addr, handshake_timeout).await {

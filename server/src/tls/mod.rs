@@ -3,23 +3,28 @@
 //!
 //! - [`accept`]: the TLS accept loop feeding tonic, with a handshake timeout.
 //! - [`identity`]: [`PeerIdentity`], extracted once per connection.
-//! - [`pki`]: certificate authority and certificate issuance (dev mode, tests).
+//! - [`verifier`]: the client-certificate verifier that logs why it refused, naming the certificate.
+//! - [`reload`]: the configuration in force, reloaded on file change or SIGHUP.
+//! - [`pki`]: certificate authority, issuance and CRLs (`notes-server certs`, dev mode, tests).
 
 pub mod accept;
 pub mod identity;
 pub mod pki;
+pub mod reload;
+pub mod verifier;
 
 use std::{path::Path, sync::Arc};
 
 use rustls::{
     RootCertStore, ServerConfig,
     crypto::CryptoProvider,
-    pki_types::{CertificateDer, PrivateKeyDer, pem::PemObject},
+    pki_types::{CertificateDer, CertificateRevocationListDer, PrivateKeyDer, pem::PemObject},
     server::WebPkiClientVerifier,
 };
 
 pub use accept::{ConnInfo, TlsConn};
 pub use identity::PeerIdentity;
+pub use reload::{ServerTls, TlsFiles};
 
 /// Failures building the TLS configuration.
 #[derive(Debug, thiserror::Error)]
@@ -61,6 +66,8 @@ pub struct TlsMaterial {
     pub key: Arc<PrivateKeyDer<'static>>,
     /// The CAs whose client certificates are accepted.
     pub client_ca: Vec<CertificateDer<'static>>,
+    /// Revocation lists of those CAs.
+    pub crls: Vec<CertificateRevocationListDer<'static>>,
 }
 
 impl TlsMaterial {
@@ -79,7 +86,19 @@ impl TlsMaterial {
                 }
             })?),
             client_ca: certs(client_ca_pem, "client CA bundle")?,
+            crls: Vec::new(),
         })
+    }
+
+    /// Adds CRLs (PEM, one or more per file).
+    pub fn with_crls_pem(mut self, crl_pem: &[u8]) -> Result<Self, TlsError> {
+        for crl in CertificateRevocationListDer::pem_slice_iter(crl_pem) {
+            self.crls.push(crl.map_err(|source| TlsError::Pem {
+                what: "client CRL",
+                source,
+            })?);
+        }
+        Ok(self)
     }
 
     /// Reads PEM files.
@@ -92,7 +111,7 @@ impl TlsMaterial {
     }
 }
 
-fn read(path: &Path, what: &'static str) -> Result<Vec<u8>, TlsError> {
+pub(crate) fn read(path: &Path, what: &'static str) -> Result<Vec<u8>, TlsError> {
     std::fs::read(path).map_err(|source| TlsError::Read {
         what,
         path: path.display().to_string(),
@@ -124,7 +143,9 @@ pub fn install_crypto_provider() {
 
 /// The server's rustls configuration: TLS 1.3 preferred, 1.2 allowed (the
 /// provider's suites are all AEAD with forward secrecy), ALPN `h2`, and a
-/// client certificate chaining to `client_ca` required on every connection.
+/// client certificate chaining to `client_ca`, valid now, with the
+/// clientAuth usage and not revoked by any configured CRL, required on
+/// every connection.
 pub fn server_config(material: &TlsMaterial) -> Result<Arc<ServerConfig>, TlsError> {
     let provider = crypto_provider();
     let mut roots = RootCertStore::empty();
@@ -133,9 +154,18 @@ pub fn server_config(material: &TlsMaterial) -> Result<Arc<ServerConfig>, TlsErr
             .add(ca.clone())
             .map_err(|e| TlsError::Rustls(format!("client CA: {e}")))?;
     }
-    let verifier = WebPkiClientVerifier::builder_with_provider(Arc::new(roots), provider.clone())
+    let mut builder =
+        WebPkiClientVerifier::builder_with_provider(Arc::new(roots), provider.clone());
+    if !material.crls.is_empty() {
+        // Leaf revocation; the CA is our own and not itself revoked by a CRL of ours.
+        builder = builder
+            .with_crls(material.crls.clone())
+            .only_check_end_entity_revocation();
+    }
+    let verifier = builder
         .build()
         .map_err(|e| TlsError::Rustls(format!("client verifier: {e}")))?;
+    let verifier = Arc::new(verifier::LoggingVerifier::new(verifier));
     let mut config = ServerConfig::builder_with_provider(provider)
         .with_protocol_versions(&[&rustls::version::TLS13, &rustls::version::TLS12])
         .map_err(|e| TlsError::Rustls(e.to_string()))?

@@ -1,11 +1,13 @@
-//! A small certificate authority on rcgen: enough for dev mode and tests,
-//! with no openssl involved. Keys are ECDSA P-256.
+//! A small certificate authority on rcgen, with no openssl involved: create
+//! a CA, issue server and client certificates, revoke them in a CRL. Used by
+//! `notes-server certs`, dev mode and the tests. Keys are ECDSA P-256.
 
 use std::{net::IpAddr, time::Duration};
 
 use rcgen::{
-    BasicConstraints, CertificateParams, DistinguishedName, DnType, ExtendedKeyUsagePurpose, IsCa,
-    Issuer, KeyPair, KeyUsagePurpose, SanType,
+    BasicConstraints, CertificateParams, CertificateRevocationListParams, DistinguishedName,
+    DnType, ExtendedKeyUsagePurpose, IsCa, Issuer, KeyIdMethod, KeyPair, KeyUsagePurpose,
+    RevocationReason, RevokedCertParams, SanType, SerialNumber,
 };
 use time::OffsetDateTime;
 
@@ -21,6 +23,8 @@ pub struct CertifiedKey {
     pub cert_pem: String,
     /// Its PKCS#8 private key.
     pub key_pem: String,
+    /// Its serial number, for revocation.
+    pub serial: Vec<u8>,
 }
 
 /// A certificate authority that can issue server and client certificates.
@@ -42,11 +46,33 @@ pub struct Subject {
     pub uris: Vec<String>,
 }
 
-fn validity(params: &mut CertificateParams, valid_for: Duration) {
-    let now = OffsetDateTime::now_utc();
-    // Backdate a little so a peer's slightly slow clock still accepts it.
-    params.not_before = now - time::Duration::minutes(5);
-    params.not_after = now + valid_for;
+/// What a leaf certificate may be used for (extended key usage).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Usage {
+    /// TLS server (serverAuth).
+    Server,
+    /// TLS client (clientAuth).
+    Client,
+}
+
+/// When a certificate is valid.
+#[derive(Debug, Clone, Copy)]
+pub struct Validity {
+    /// Not before.
+    pub not_before: OffsetDateTime,
+    /// Not after.
+    pub not_after: OffsetDateTime,
+}
+
+impl Validity {
+    /// From five minutes ago (a peer's slightly slow clock) for `valid_for`.
+    pub fn starting_now(valid_for: Duration) -> Self {
+        let now = OffsetDateTime::now_utc();
+        Self {
+            not_before: now - time::Duration::minutes(5),
+            not_after: now + valid_for,
+        }
+    }
 }
 
 fn name(common_name: &str) -> DistinguishedName {
@@ -54,6 +80,15 @@ fn name(common_name: &str) -> DistinguishedName {
     dn.push(DnType::OrganizationName, "notes");
     dn.push(DnType::CommonName, common_name);
     dn
+}
+
+/// A random positive 128-bit serial number.
+fn random_serial() -> Result<Vec<u8>, PkiError> {
+    let mut serial = [0u8; 16];
+    aws_lc_rs::rand::fill(&mut serial).map_err(|_| rcgen::Error::RingUnspecified)?;
+    serial[0] &= 0x7f;
+    serial[0] |= 0x01;
+    Ok(serial.to_vec())
 }
 
 impl CertificateAuthority {
@@ -68,11 +103,23 @@ impl CertificateAuthority {
             KeyUsagePurpose::CrlSign,
             KeyUsagePurpose::DigitalSignature,
         ];
-        validity(&mut params, valid_for);
+        params.serial_number = Some(SerialNumber::from_slice(&random_serial()?));
+        let validity = Validity::starting_now(valid_for);
+        params.not_before = validity.not_before;
+        params.not_after = validity.not_after;
         let cert = params.self_signed(&key)?;
         Ok(Self {
             cert_pem: cert.pem(),
             issuer: Issuer::new(params, key),
+        })
+    }
+
+    /// An existing CA from its certificate and key (PEM).
+    pub fn load(cert_pem: &str, key_pem: &str) -> Result<Self, PkiError> {
+        let key = KeyPair::from_pem(key_pem)?;
+        Ok(Self {
+            issuer: Issuer::from_ca_cert_pem(cert_pem, key)?,
+            cert_pem: cert_pem.to_owned(),
         })
     }
 
@@ -92,7 +139,7 @@ impl CertificateAuthority {
         subject: &Subject,
         valid_for: Duration,
     ) -> Result<CertifiedKey, PkiError> {
-        self.issue(subject, ExtendedKeyUsagePurpose::ServerAuth, valid_for)
+        self.issue(subject, Usage::Server, Validity::starting_now(valid_for))
     }
 
     /// Issues a client certificate (clientAuth) for `subject`.
@@ -101,20 +148,26 @@ impl CertificateAuthority {
         subject: &Subject,
         valid_for: Duration,
     ) -> Result<CertifiedKey, PkiError> {
-        self.issue(subject, ExtendedKeyUsagePurpose::ClientAuth, valid_for)
+        self.issue(subject, Usage::Client, Validity::starting_now(valid_for))
     }
 
-    fn issue(
+    /// Issues a certificate for `subject` with `usage`, valid during `validity`.
+    pub fn issue(
         &self,
         subject: &Subject,
-        usage: ExtendedKeyUsagePurpose,
-        valid_for: Duration,
+        usage: Usage,
+        validity: Validity,
     ) -> Result<CertifiedKey, PkiError> {
         let key = KeyPair::generate()?;
+        let serial = random_serial()?;
         let mut params = CertificateParams::default();
         params.distinguished_name = name(&subject.common_name);
+        params.serial_number = Some(SerialNumber::from_slice(&serial));
         params.key_usages = vec![KeyUsagePurpose::DigitalSignature];
-        params.extended_key_usages = vec![usage];
+        params.extended_key_usages = vec![match usage {
+            Usage::Server => ExtendedKeyUsagePurpose::ServerAuth,
+            Usage::Client => ExtendedKeyUsagePurpose::ClientAuth,
+        }];
         params.use_authority_key_identifier_extension = true;
         for dns in &subject.dns_names {
             params
@@ -129,11 +182,50 @@ impl CertificateAuthority {
                 .subject_alt_names
                 .push(SanType::URI(uri.clone().try_into()?));
         }
-        validity(&mut params, valid_for);
+        params.not_before = validity.not_before;
+        params.not_after = validity.not_after;
         let cert = params.signed_by(&key, &self.issuer)?;
         Ok(CertifiedKey {
             cert_pem: cert.pem(),
             key_pem: key.serialize_pem(),
+            serial,
         })
     }
+
+    /// A CRL (PEM) revoking `serials`, numbered `crl_number`, valid for `valid_for`.
+    pub fn crl(
+        &self,
+        serials: &[Vec<u8>],
+        crl_number: u64,
+        valid_for: Duration,
+    ) -> Result<String, PkiError> {
+        let now = OffsetDateTime::now_utc();
+        let params = CertificateRevocationListParams {
+            this_update: now - time::Duration::minutes(5),
+            next_update: now + valid_for,
+            crl_number: SerialNumber::from(crl_number),
+            issuing_distribution_point: None,
+            revoked_certs: serials
+                .iter()
+                .map(|serial| RevokedCertParams {
+                    serial_number: SerialNumber::from_slice(serial),
+                    revocation_time: now - time::Duration::minutes(1),
+                    reason_code: Some(RevocationReason::Unspecified),
+                    invalidity_date: None,
+                })
+                .collect(),
+            key_identifier_method: KeyIdMethod::Sha256,
+        };
+        Ok(params.signed_by(&self.issuer)?.pem()?)
+    }
+}
+
+/// The serial number of a PEM certificate.
+pub fn serial_of(cert_pem: &str) -> Result<Vec<u8>, String> {
+    use rustls::pki_types::{CertificateDer, pem::PemObject};
+    use x509_parser::prelude::FromDer;
+    let der = CertificateDer::from_pem_slice(cert_pem.as_bytes()).map_err(|e| e.to_string())?;
+    let (_, cert) =
+        x509_parser::certificate::X509Certificate::from_der(&der).map_err(|e| e.to_string())?;
+    Ok(cert.raw_serial().to_vec())
 }

@@ -1,0 +1,256 @@
+//! `notes-server certs`: stand up and run a small PKI from nothing.
+//!
+//! Everything lives in one folder (default `certs/out`, git-ignored):
+//! `ca.pem`/`ca.key`, one `NAME.pem`/`NAME.key` per issued certificate,
+//! `revoked.txt` (hex serials) and `crl.pem`, regenerated on every revoke.
+//! Keys are written with mode 0600.
+
+use std::{
+    fs,
+    io::Write,
+    net::IpAddr,
+    os::unix::fs::{DirBuilderExt, OpenOptionsExt},
+    path::{Path, PathBuf},
+    time::Duration,
+};
+
+use anyhow::{Context, bail};
+
+use crate::tls::pki::{CertificateAuthority, Subject, serial_of};
+
+const DAY: u64 = 24 * 3600;
+
+/// The `certs` subcommands.
+#[derive(Debug, clap::Subcommand)]
+pub enum CertsCommand {
+    /// Create a CA (refuses to overwrite one).
+    InitCa {
+        /// Common name of the CA.
+        #[arg(long, default_value = "notes CA")]
+        name: String,
+        /// Validity in days.
+        #[arg(long, default_value_t = 3650)]
+        days: u64,
+    },
+    /// Issue a server certificate (serverAuth) with DNS and IP SANs.
+    Server {
+        /// File stem and common name, e.g. `notes-server`.
+        name: String,
+        /// DNS SANs.
+        #[arg(long = "dns")]
+        dns: Vec<String>,
+        /// IP SANs.
+        #[arg(long = "ip")]
+        ips: Vec<IpAddr>,
+        /// Validity in days.
+        #[arg(long, default_value_t = 90)]
+        days: u64,
+    },
+    /// Issue a client certificate (clientAuth) with URI and/or DNS SANs.
+    Client {
+        /// File stem and common name, e.g. `billing`.
+        name: String,
+        /// URI SANs, e.g. spiffe://example.org/billing.
+        #[arg(long = "uri")]
+        uris: Vec<String>,
+        /// DNS SANs.
+        #[arg(long = "dns")]
+        dns: Vec<String>,
+        /// Validity in days.
+        #[arg(long, default_value_t = 30)]
+        days: u64,
+    },
+    /// Revoke a certificate and rewrite crl.pem.
+    Revoke {
+        /// The certificate (PEM) to revoke.
+        cert: PathBuf,
+        /// Days until the CRL's nextUpdate.
+        #[arg(long, default_value_t = 7)]
+        crl_days: u64,
+    },
+}
+
+fn write(path: &Path, bytes: &[u8], mode: u32) -> anyhow::Result<()> {
+    let _ = fs::remove_file(path);
+    let mut file = fs::OpenOptions::new()
+        .write(true)
+        .create_new(true)
+        .mode(mode)
+        .open(path)
+        .with_context(|| format!("creating {}", path.display()))?;
+    file.write_all(bytes)
+        .with_context(|| format!("writing {}", path.display()))
+}
+
+fn load_ca(dir: &Path) -> anyhow::Result<CertificateAuthority> {
+    let read = |name: &str| {
+        let path = dir.join(name);
+        fs::read_to_string(&path)
+            .with_context(|| format!("reading {} (run `certs init-ca` first)", path.display()))
+    };
+    Ok(CertificateAuthority::load(
+        &read("ca.pem")?,
+        &read("ca.key")?,
+    )?)
+}
+
+fn check_name(name: &str) -> anyhow::Result<()> {
+    let ok = !name.is_empty()
+        && name != "ca"
+        && name
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_' || b == b'.')
+        && !name.starts_with('.');
+    if !ok {
+        bail!("name {name:?} must be letters, digits, '-', '_' or '.', and not 'ca'");
+    }
+    Ok(())
+}
+
+fn hex(bytes: &[u8]) -> String {
+    bytes.iter().map(|b| format!("{b:02x}")).collect()
+}
+
+fn unhex(s: &str) -> anyhow::Result<Vec<u8>> {
+    if !s.len().is_multiple_of(2) {
+        bail!("odd-length serial {s:?}");
+    }
+    (0..s.len())
+        .step_by(2)
+        .map(|i| u8::from_str_radix(&s[i..i + 2], 16).with_context(|| format!("bad serial {s:?}")))
+        .collect()
+}
+
+/// Runs one `certs` command in `dir`; returns what it wrote, for the user.
+pub fn run(dir: &Path, command: CertsCommand) -> anyhow::Result<String> {
+    fs::DirBuilder::new()
+        .recursive(true)
+        .mode(0o700)
+        .create(dir)
+        .with_context(|| format!("creating {}", dir.display()))?;
+    match command {
+        CertsCommand::InitCa { name, days } => {
+            if dir.join("ca.key").exists() {
+                bail!(
+                    "{} already holds a CA; refusing to overwrite it",
+                    dir.display()
+                );
+            }
+            let ca = CertificateAuthority::generate(&name, Duration::from_secs(days * DAY))?;
+            write(&dir.join("ca.pem"), ca.cert_pem().as_bytes(), 0o644)?;
+            write(&dir.join("ca.key"), ca.key_pem().as_bytes(), 0o600)?;
+            write(
+                &dir.join("crl.pem"),
+                ca.crl(&[], 1, Duration::from_secs(7 * DAY))?.as_bytes(),
+                0o644,
+            )?;
+            write(&dir.join("crl-number"), b"1", 0o644)?;
+            Ok(format!(
+                "CA {name:?}: {0}/ca.pem, {0}/ca.key, empty {0}/crl.pem",
+                dir.display()
+            ))
+        }
+        CertsCommand::Server {
+            name,
+            dns,
+            ips,
+            days,
+        } => {
+            check_name(&name)?;
+            if dns.is_empty() && ips.is_empty() {
+                bail!("a server certificate needs at least one --dns or --ip");
+            }
+            let subject = Subject {
+                common_name: name.clone(),
+                dns_names: dns,
+                ips,
+                uris: vec![],
+            };
+            let issued = load_ca(dir)?.issue_server(&subject, Duration::from_secs(days * DAY))?;
+            write(
+                &dir.join(format!("{name}.pem")),
+                issued.cert_pem.as_bytes(),
+                0o644,
+            )?;
+            write(
+                &dir.join(format!("{name}.key")),
+                issued.key_pem.as_bytes(),
+                0o600,
+            )?;
+            Ok(format!(
+                "server certificate {0}/{name}.pem (serial {1})",
+                dir.display(),
+                hex(&issued.serial)
+            ))
+        }
+        CertsCommand::Client {
+            name,
+            uris,
+            dns,
+            days,
+        } => {
+            check_name(&name)?;
+            if uris.is_empty() && dns.is_empty() {
+                bail!("a client certificate needs an identity: --uri spiffe://... and/or --dns");
+            }
+            let subject = Subject {
+                common_name: name.clone(),
+                dns_names: dns,
+                ips: vec![],
+                uris,
+            };
+            let issued = load_ca(dir)?.issue_client(&subject, Duration::from_secs(days * DAY))?;
+            write(
+                &dir.join(format!("{name}.pem")),
+                issued.cert_pem.as_bytes(),
+                0o644,
+            )?;
+            write(
+                &dir.join(format!("{name}.key")),
+                issued.key_pem.as_bytes(),
+                0o600,
+            )?;
+            Ok(format!(
+                "client certificate {0}/{name}.pem (serial {1})",
+                dir.display(),
+                hex(&issued.serial)
+            ))
+        }
+        CertsCommand::Revoke { cert, crl_days } => {
+            let ca = load_ca(dir)?;
+            let pem =
+                fs::read_to_string(&cert).with_context(|| format!("reading {}", cert.display()))?;
+            let serial = serial_of(&pem).map_err(|e| anyhow::anyhow!("{}: {e}", cert.display()))?;
+            let revoked_path = dir.join("revoked.txt");
+            let mut serials: Vec<Vec<u8>> = fs::read_to_string(&revoked_path)
+                .unwrap_or_default()
+                .lines()
+                .filter(|l| !l.trim().is_empty())
+                .map(|l| unhex(l.trim()))
+                .collect::<anyhow::Result<_>>()?;
+            if !serials.contains(&serial) {
+                serials.push(serial.clone());
+            }
+            let number: u64 = fs::read_to_string(dir.join("crl-number"))
+                .ok()
+                .and_then(|n| n.trim().parse().ok())
+                .unwrap_or(0)
+                + 1;
+            let crl = ca.crl(&serials, number, Duration::from_secs(crl_days * DAY))?;
+            let listing: String = serials.iter().map(|s| hex(s) + "\n").collect();
+            write(&revoked_path, listing.as_bytes(), 0o644)?;
+            write(&dir.join("crl.pem"), crl.as_bytes(), 0o644)?;
+            write(
+                &dir.join("crl-number"),
+                number.to_string().as_bytes(),
+                0o644,
+            )?;
+            Ok(format!(
+                "revoked serial {}; {}/crl.pem (number {number}) lists {} certificate(s)",
+                hex(&serial),
+                dir.display(),
+                serials.len()
+            ))
+        }
+    }
+}

@@ -1,0 +1,144 @@
+//! The TLS configuration in force, swapped atomically on reload.
+//!
+//! New connections take [`ServerTls::current`] at accept time; established
+//! connections keep the configuration they were made with, so a reload never
+//! drops them. A reload that fails (a file that does not parse, a key that
+//! does not match its certificate) is logged and changes nothing.
+
+use std::{
+    path::PathBuf,
+    sync::{Arc, Mutex, RwLock},
+    time::Duration,
+};
+
+use rustls::ServerConfig;
+use tokio_util::sync::CancellationToken;
+
+use super::{TlsError, TlsMaterial, read, server_config};
+
+/// The files the server's TLS configuration is made from.
+#[derive(Debug, Clone)]
+pub struct TlsFiles {
+    /// Server certificate chain (PEM).
+    pub cert: PathBuf,
+    /// Server key (PEM).
+    pub key: PathBuf,
+    /// Client CA bundle (PEM).
+    pub client_ca: PathBuf,
+    /// Client CRLs (PEM).
+    pub crls: Vec<PathBuf>,
+}
+
+impl TlsFiles {
+    /// Reads every file: the material, and a digest of all bytes read.
+    fn load(&self) -> Result<(TlsMaterial, Vec<u8>), TlsError> {
+        let cert = read(&self.cert, "server certificate")?;
+        let key = read(&self.key, "server key")?;
+        let ca = read(&self.client_ca, "client CA bundle")?;
+        let mut digest = aws_lc_rs::digest::Context::new(&aws_lc_rs::digest::SHA256);
+        for bytes in [&cert, &key, &ca] {
+            digest.update(&(bytes.len() as u64).to_be_bytes());
+            digest.update(bytes);
+        }
+        let mut material = TlsMaterial::from_pem(&cert, &key, &ca)?;
+        for path in &self.crls {
+            let crl = read(path, "client CRL")?;
+            digest.update(&(crl.len() as u64).to_be_bytes());
+            digest.update(&crl);
+            material = material.with_crls_pem(&crl)?;
+        }
+        Ok((material, digest.finish().as_ref().to_vec()))
+    }
+}
+
+/// The server's TLS configuration, reloadable when it came from files.
+pub struct ServerTls {
+    current: RwLock<Arc<ServerConfig>>,
+    files: Option<TlsFiles>,
+    loaded_digest: Mutex<Vec<u8>>,
+}
+
+impl ServerTls {
+    /// A configuration that never changes.
+    pub fn fixed(config: Arc<ServerConfig>) -> Arc<Self> {
+        Arc::new(Self {
+            current: RwLock::new(config),
+            files: None,
+            loaded_digest: Mutex::default(),
+        })
+    }
+
+    /// Loads `files`; later [`reload`](Self::reload)s read them again.
+    pub fn from_files(files: TlsFiles) -> Result<Arc<Self>, TlsError> {
+        let (material, digest) = files.load()?;
+        Ok(Arc::new(Self {
+            current: RwLock::new(server_config(&material)?),
+            files: Some(files),
+            loaded_digest: Mutex::new(digest),
+        }))
+    }
+
+    /// The configuration for the next connection.
+    pub fn current(&self) -> Arc<ServerConfig> {
+        self.current
+            .read()
+            .unwrap_or_else(|e| e.into_inner())
+            .clone()
+    }
+
+    /// Re-reads the files; swaps the configuration if they changed and are
+    /// valid. `Ok(true)`: a new configuration is in force.
+    pub fn reload(&self) -> Result<bool, TlsError> {
+        let Some(files) = &self.files else {
+            return Ok(false);
+        };
+        let (material, digest) = files.load()?;
+        let mut loaded = self.loaded_digest.lock().unwrap_or_else(|e| e.into_inner());
+        if *loaded == digest {
+            return Ok(false);
+        }
+        let config = server_config(&material)?;
+        *self.current.write().unwrap_or_else(|e| e.into_inner()) = config;
+        *loaded = digest;
+        Ok(true)
+    }
+
+    fn reload_logged(&self, trigger: &str) {
+        match self.reload() {
+            Ok(true) => tracing::info!(trigger, "TLS configuration reloaded"),
+            Ok(false) => {}
+            Err(err) => tracing::error!(
+                trigger,
+                error = %crate::config::error_chain(&err),
+                "TLS reload refused; the previous configuration stays in force"
+            ),
+        }
+    }
+
+    /// Reloads when the files change (checked every `interval`) and on
+    /// SIGHUP, until `stop`.
+    pub fn spawn_watch(self: &Arc<Self>, interval: Duration, stop: CancellationToken) {
+        if self.files.is_none() {
+            return;
+        }
+        let this = self.clone();
+        tokio::spawn(async move {
+            let mut hup = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup())
+                .map_err(
+                    |e| tracing::warn!(error = %e, "cannot listen for SIGHUP; file changes only"),
+                )
+                .ok();
+            let mut tick = tokio::time::interval(interval);
+            tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+            loop {
+                tokio::select! {
+                    _ = stop.cancelled() => break,
+                    _ = tick.tick() => this.reload_logged("file change"),
+                    Some(()) = async { match hup.as_mut() { Some(h) => h.recv().await, None => std::future::pending().await } } => {
+                        this.reload_logged("SIGHUP")
+                    }
+                }
+            }
+        });
+    }
+}

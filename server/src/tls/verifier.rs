@@ -1,0 +1,110 @@
+//! Client-certificate verification that says why it refused.
+//!
+//! rustls' WebPKI verifier decides; this wrapper only logs a refusal with the
+//! certificate's subject, serial and SANs, so an operator can tell which
+//! caller was turned away and why (expired, revoked, unknown CA, ...).
+
+use std::sync::Arc;
+
+use rustls::{
+    DigitallySignedStruct, DistinguishedName, Error, SignatureScheme,
+    client::danger::HandshakeSignatureValid,
+    pki_types::{CertificateDer, UnixTime},
+    server::danger::{ClientCertVerified, ClientCertVerifier},
+};
+use x509_parser::prelude::FromDer;
+
+/// Wraps a verifier and logs its refusals.
+#[derive(Debug)]
+pub struct LoggingVerifier {
+    inner: Arc<dyn ClientCertVerifier>,
+}
+
+impl LoggingVerifier {
+    /// Logs the refusals of `inner`.
+    pub fn new(inner: Arc<dyn ClientCertVerifier>) -> Self {
+        Self { inner }
+    }
+}
+
+/// "subject (serial …, SANs …)" of a certificate, for logs.
+pub fn describe(der: &[u8]) -> String {
+    match x509_parser::certificate::X509Certificate::from_der(der) {
+        Ok((_, cert)) => {
+            let sans = cert
+                .subject_alternative_name()
+                .ok()
+                .flatten()
+                .map(|san| {
+                    san.value
+                        .general_names
+                        .iter()
+                        .map(ToString::to_string)
+                        .collect::<Vec<_>>()
+                        .join(", ")
+                })
+                .unwrap_or_default();
+            format!(
+                "{} (serial {}, SANs [{sans}])",
+                cert.subject(),
+                cert.raw_serial_as_string()
+            )
+        }
+        Err(_) => "an unparseable certificate".to_owned(),
+    }
+}
+
+impl ClientCertVerifier for LoggingVerifier {
+    fn offer_client_auth(&self) -> bool {
+        self.inner.offer_client_auth()
+    }
+
+    fn client_auth_mandatory(&self) -> bool {
+        self.inner.client_auth_mandatory()
+    }
+
+    fn root_hint_subjects(&self) -> &[DistinguishedName] {
+        self.inner.root_hint_subjects()
+    }
+
+    fn verify_client_cert(
+        &self,
+        end_entity: &CertificateDer<'_>,
+        intermediates: &[CertificateDer<'_>],
+        now: UnixTime,
+    ) -> Result<ClientCertVerified, Error> {
+        let result = self
+            .inner
+            .verify_client_cert(end_entity, intermediates, now);
+        if let Err(err) = &result {
+            tracing::warn!(
+                certificate = %describe(end_entity),
+                error = %err,
+                "client certificate refused"
+            );
+        }
+        result
+    }
+
+    fn verify_tls12_signature(
+        &self,
+        message: &[u8],
+        cert: &CertificateDer<'_>,
+        dss: &DigitallySignedStruct,
+    ) -> Result<HandshakeSignatureValid, Error> {
+        self.inner.verify_tls12_signature(message, cert, dss)
+    }
+
+    fn verify_tls13_signature(
+        &self,
+        message: &[u8],
+        cert: &CertificateDer<'_>,
+        dss: &DigitallySignedStruct,
+    ) -> Result<HandshakeSignatureValid, Error> {
+        self.inner.verify_tls13_signature(message, cert, dss)
+    }
+
+    fn supported_verify_schemes(&self) -> Vec<SignatureScheme> {
+        self.inner.supported_verify_schemes()
+    }
+}

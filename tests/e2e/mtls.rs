@@ -1,0 +1,366 @@
+//! Production mutual TLS: certificates that are expired, not yet valid, for
+//! the wrong usage, revoked or from an unknown CA fail the handshake; the
+//! caller's identity reaches the handler; the identity allow-list; hot reload
+//! of the server certificate and the CRL without dropping connections, and a
+//! broken file that changes nothing.
+
+use std::{
+    path::Path,
+    sync::{Arc, Mutex},
+    time::Duration,
+};
+
+use notes_api::pb::ListNotesRequest;
+use notes_server::tls::{
+    ServerTls, TlsFiles,
+    pki::{CertifiedKey, Subject, Usage, Validity},
+};
+use rustls::{
+    AlertDescription,
+    pki_types::{CertificateDer, pem::PemObject},
+};
+use time::OffsetDateTime;
+use tonic::Code;
+use tonic_health::pb::{HealthCheckRequest, health_client::HealthClient};
+use tonic_reflection::pb::v1;
+
+use crate::helpers::{
+    Backend, CLIENT_SPIFFE, TestApp, pki, test_authenticator, tls_probe, token_for, with_token,
+};
+
+const DAY: Duration = Duration::from_secs(24 * 3600);
+
+fn client(name: &str, usage: Usage, validity: Validity) -> CertifiedKey {
+    let subject = Subject {
+        common_name: name.into(),
+        uris: vec![format!("spiffe://notes.test/{name}")],
+        ..Subject::default()
+    };
+    pki().ca.issue(&subject, usage, validity).unwrap()
+}
+
+fn valid() -> Validity {
+    Validity::starting_now(DAY)
+}
+
+fn alert(description: AlertDescription) -> rustls::Error {
+    rustls::Error::AlertReceived(description)
+}
+
+#[tokio::test]
+async fn an_expired_client_certificate_fails_the_handshake() {
+    let app = TestApp::spawn().await;
+    let now = OffsetDateTime::now_utc();
+    let expired = client(
+        "expired",
+        Usage::Client,
+        Validity {
+            not_before: now - time::Duration::days(10),
+            not_after: now - time::Duration::days(1),
+        },
+    );
+
+    let err = tls_probe(app.addr, Some(&expired)).await.unwrap_err();
+
+    assert_eq!(err, alert(AlertDescription::CertificateExpired));
+}
+
+#[tokio::test]
+async fn a_not_yet_valid_client_certificate_fails_the_handshake() {
+    let app = TestApp::spawn().await;
+    let now = OffsetDateTime::now_utc();
+    let future = client(
+        "future",
+        Usage::Client,
+        Validity {
+            not_before: now + time::Duration::days(1),
+            not_after: now + time::Duration::days(10),
+        },
+    );
+
+    let err = tls_probe(app.addr, Some(&future)).await.unwrap_err();
+
+    assert_eq!(err, alert(AlertDescription::CertificateExpired));
+}
+
+#[tokio::test]
+async fn a_server_certificate_presented_as_a_client_certificate_fails_the_handshake() {
+    let app = TestApp::spawn().await;
+    let wrong_usage = client("server-usage", Usage::Server, valid());
+
+    let err = tls_probe(app.addr, Some(&wrong_usage)).await.unwrap_err();
+
+    assert_eq!(err, alert(AlertDescription::UnsupportedCertificate));
+}
+
+/// Captures the server's logs for this test process (nextest runs each test
+/// in its own process, so the global subscriber is this test's).
+fn capture_logs(filter: &str) -> Arc<Mutex<Vec<u8>>> {
+    #[derive(Clone)]
+    struct Sink(Arc<Mutex<Vec<u8>>>);
+    impl std::io::Write for Sink {
+        fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+            self.0.lock().unwrap().extend_from_slice(buf);
+            Ok(buf.len())
+        }
+        fn flush(&mut self) -> std::io::Result<()> {
+            Ok(())
+        }
+    }
+    let logs = Arc::new(Mutex::new(Vec::new()));
+    let sink = Sink(logs.clone());
+    tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_ansi(false)
+        .with_writer(move || sink.clone())
+        .init();
+    logs
+}
+
+fn text(logs: &Arc<Mutex<Vec<u8>>>) -> String {
+    String::from_utf8_lossy(&logs.lock().unwrap()).into_owned()
+}
+
+#[tokio::test]
+async fn a_refused_certificate_is_logged_with_its_name_and_reason() {
+    let logs = capture_logs("notes_server::tls=warn");
+    let app = TestApp::spawn().await;
+    let now = OffsetDateTime::now_utc();
+    let expired = client(
+        "expired-logged",
+        Usage::Client,
+        Validity {
+            not_before: now - time::Duration::days(10),
+            not_after: now - time::Duration::days(1),
+        },
+    );
+
+    tls_probe(app.addr, Some(&expired)).await.unwrap_err();
+
+    let logs = text(&logs);
+    assert!(logs.contains("client certificate refused"), "{logs}");
+    assert!(logs.contains("expired-logged"), "{logs}");
+    assert!(
+        logs.contains("spiffe://notes.test/expired-logged"),
+        "{logs}"
+    );
+    assert!(logs.to_lowercase().contains("expired"), "{logs}");
+}
+
+#[tokio::test]
+async fn the_callers_certificate_identity_reaches_the_handler() {
+    let logs = capture_logs("notes_server::api=debug");
+    let app = TestApp::spawn().await;
+
+    app.raw()
+        .await
+        .list_notes(with_token(ListNotesRequest::default(), &token_for("alice")))
+        .await
+        .unwrap();
+
+    let logs = text(&logs);
+    let line = logs
+        .lines()
+        .find(|l| l.contains("ListNotes"))
+        .unwrap_or_else(|| panic!("{logs}"));
+    assert!(line.contains(&format!("peer={CLIENT_SPIFFE}")), "{line}");
+    assert!(line.contains("subject=alice"), "{line}");
+}
+
+#[tokio::test]
+async fn only_allow_listed_identities_may_call_even_with_a_valid_token() {
+    let other = client("reports", Usage::Client, valid());
+    let auth = test_authenticator().with_allowed_identities([CLIENT_SPIFFE.to_owned()].into());
+    let app = TestApp::spawn_with(Backend::Memory, auth).await;
+    let token = token_for("alice");
+
+    app.raw()
+        .await
+        .list_notes(with_token(ListNotesRequest::default(), &token))
+        .await
+        .unwrap();
+    let mut theirs = notes_api::pb::notes_service_client::NotesServiceClient::new(
+        app.channel(Some(&other)).await,
+    );
+    let refused = theirs
+        .list_notes(with_token(ListNotesRequest::default(), &token))
+        .await
+        .unwrap_err();
+    let health = HealthClient::new(app.channel(Some(&other)).await)
+        .check(HealthCheckRequest::default())
+        .await
+        .unwrap_err();
+
+    for status in [&refused, &health] {
+        assert_eq!(status.code(), Code::PermissionDenied, "{status:?}");
+        assert!(
+            status.message().contains("spiffe://notes.test/reports"),
+            "{status:?}"
+        );
+    }
+}
+
+/// Server TLS files in a temporary folder, reloaded every 100 ms by the server.
+struct TlsDir {
+    dir: tempfile::TempDir,
+}
+
+impl TlsDir {
+    fn new() -> TlsDir {
+        let dir = tempfile::tempdir().unwrap();
+        let tls = TlsDir { dir };
+        let server = pki().ca.issue_server(&localhost(), DAY).unwrap();
+        tls.write_server(&server);
+        std::fs::write(tls.path("ca.pem"), &pki().ca_pem).unwrap();
+        std::fs::write(tls.path("crl.pem"), pki().ca.crl(&[], 1, DAY).unwrap()).unwrap();
+        tls
+    }
+
+    fn path(&self, name: &str) -> std::path::PathBuf {
+        self.dir.path().join(name)
+    }
+
+    fn write_server(&self, server: &CertifiedKey) {
+        write_atomically(&self.path("server.key"), &server.key_pem);
+        write_atomically(&self.path("server.pem"), &server.cert_pem);
+    }
+
+    fn server_tls(&self) -> Arc<ServerTls> {
+        ServerTls::from_files(TlsFiles {
+            cert: self.path("server.pem"),
+            key: self.path("server.key"),
+            client_ca: self.path("ca.pem"),
+            crls: vec![self.path("crl.pem")],
+        })
+        .unwrap()
+    }
+}
+
+fn write_atomically(path: &Path, contents: &str) {
+    let tmp = path.with_extension("tmp");
+    std::fs::write(&tmp, contents).unwrap();
+    std::fs::rename(&tmp, path).unwrap();
+}
+
+fn localhost() -> Subject {
+    Subject {
+        common_name: "localhost".into(),
+        dns_names: vec!["localhost".into()],
+        ..Subject::default()
+    }
+}
+
+fn der(cert_pem: &str) -> CertificateDer<'static> {
+    CertificateDer::from_pem_slice(cert_pem.as_bytes()).unwrap()
+}
+
+/// Probes new connections until the server presents `expected` (or gives up).
+async fn wait_for_server_cert(app: &TestApp, expected: &CertificateDer<'static>) -> bool {
+    for _ in 0..50 {
+        if tls_probe(app.addr, Some(&pki().client)).await.as_ref() == Ok(expected) {
+            return true;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    false
+}
+
+#[tokio::test]
+async fn a_rotated_server_certificate_is_used_by_new_connections_while_open_ones_keep_working() {
+    let files = TlsDir::new();
+    let app = TestApp::spawn_full(
+        Backend::Memory,
+        Arc::new(test_authenticator()),
+        files.server_tls(),
+    )
+    .await;
+    // A bidirectional stream stays on one connection: it proves that connection survives.
+    let mut reflection = v1::server_reflection_client::ServerReflectionClient::new(
+        app.channel(Some(&pki().client)).await,
+    );
+    let (tx, rx) = tokio::sync::mpsc::channel(4);
+    let list = || v1::ServerReflectionRequest {
+        host: String::new(),
+        message_request: Some(v1::server_reflection_request::MessageRequest::ListServices(
+            String::new(),
+        )),
+    };
+    tx.send(list()).await.unwrap();
+    let mut stream = reflection
+        .server_reflection_info(tokio_stream::wrappers::ReceiverStream::new(rx))
+        .await
+        .unwrap()
+        .into_inner();
+    stream.message().await.unwrap().unwrap();
+
+    let rotated = pki().ca.issue_server(&localhost(), DAY).unwrap();
+    files.write_server(&rotated);
+    let switched = wait_for_server_cert(&app, &der(&rotated.cert_pem)).await;
+    tx.send(list()).await.unwrap();
+    let after = stream.message().await;
+
+    assert!(
+        switched,
+        "new connections never saw the rotated certificate"
+    );
+    assert!(
+        matches!(after, Ok(Some(_))),
+        "the open connection was dropped: {after:?}"
+    );
+}
+
+#[tokio::test]
+async fn a_broken_or_mismatched_file_is_refused_and_the_old_configuration_stays() {
+    let files = TlsDir::new();
+    let app = TestApp::spawn_full(
+        Backend::Memory,
+        Arc::new(test_authenticator()),
+        files.server_tls(),
+    )
+    .await;
+    let original = tls_probe(app.addr, Some(&pki().client)).await.unwrap();
+
+    write_atomically(
+        &files.path("server.pem"),
+        "-----BEGIN CERTIFICATE-----\ngarbage\n-----END CERTIFICATE-----\n",
+    );
+    tokio::time::sleep(Duration::from_millis(400)).await;
+    let after_garbage = tls_probe(app.addr, Some(&pki().client)).await;
+    let other = pki().ca.issue_server(&localhost(), DAY).unwrap();
+    write_atomically(&files.path("server.pem"), &other.cert_pem); // the key on disk is not this one's
+    tokio::time::sleep(Duration::from_millis(400)).await;
+    let after_mismatch = tls_probe(app.addr, Some(&pki().client)).await;
+
+    assert_eq!(after_garbage, Ok(original.clone()));
+    assert_eq!(after_mismatch, Ok(original));
+}
+
+#[tokio::test]
+async fn a_client_certificate_revoked_by_a_reloaded_crl_fails_its_next_connection() {
+    let files = TlsDir::new();
+    let app = TestApp::spawn_full(
+        Backend::Memory,
+        Arc::new(test_authenticator()),
+        files.server_tls(),
+    )
+    .await;
+    let doomed = client("doomed", Usage::Client, valid());
+    tls_probe(app.addr, Some(&doomed)).await.unwrap();
+
+    let crl = pki()
+        .ca
+        .crl(std::slice::from_ref(&doomed.serial), 2, DAY)
+        .unwrap();
+    write_atomically(&files.path("crl.pem"), &crl);
+    let mut verdict = Ok(der(&doomed.cert_pem));
+    for _ in 0..50 {
+        verdict = tls_probe(app.addr, Some(&doomed)).await;
+        if verdict.is_err() {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+
+    assert_eq!(verdict, Err(alert(AlertDescription::CertificateRevoked)));
+    tls_probe(app.addr, Some(&pki().client)).await.unwrap();
+}
