@@ -38,9 +38,12 @@ pub enum Error {
         /// The server's message.
         message: String,
     },
-    /// Bad local configuration (files, endpoint, token).
+    /// Bad local configuration (files, endpoint).
     #[error("configuration: {0}")]
     Config(String),
+    /// No token could be had (file unreadable, Cognito refused, endpoint down).
+    #[error("token: {0}")]
+    Token(String),
 }
 
 impl Error {
@@ -66,7 +69,7 @@ impl Error {
             Error::PermissionDenied(_) => Code::PermissionDenied,
             Error::Unavailable(_) => Code::Unavailable,
             Error::Other { code, .. } => *code,
-            Error::Connect(_) | Error::Config(_) => return None,
+            Error::Connect(_) | Error::Config(_) | Error::Token(_) => return None,
         })
     }
 }

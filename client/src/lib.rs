@@ -1,47 +1,77 @@
 //! A typed Rust client for `notes.v1.NotesService`.
 //!
-//! Connects over mutual TLS (the service requires a client certificate) and
-//! attaches a Cognito access token to every call.
+//! The service requires mutual TLS (your service's client certificate) and a
+//! Cognito access token on every call. A service calling it with a Cognito
+//! machine token (client credentials):
 //!
 //! ```no_run
-//! # async fn demo() -> Result<(), notes_client::Error> {
-//! use notes_client::{NotesClient, TlsFiles};
+//! use std::sync::Arc;
+//! use notes_client::{ClientCredentials, NotesClient, TlsFiles};
 //!
-//! let tls = TlsFiles::new(".notes-dev/ca.pem", ".notes-dev/client.pem", ".notes-dev/client.key")
-//!     .load()?;
-//! let token = std::fs::read_to_string(".notes-dev/token").unwrap_or_default();
-//! let mut client = NotesClient::builder("https://localhost:50051", tls, token.trim())
+//! # async fn demo() -> Result<(), notes_client::Error> {
+//! let tls = TlsFiles::new("ca.pem", "billing.pem", "billing.key").load()?;
+//! let tokens = ClientCredentials::new(
+//!     "https://my-pool.auth.eu-west-1.amazoncognito.com/oauth2/token",
+//!     "my-app-client-id",
+//!     std::env::var("NOTES_CLIENT_SECRET").unwrap_or_default(),
+//! )?
+//! .scopes(["notes/read", "notes/write"]);
+//! let client = NotesClient::builder("https://notes.internal:50051", tls)
+//!     .token_provider(Arc::new(tokens))
 //!     .connect()
 //!     .await?;
 //! let note = client.create("remember the milk", None).await?;
-//! let again = client.get(&note.note_id).await?;
-//! assert_eq!(again.content, "remember the milk");
+//! assert_eq!(client.get(&note.note_id).await?.content, "remember the milk");
 //! # Ok(()) }
 //! ```
 //!
+//! `client/examples/dev.rs` runs the same against `notes-server dev`
+//! (`cargo run -p notes-client --example dev`).
+//!
+//! - The client is cheap to clone and safe to share across tasks: clones
+//!   share one HTTP/2 channel.
+//! - Tokens come from a [`TokenProvider`]: [`StaticToken`], [`TokenFile`]
+//!   (re-read when it changes), [`ClientCredentials`] and [`UserSignIn`]
+//!   (cached, refreshed before expiry, one refresh at a time).
+//! - UNAVAILABLE is retried with backoff and jitter on calls that are safe to
+//!   repeat ([`RetryPolicy`]); `create` always sends a `request_id`, so a
+//!   retry never makes a second note.
+//! - Failures are an [`Error`] with one variant per condition a caller acts
+//!   on, carrying the server's message.
+//!
 //! # Layout
-//! - [`NotesClient`] and its [`ClientBuilder`]: connection, TLS, token, calls.
+//! - [`NotesClient`] and its [`ClientBuilder`]: connection, TLS, calls, `list_all`.
+//! - [`tokens`]: the [`TokenProvider`] trait, static and file tokens.
+//! - [`cognito`]: Cognito client credentials and user sign-in.
+//! - [`retry`]: the [`RetryPolicy`].
 //! - [`Error`]: one variant per status code a caller acts upon.
 //! - [`pb`]: the generated messages (re-exported from `notes-api`).
 
 #![forbid(unsafe_code)]
 
+pub mod cognito;
 mod error;
+pub mod retry;
+pub mod tokens;
 
-use std::{path::PathBuf, time::Duration};
+use std::{path::PathBuf, sync::Arc, time::Duration};
+
+use futures_util::Stream;
 
 use notes_api::pb::{
     CreateNoteRequest, DeleteNoteRequest, GetNoteRequest, ListNotesRequest, ListNotesResponse,
     Note, UpdateNoteRequest, notes_service_client::NotesServiceClient,
 };
 use tonic::{
-    metadata::{AsciiMetadataValue, MetadataValue},
-    service::{Interceptor, interceptor::InterceptedService},
+    metadata::AsciiMetadataValue,
     transport::{Certificate, Channel, ClientTlsConfig, Endpoint, Identity},
 };
 
+pub use cognito::{ClientCredentials, UserSignIn};
 pub use error::Error;
 pub use notes_api::pb;
+pub use retry::RetryPolicy;
+pub use tokens::{StaticToken, TokenFile, TokenProvider};
 
 /// Mutual-TLS material, PEM.
 #[derive(Clone)]
@@ -95,46 +125,29 @@ impl TlsFiles {
     }
 }
 
-/// Adds `authorization: Bearer <token>` to every call.
-#[derive(Clone)]
-pub struct BearerToken(AsciiMetadataValue);
-
-impl BearerToken {
-    /// Fails if the token has characters that cannot go in a header.
-    pub fn new(token: &str) -> Result<Self, Error> {
-        let mut value: AsciiMetadataValue =
-            MetadataValue::try_from(format!("Bearer {}", token.trim())).map_err(|_| {
-                Error::Config("the token has characters not allowed in metadata".into())
-            })?;
-        // Keep it out of debug output.
-        value.set_sensitive(true);
-        Ok(Self(value))
-    }
-}
-
-impl Interceptor for BearerToken {
-    fn call(
-        &mut self,
-        mut request: tonic::Request<()>,
-    ) -> Result<tonic::Request<()>, tonic::Status> {
-        request
-            .metadata_mut()
-            .insert("authorization", self.0.clone());
-        Ok(request)
-    }
-}
-
 /// Builds a [`NotesClient`].
 pub struct ClientBuilder {
     endpoint: String,
     tls: TlsMaterial,
-    token: String,
+    tokens: Option<Arc<dyn TokenProvider>>,
     domain_name: Option<String>,
     connect_timeout: Duration,
     timeout: Duration,
+    retry: RetryPolicy,
 }
 
 impl ClientBuilder {
+    /// Uses this fixed token for every call.
+    pub fn token(self, token: impl Into<String>) -> Self {
+        self.token_provider(Arc::new(StaticToken::new(token)))
+    }
+
+    /// Asks `provider` for the token of every call (files, Cognito, ...).
+    pub fn token_provider(mut self, provider: Arc<dyn TokenProvider>) -> Self {
+        self.tokens = Some(provider);
+        self
+    }
+
     /// The TLS server name to verify, when it differs from the endpoint's host.
     pub fn domain_name(mut self, name: impl Into<String>) -> Self {
         self.domain_name = Some(name.into());
@@ -147,93 +160,201 @@ impl ClientBuilder {
         self
     }
 
-    /// Deadline of every call (default 10 s).
+    /// Deadline of every call attempt (default 10 s).
     pub fn timeout(mut self, timeout: Duration) -> Self {
         self.timeout = timeout;
         self
     }
 
-    /// Connects, verifying the server's certificate against the CA and
-    /// presenting the client certificate.
-    pub async fn connect(self) -> Result<NotesClient, Error> {
+    /// Retries UNAVAILABLE on calls that are safe to repeat (default:
+    /// [`RetryPolicy::default`], 4 attempts); [`RetryPolicy::none`] turns it off.
+    pub fn retry(mut self, policy: RetryPolicy) -> Self {
+        self.retry = policy;
+        self
+    }
+
+    fn channel(&self) -> Result<Endpoint, Error> {
         let mut tls = ClientTlsConfig::new()
             .ca_certificate(Certificate::from_pem(&self.tls.ca_pem))
             .identity(Identity::from_pem(&self.tls.cert_pem, &self.tls.key_pem));
-        if let Some(name) = self.domain_name {
-            tls = tls.domain_name(name);
+        if let Some(name) = &self.domain_name {
+            tls = tls.domain_name(name.clone());
         }
-        let channel = Endpoint::from_shared(self.endpoint.clone())
+        Ok(Endpoint::from_shared(self.endpoint.clone())
             .map_err(|e| Error::Config(format!("invalid endpoint {:?}: {e}", self.endpoint)))?
             .tls_config(tls)
             .map_err(|e| Error::Config(format!("TLS configuration: {e}")))?
             .connect_timeout(self.connect_timeout)
-            .timeout(self.timeout)
-            .connect()
-            .await
-            .map_err(Error::connect)?;
-        let token = BearerToken::new(&self.token)?;
+            .timeout(self.timeout))
+    }
+
+    /// Connects now, verifying the server's certificate against the CA and
+    /// presenting the client certificate.
+    pub async fn connect(self) -> Result<NotesClient, Error> {
+        let channel = self.channel()?.connect().await.map_err(Error::connect)?;
+        self.finish(channel)
+    }
+
+    /// Connects on the first call (and reconnects as needed); for services
+    /// that start before the notes service is reachable.
+    pub fn connect_lazy(self) -> Result<NotesClient, Error> {
+        let channel = self.channel()?.connect_lazy();
+        self.finish(channel)
+    }
+
+    fn finish(self, channel: Channel) -> Result<NotesClient, Error> {
+        let tokens = self
+            .tokens
+            .ok_or_else(|| Error::Config("no token: call .token() or .token_provider()".into()))?;
         Ok(NotesClient {
-            inner: NotesServiceClient::with_interceptor(channel, token),
+            inner: NotesServiceClient::new(channel),
+            tokens,
+            retry: self.retry,
         })
     }
 }
 
-/// A connection to the notes service. Cheap to clone: clones share the channel.
+/// A connection to the notes service. Cheap to clone: clones share one
+/// HTTP/2 channel and can be used from many tasks at once.
 #[derive(Clone)]
 pub struct NotesClient {
-    inner: NotesServiceClient<InterceptedService<Channel, BearerToken>>,
+    inner: NotesServiceClient<Channel>,
+    tokens: Arc<dyn TokenProvider>,
+    retry: RetryPolicy,
 }
 
 impl NotesClient {
     /// Starts building a client for `endpoint` (e.g. `https://notes.internal:50051`).
-    pub fn builder(
-        endpoint: impl Into<String>,
-        tls: TlsMaterial,
-        token: impl Into<String>,
-    ) -> ClientBuilder {
+    pub fn builder(endpoint: impl Into<String>, tls: TlsMaterial) -> ClientBuilder {
         ClientBuilder {
             endpoint: endpoint.into(),
             tls,
-            token: token.into(),
+            tokens: None,
             domain_name: None,
             connect_timeout: Duration::from_secs(5),
             timeout: Duration::from_secs(10),
+            retry: RetryPolicy::default(),
         }
     }
 
-    /// Creates a note; with a `request_id`, a retry returns the same note.
-    pub async fn create(&mut self, content: &str, request_id: Option<&str>) -> Result<Note, Error> {
+    /// `message` with the current token attached.
+    async fn request<T>(&self, message: T) -> Result<tonic::Request<T>, Error> {
+        let token = self.tokens.token().await?;
+        let mut value: AsciiMetadataValue = format!("Bearer {token}")
+            .parse()
+            .map_err(|_| Error::Token("the token has characters not allowed in metadata".into()))?;
+        // Keep it out of debug output.
+        value.set_sensitive(true);
+        let mut request = tonic::Request::new(message);
+        request.metadata_mut().insert("authorization", value);
+        Ok(request)
+    }
+
+    /// Runs `call`, retrying UNAVAILABLE when `retryable` under the policy.
+    async fn call<T, R, F, Fut>(&self, message: T, retryable: bool, call: F) -> Result<R, Error>
+    where
+        T: Clone,
+        F: Fn(NotesServiceClient<Channel>, tonic::Request<T>) -> Fut,
+        Fut: std::future::Future<Output = Result<tonic::Response<R>, tonic::Status>>,
+    {
+        let attempts = if retryable {
+            self.retry.max_attempts.max(1)
+        } else {
+            1
+        };
+        let mut attempt = 1;
+        loop {
+            let request = self.request(message.clone()).await?;
+            let err = match call(self.inner.clone(), request).await {
+                Ok(response) => return Ok(response.into_inner()),
+                Err(status) => Error::from(status),
+            };
+            if matches!(err, Error::Unauthenticated(_)) {
+                self.tokens.invalidate();
+            }
+            if !matches!(err, Error::Unavailable(_)) || attempt >= attempts {
+                return Err(err);
+            }
+            tokio::time::sleep(self.retry.backoff(attempt)).await;
+            attempt += 1;
+        }
+    }
+
+    /// Creates a note. A `request_id` is always sent (a new UUID when none is
+    /// given), so a retry returns the note the first attempt created.
+    pub async fn create(&self, content: &str, request_id: Option<&str>) -> Result<Note, Error> {
         let request = CreateNoteRequest {
             content: content.to_owned(),
-            request_id: request_id.unwrap_or_default().to_owned(),
+            request_id: request_id
+                .map(str::to_owned)
+                .unwrap_or_else(|| uuid::Uuid::new_v4().to_string()),
         };
-        Ok(self.inner.create_note(request).await?.into_inner())
+        self.call(
+            request,
+            true,
+            |mut c, r| async move { c.create_note(r).await },
+        )
+        .await
     }
 
     /// Reads one note.
-    pub async fn get(&mut self, note_id: &str) -> Result<Note, Error> {
+    pub async fn get(&self, note_id: &str) -> Result<Note, Error> {
         let request = GetNoteRequest {
             note_id: note_id.to_owned(),
         };
-        Ok(self.inner.get_note(request).await?.into_inner())
+        self.call(request, true, |mut c, r| async move { c.get_note(r).await })
+            .await
     }
 
     /// One page of notes, newest first. `page_size` 0 means the server's default.
-    pub async fn list(
-        &mut self,
-        page_size: i32,
-        page_token: &str,
-    ) -> Result<ListNotesResponse, Error> {
+    pub async fn list(&self, page_size: i32, page_token: &str) -> Result<ListNotesResponse, Error> {
         let request = ListNotesRequest {
             page_size,
             page_token: page_token.to_owned(),
         };
-        Ok(self.inner.list_notes(request).await?.into_inner())
+        self.call(
+            request,
+            true,
+            |mut c, r| async move { c.list_notes(r).await },
+        )
+        .await
+    }
+
+    /// Every note, newest first, fetching pages of `page_size` as the stream
+    /// is read.
+    pub fn list_all(
+        &self,
+        page_size: i32,
+    ) -> impl Stream<Item = Result<Note, Error>> + Send + 'static {
+        struct Pages {
+            client: NotesClient,
+            buffered: std::vec::IntoIter<Note>,
+            next: Option<String>,
+        }
+        let start = Pages {
+            client: self.clone(),
+            buffered: Vec::new().into_iter(),
+            next: Some(String::new()),
+        };
+        futures_util::stream::try_unfold(start, move |mut pages| async move {
+            loop {
+                if let Some(note) = pages.buffered.next() {
+                    return Ok(Some((note, pages)));
+                }
+                let Some(token) = pages.next.take() else {
+                    return Ok(None);
+                };
+                let page = pages.client.list(page_size, &token).await?;
+                pages.buffered = page.notes.into_iter();
+                pages.next = (!page.next_page_token.is_empty()).then_some(page.next_page_token);
+            }
+        })
     }
 
     /// Replaces a note's content; `expected_version` 0 is unconditional.
+    /// Never retried (see [`RetryPolicy`]).
     pub async fn update(
-        &mut self,
+        &self,
         note_id: &str,
         content: &str,
         expected_version: i64,
@@ -243,16 +364,26 @@ impl NotesClient {
             content: content.to_owned(),
             expected_version,
         };
-        Ok(self.inner.update_note(request).await?.into_inner())
+        self.call(
+            request,
+            false,
+            |mut c, r| async move { c.update_note(r).await },
+        )
+        .await
     }
 
-    /// Deletes a note; `expected_version` 0 is unconditional.
-    pub async fn delete(&mut self, note_id: &str, expected_version: i64) -> Result<(), Error> {
+    /// Deletes a note; `expected_version` 0 is unconditional. Never retried.
+    pub async fn delete(&self, note_id: &str, expected_version: i64) -> Result<(), Error> {
         let request = DeleteNoteRequest {
             note_id: note_id.to_owned(),
             expected_version,
         };
-        self.inner.delete_note(request).await?;
+        self.call(
+            request,
+            false,
+            |mut c, r| async move { c.delete_note(r).await },
+        )
+        .await?;
         Ok(())
     }
 }

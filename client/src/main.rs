@@ -4,11 +4,20 @@
 //! defaults to `https://localhost:50051` and certificates and token to the
 //! files under `.notes-dev/`.
 
-use std::{io::Read, path::PathBuf, process::ExitCode};
+use std::{
+    io::{Read, Write},
+    os::unix::fs::OpenOptionsExt,
+    path::PathBuf,
+    process::ExitCode,
+    sync::Arc,
+};
 
+use base64::{Engine, engine::general_purpose::URL_SAFE_NO_PAD};
 use clap::{Parser, Subcommand};
-use notes_client::{Error, NotesClient, TlsFiles, pb::Note};
-use serde::Serialize;
+use notes_client::{
+    Error, NotesClient, StaticToken, TlsFiles, TokenFile, TokenProvider, UserSignIn, pb::Note,
+};
+use serde::{Deserialize, Serialize};
 
 #[derive(Parser)]
 #[command(
@@ -17,22 +26,15 @@ use serde::Serialize;
     about = "Command-line client for the notes service"
 )]
 struct Cli {
-    /// Service endpoint.
-    #[arg(
-        long,
-        env = "NOTES_ENDPOINT",
-        default_value = "https://localhost:50051",
-        global = true
-    )]
-    endpoint: String,
+    /// Configuration file (TOML; keys as the long flags with '_' for '-').
+    #[arg(long, env = "NOTES_CONFIG", global = true)]
+    config: Option<PathBuf>,
+    /// Service endpoint [default: https://localhost:50051].
+    #[arg(long, env = "NOTES_ENDPOINT", global = true)]
+    endpoint: Option<String>,
     /// Folder of dev material, used for any of the files below not given.
-    #[arg(
-        long,
-        env = "NOTES_DEV_DIR",
-        default_value = ".notes-dev",
-        global = true
-    )]
-    dev_dir: PathBuf,
+    #[arg(long, env = "NOTES_DEV_DIR", global = true)]
+    dev_dir: Option<PathBuf>,
     /// CA certificate (PEM) of the server [default: DEV_DIR/ca.pem].
     #[arg(long, env = "NOTES_CA_CERT", global = true)]
     ca_cert: Option<PathBuf>,
@@ -55,13 +57,28 @@ struct Cli {
     command: Command,
 }
 
+/// The `--config` file.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct ConfigFile {
+    endpoint: Option<String>,
+    dev_dir: Option<PathBuf>,
+    ca_cert: Option<PathBuf>,
+    cert: Option<PathBuf>,
+    key: Option<PathBuf>,
+    token_file: Option<PathBuf>,
+    cognito_endpoint: Option<String>,
+    client_id: Option<String>,
+    username: Option<String>,
+}
+
 #[derive(Subcommand)]
 enum Command {
     /// Create a note ('-' reads the content from standard input).
     Create {
         /// The content.
         content: String,
-        /// Idempotency key: retrying with the same key creates no duplicate.
+        /// Idempotency key: retrying with the same key creates no duplicate [default: a new UUID].
         #[arg(long)]
         request_id: Option<String>,
     },
@@ -100,6 +117,75 @@ enum Command {
         #[arg(long, default_value_t = 0)]
         expected_version: i64,
     },
+    /// Sign in to a Cognito user pool (USER_PASSWORD_AUTH) and save the access
+    /// token to the token file. The password comes from NOTES_PASSWORD or standard input.
+    Login {
+        /// Cognito API endpoint, e.g. https://cognito-idp.eu-west-1.amazonaws.com/.
+        #[arg(long, env = "NOTES_COGNITO_ENDPOINT")]
+        cognito_endpoint: Option<String>,
+        /// The app client id.
+        #[arg(long, env = "NOTES_CLIENT_ID")]
+        client_id: Option<String>,
+        /// The user name.
+        #[arg(long, env = "NOTES_USERNAME")]
+        username: Option<String>,
+    },
+    /// Print the current token's header and claims, decoded but NOT verified (for debugging).
+    Token,
+}
+
+/// Settings after flags, environment and the config file are merged.
+struct Settings {
+    endpoint: String,
+    ca_cert: PathBuf,
+    cert: PathBuf,
+    key: PathBuf,
+    token: Option<String>,
+    token_file: PathBuf,
+    file: ConfigFile,
+}
+
+fn settings(cli: &Cli) -> Result<Settings, Error> {
+    let file = match &cli.config {
+        Some(path) => {
+            let text = std::fs::read_to_string(path).map_err(|e| {
+                Error::Config(format!("cannot read config {}: {e}", path.display()))
+            })?;
+            toml::from_str(&text)
+                .map_err(|e| Error::Config(format!("config {}: {e}", path.display())))?
+        }
+        None => ConfigFile::default(),
+    };
+    let dev_dir = cli
+        .dev_dir
+        .clone()
+        .or_else(|| file.dev_dir.clone())
+        .unwrap_or_else(|| PathBuf::from(".notes-dev"));
+    let pick = |flag: &Option<PathBuf>, from_file: &Option<PathBuf>, dev: &str| {
+        flag.clone()
+            .or_else(|| from_file.clone())
+            .unwrap_or_else(|| dev_dir.join(dev))
+    };
+    Ok(Settings {
+        endpoint: cli
+            .endpoint
+            .clone()
+            .or_else(|| file.endpoint.clone())
+            .unwrap_or_else(|| "https://localhost:50051".into()),
+        ca_cert: pick(&cli.ca_cert, &file.ca_cert, "ca.pem"),
+        cert: pick(&cli.cert, &file.cert, "client.pem"),
+        key: pick(&cli.key, &file.key, "client.key"),
+        token: cli.token.clone(),
+        token_file: pick(&cli.token_file, &file.token_file, "token"),
+        file,
+    })
+}
+
+/// `println!` that ignores a closed stdout (`notes list | head`) instead of panicking.
+macro_rules! out {
+    ($($arg:tt)*) => {{
+        let _ = writeln!(std::io::stdout().lock(), $($arg)*);
+    }};
 }
 
 /// A note as printed by `--json` (proto3 JSON field names).
@@ -131,12 +217,12 @@ fn json_note(note: &Note) -> JsonNote<'_> {
 
 fn print_note(note: &Note, json: bool) {
     if json {
-        println!(
+        out!(
             "{}",
             serde_json::to_string_pretty(&json_note(note)).unwrap_or_default()
         );
     } else {
-        println!(
+        out!(
             "{}  version {}  created {}  updated {}\n{}",
             note.note_id,
             note.version,
@@ -162,7 +248,7 @@ fn exit_code(err: &Error) -> u8 {
         Error::NotFound(_) => 3,
         Error::Conflict(_) | Error::AlreadyExists(_) => 4,
         Error::InvalidArgument(_) => 5,
-        Error::Unauthenticated(_) | Error::PermissionDenied(_) => 6,
+        Error::Unauthenticated(_) | Error::PermissionDenied(_) | Error::Token(_) => 6,
         Error::Unavailable(_) | Error::Connect(_) => 7,
         Error::Config(_) => 8,
         Error::Other { .. } => 1,
@@ -181,23 +267,23 @@ fn content_arg(content: String) -> Result<String, Error> {
 }
 
 async fn run(cli: Cli) -> Result<(), Error> {
-    let dev = |name: &str| cli.dev_dir.join(name);
-    let tls = TlsFiles::new(
-        cli.ca_cert.clone().unwrap_or_else(|| dev("ca.pem")),
-        cli.cert.clone().unwrap_or_else(|| dev("client.pem")),
-        cli.key.clone().unwrap_or_else(|| dev("client.key")),
-    )
-    .load()?;
-    let token = match &cli.token {
-        Some(token) => token.clone(),
-        None => {
-            let path = cli.token_file.clone().unwrap_or_else(|| dev("token"));
-            std::fs::read_to_string(&path).map_err(|e| {
-                Error::Config(format!("cannot read token file {}: {e}", path.display()))
-            })?
-        }
+    let settings = settings(&cli)?;
+    match &cli.command {
+        Command::Login {
+            cognito_endpoint,
+            client_id,
+            username,
+        } => return login(&settings, cognito_endpoint, client_id, username).await,
+        Command::Token => return print_token(&settings).await,
+        _ => {}
+    }
+    let tls = TlsFiles::new(&settings.ca_cert, &settings.cert, &settings.key).load()?;
+    let tokens: Arc<dyn TokenProvider> = match &settings.token {
+        Some(token) => Arc::new(StaticToken::new(token.clone())),
+        None => Arc::new(TokenFile::new(&settings.token_file)),
     };
-    let mut client = NotesClient::builder(cli.endpoint.clone(), tls, token.trim())
+    let client = NotesClient::builder(settings.endpoint.clone(), tls)
+        .token_provider(tokens)
         .connect()
         .await?;
     let json = cli.json;
@@ -231,10 +317,10 @@ async fn run(cli: Cli) -> Result<(), Error> {
                     "notes": notes.iter().map(json_note).collect::<Vec<_>>(),
                     "nextPageToken": page_token,
                 });
-                println!("{}", serde_json::to_string_pretty(&out).unwrap_or_default());
+                out!("{}", serde_json::to_string_pretty(&out).unwrap_or_default());
             } else {
                 for note in &notes {
-                    println!(
+                    out!(
                         "{}  v{}  {}  {}",
                         note.note_id,
                         note.version,
@@ -243,7 +329,7 @@ async fn run(cli: Cli) -> Result<(), Error> {
                     );
                 }
                 if !page_token.is_empty() {
-                    println!("more: --page-token {page_token}");
+                    out!("more: --page-token {page_token}");
                 }
             }
         }
@@ -263,12 +349,90 @@ async fn run(cli: Cli) -> Result<(), Error> {
         } => {
             client.delete(&note_id, expected_version).await?;
             if json {
-                println!("{{}}");
+                out!("{{}}");
             } else {
-                println!("deleted {note_id}");
+                out!("deleted {note_id}");
             }
         }
+        // Answered before connecting, above.
+        Command::Login { .. } | Command::Token => {}
     }
+    Ok(())
+}
+
+async fn login(
+    settings: &Settings,
+    cognito_endpoint: &Option<String>,
+    client_id: &Option<String>,
+    username: &Option<String>,
+) -> Result<(), Error> {
+    let need = |flag: &Option<String>, file: &Option<String>, name: &str| {
+        flag.clone().or_else(|| file.clone()).ok_or_else(|| {
+            Error::Config(format!(
+                "login needs --{name} (or {name} in the config file)"
+            ))
+        })
+    };
+    let endpoint = need(
+        cognito_endpoint,
+        &settings.file.cognito_endpoint,
+        "cognito-endpoint",
+    )?;
+    let client_id = need(client_id, &settings.file.client_id, "client-id")?;
+    let username = need(username, &settings.file.username, "username")?;
+    let password = match std::env::var("NOTES_PASSWORD") {
+        Ok(password) => password,
+        Err(_) => {
+            eprint!("password for {username}: ");
+            let mut line = String::new();
+            std::io::stdin()
+                .read_line(&mut line)
+                .map_err(|e| Error::Config(format!("reading the password: {e}")))?;
+            line.trim_end_matches(['\r', '\n']).to_owned()
+        }
+    };
+    let tokens = UserSignIn::new(endpoint, client_id, &username, password)?
+        .sign_in()
+        .await?;
+    let path = &settings.token_file;
+    if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
+        std::fs::create_dir_all(dir)
+            .map_err(|e| Error::Config(format!("creating {}: {e}", dir.display())))?;
+    }
+    let _ = std::fs::remove_file(path);
+    std::fs::OpenOptions::new()
+        .write(true)
+        .create_new(true)
+        .mode(0o600)
+        .open(path)
+        .and_then(|mut f| f.write_all(tokens.access_token.as_bytes()))
+        .map_err(|e| Error::Config(format!("writing {}: {e}", path.display())))?;
+    out!(
+        "signed in as {username}; access token saved to {} (valid {} s)",
+        path.display(),
+        tokens.expires_in
+    );
+    Ok(())
+}
+
+/// Decodes one base64url JSON segment of a JWT.
+fn segment(part: Option<&str>) -> Result<serde_json::Value, Error> {
+    let bytes = URL_SAFE_NO_PAD
+        .decode(part.unwrap_or_default())
+        .map_err(|_| Error::Token("the token is not a JWT (base64)".into()))?;
+    serde_json::from_slice(&bytes).map_err(|_| Error::Token("the token is not a JWT (JSON)".into()))
+}
+
+async fn print_token(settings: &Settings) -> Result<(), Error> {
+    let token = match &settings.token {
+        Some(token) => token.clone(),
+        None => TokenFile::new(&settings.token_file).token().await?,
+    };
+    let mut parts = token.split('.');
+    let header = segment(parts.next())?;
+    let claims = segment(parts.next())?;
+    let out = serde_json::json!({ "verified": false, "header": header, "claims": claims });
+    out!("{}", serde_json::to_string_pretty(&out).unwrap_or_default());
     Ok(())
 }
 

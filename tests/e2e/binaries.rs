@@ -226,3 +226,53 @@ async fn serve_refuses_an_invalid_setting_and_names_it() {
         "{key}"
     );
 }
+
+#[tokio::test]
+async fn the_cli_logs_in_through_cognito_and_decodes_the_saved_token() {
+    let pool = crate::cognito::Pool::create().await;
+    pool.register("frank").await;
+    let dir = tempfile::tempdir().unwrap();
+    let token_file = dir.path().join("token");
+    let config = dir.path().join("notes.toml");
+    std::fs::write(
+        &config,
+        format!(
+            "cognito_endpoint = \"{}\"\nclient_id = \"{}\"\nusername = \"frank\"\ntoken_file = \"{}\"\n",
+            pool.endpoint,
+            pool.client_id,
+            token_file.display()
+        ),
+    )
+    .unwrap();
+    let cli = |args: &[&str], password: &str| {
+        let mut cmd = Command::new(bin("notes"));
+        cmd.arg("--config")
+            .arg(&config)
+            .args(args)
+            .env("NOTES_PASSWORD", password);
+        cmd
+    };
+
+    let wrong = run(cli(&["login"], "not-the-password")).await;
+    let login = run(cli(&["login"], crate::cognito::PASSWORD)).await;
+    let token = run(cli(&["token"], "")).await;
+
+    assert_eq!(
+        wrong.status.code(),
+        Some(6),
+        "{}",
+        String::from_utf8_lossy(&wrong.stderr)
+    );
+    assert!(
+        login.status.success(),
+        "{}",
+        String::from_utf8_lossy(&login.stderr)
+    );
+    use std::os::unix::fs::PermissionsExt;
+    let mode = std::fs::metadata(&token_file).unwrap().permissions().mode();
+    assert_eq!(mode & 0o777, 0o600);
+    let decoded: serde_json::Value = serde_json::from_slice(&token.stdout).unwrap();
+    assert_eq!(decoded["verified"], false);
+    assert_eq!(decoded["claims"]["username"], "frank");
+    assert_eq!(decoded["claims"]["token_use"], "access");
+}

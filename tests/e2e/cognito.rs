@@ -15,14 +15,14 @@ use crate::helpers::{
 };
 
 const USER_SCOPE: &str = "aws.cognito.signin.user.admin";
-const PASSWORD: &str = "Corr3ct-horse!battery";
+pub const PASSWORD: &str = "Corr3ct-horse!battery";
 
 /// A user pool and app client on the moto server.
-struct Pool {
-    endpoint: String,
+pub struct Pool {
+    pub endpoint: String,
     http: reqwest::Client,
-    pool_id: String,
-    client_id: String,
+    pub pool_id: String,
+    pub client_id: String,
 }
 
 impl Pool {
@@ -45,7 +45,7 @@ impl Pool {
     }
 
     /// `aws cognito-idp create-user-pool` and `create-user-pool-client`.
-    async fn create() -> Pool {
+    pub async fn create() -> Pool {
         let endpoint = dynamodb_endpoint();
         let http = reqwest::Client::new();
         let name = format!("notes-{}", uuid::Uuid::new_v4().simple());
@@ -91,9 +91,8 @@ impl Pool {
         format!("{}/{}/.well-known/jwks.json", self.endpoint, self.pool_id)
     }
 
-    /// `sign-up`, `admin-confirm-sign-up`, then `initiate-auth` with
-    /// USER_PASSWORD_AUTH; returns (sub, access token, ID token).
-    async fn sign_in(&self, username: &str) -> (String, String, String) {
+    /// `sign-up` and `admin-confirm-sign-up`; returns the user's `sub`.
+    pub async fn register(&self, username: &str) -> String {
         let call = |op, body| Self::call(&self.http, &self.endpoint, op, body);
         let signed_up = call(
             "SignUp",
@@ -110,7 +109,16 @@ impl Pool {
             json!({ "UserPoolId": self.pool_id, "Username": username }),
         )
         .await;
-        let auth = call(
+        signed_up["UserSub"].as_str().unwrap().to_owned()
+    }
+
+    /// `register`, then `initiate-auth` with USER_PASSWORD_AUTH; returns
+    /// (sub, access token, ID token).
+    pub async fn sign_in(&self, username: &str) -> (String, String, String) {
+        let sub = self.register(username).await;
+        let auth = Self::call(
+            &self.http,
+            &self.endpoint,
             "InitiateAuth",
             json!({
                 "AuthFlow": "USER_PASSWORD_AUTH",
@@ -121,7 +129,7 @@ impl Pool {
         .await;
         let result = &auth["AuthenticationResult"];
         (
-            signed_up["UserSub"].as_str().unwrap().to_owned(),
+            sub,
             result["AccessToken"].as_str().unwrap().to_owned(),
             result["IdToken"].as_str().unwrap().to_owned(),
         )
@@ -129,7 +137,7 @@ impl Pool {
 }
 
 /// The server as an operator would configure it: an auth file naming both issuers.
-fn authenticator(pool: &Pool, dir: &std::path::Path) -> Authenticator {
+pub fn authenticator(pool: &Pool, dir: &std::path::Path) -> Authenticator {
     let jwks = dir.join("test-issuer-jwks.json");
     std::fs::write(&jwks, serde_json::to_vec(&issuer().jwks).unwrap()).unwrap();
     let config = format!(

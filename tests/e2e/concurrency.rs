@@ -13,7 +13,7 @@ async fn concurrent_updates_at_one_version_let_exactly_one_win(backend: Backend)
     let note = client.clone().create("v1", None).await.unwrap();
 
     let results = join_all((0..RACERS).map(|i| {
-        let mut client = client.clone();
+        let client = client.clone();
         let id = note.note_id.clone();
         async move { client.update(&id, &format!("writer {i}"), 1).await }
     }))
@@ -36,7 +36,7 @@ async fn concurrent_creates_with_one_request_id_make_exactly_one_note(backend: B
     let client = app.client_as("alice").await;
 
     let results = join_all((0..RACERS).map(|_| {
-        let mut client = client.clone();
+        let client = client.clone();
         async move { client.create("only once", Some("race-key")).await }
     }))
     .await;
@@ -61,7 +61,7 @@ async fn concurrent_creates_without_request_ids_are_all_kept(backend: Backend) {
     let client = app.client_as("alice").await;
 
     let results = join_all((0..RACERS).map(|i| {
-        let mut client = client.clone();
+        let client = client.clone();
         async move { client.create(&format!("note {i}"), None).await.unwrap() }
     }))
     .await;

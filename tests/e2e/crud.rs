@@ -8,7 +8,7 @@ use crate::helpers::{Backend, TestApp};
 
 async fn create_returns_a_version_1_note_with_a_uuidv7_owned_by_the_caller(backend: Backend) {
     let app = TestApp::spawn_on(backend).await;
-    let mut client = app.client_as("alice").await;
+    let client = app.client_as("alice").await;
 
     let note = client.create("first note", None).await.unwrap();
 
@@ -23,7 +23,7 @@ async fn create_returns_a_version_1_note_with_a_uuidv7_owned_by_the_caller(backe
 
 async fn get_returns_what_create_stored(backend: Backend) {
     let app = TestApp::spawn_on(backend).await;
-    let mut client = app.client_as("alice").await;
+    let client = app.client_as("alice").await;
     let created = client.create("remember the milk", None).await.unwrap();
 
     let fetched = client.get(&created.note_id).await.unwrap();
@@ -33,7 +33,7 @@ async fn get_returns_what_create_stored(backend: Backend) {
 
 async fn update_replaces_content_and_bumps_the_version(backend: Backend) {
     let app = TestApp::spawn_on(backend).await;
-    let mut client = app.client_as("alice").await;
+    let client = app.client_as("alice").await;
     let created = client.create("v1", None).await.unwrap();
 
     let updated = client.update(&created.note_id, "v2", 1).await.unwrap();
@@ -47,7 +47,7 @@ async fn update_replaces_content_and_bumps_the_version(backend: Backend) {
 
 async fn update_with_a_stale_version_is_aborted_and_changes_nothing(backend: Backend) {
     let app = TestApp::spawn_on(backend).await;
-    let mut client = app.client_as("alice").await;
+    let client = app.client_as("alice").await;
     let note = client.create("original", None).await.unwrap();
     client.update(&note.note_id, "second", 1).await.unwrap();
 
@@ -64,7 +64,7 @@ async fn update_with_a_stale_version_is_aborted_and_changes_nothing(backend: Bac
 
 async fn delete_with_a_wrong_version_is_aborted_and_the_note_survives(backend: Backend) {
     let app = TestApp::spawn_on(backend).await;
-    let mut client = app.client_as("alice").await;
+    let client = app.client_as("alice").await;
     let note = client.create("keep me", None).await.unwrap();
 
     let err = client.delete(&note.note_id, 5).await.unwrap_err();
@@ -75,7 +75,7 @@ async fn delete_with_a_wrong_version_is_aborted_and_the_note_survives(backend: B
 
 async fn delete_removes_the_note(backend: Backend) {
     let app = TestApp::spawn_on(backend).await;
-    let mut client = app.client_as("alice").await;
+    let client = app.client_as("alice").await;
     let note = client.create("short-lived", None).await.unwrap();
 
     client.delete(&note.note_id, 1).await.unwrap();
@@ -88,7 +88,7 @@ async fn delete_removes_the_note(backend: Backend) {
 
 async fn a_retried_create_with_the_same_request_id_returns_the_first_note(backend: Backend) {
     let app = TestApp::spawn_on(backend).await;
-    let mut client = app.client_as("alice").await;
+    let client = app.client_as("alice").await;
 
     let first = client.create("once", Some("req-123")).await.unwrap();
     let retry = client.create("once", Some("req-123")).await.unwrap();
@@ -100,7 +100,7 @@ async fn a_retried_create_with_the_same_request_id_returns_the_first_note(backen
 
 async fn the_same_request_id_with_other_content_is_already_exists(backend: Backend) {
     let app = TestApp::spawn_on(backend).await;
-    let mut client = app.client_as("alice").await;
+    let client = app.client_as("alice").await;
     client.create("once", Some("req-123")).await.unwrap();
 
     let err = client.create("twice", Some("req-123")).await.unwrap_err();
@@ -114,7 +114,7 @@ async fn the_same_request_id_with_other_content_is_already_exists(backend: Backe
 
 async fn content_must_be_non_empty_and_at_most_64_kib(backend: Backend) {
     let app = TestApp::spawn_on(backend).await;
-    let mut client = app.client_as("alice").await;
+    let client = app.client_as("alice").await;
 
     let empty = client.create("", None).await.unwrap_err();
     let too_big = client.create(&"x".repeat(65_537), None).await.unwrap_err();
@@ -136,7 +136,7 @@ async fn content_must_be_non_empty_and_at_most_64_kib(backend: Backend) {
 
 async fn a_note_id_that_is_not_a_uuid_is_invalid_argument(backend: Backend) {
     let app = TestApp::spawn_on(backend).await;
-    let mut client = app.client_as("alice").await;
+    let client = app.client_as("alice").await;
 
     for bad in ["", "not-a-uuid", "0192", "../../etc/passwd"] {
         let err = client.get(bad).await.unwrap_err();
@@ -153,7 +153,7 @@ async fn a_note_id_that_is_not_a_uuid_is_invalid_argument(backend: Backend) {
 
 async fn a_missing_note_is_not_found(backend: Backend) {
     let app = TestApp::spawn_on(backend).await;
-    let mut client = app.client_as("alice").await;
+    let client = app.client_as("alice").await;
 
     let err = client.get(&Uuid::now_v7().to_string()).await.unwrap_err();
 
@@ -162,7 +162,7 @@ async fn a_missing_note_is_not_found(backend: Backend) {
 
 async fn a_negative_expected_version_is_invalid_argument(backend: Backend) {
     let app = TestApp::spawn_on(backend).await;
-    let mut client = app.client_as("alice").await;
+    let client = app.client_as("alice").await;
     let note = client.create("x", None).await.unwrap();
 
     let err = client.update(&note.note_id, "y", -1).await.unwrap_err();
@@ -175,7 +175,7 @@ async fn a_negative_expected_version_is_invalid_argument(backend: Backend) {
 
 async fn listing_over_four_pages_is_newest_first_with_no_duplicate_or_gap(backend: Backend) {
     let app = TestApp::spawn_on(backend).await;
-    let mut client = app.client_as("alice").await;
+    let client = app.client_as("alice").await;
     let mut created = Vec::new();
     for i in 0..11 {
         created.push(
@@ -208,7 +208,7 @@ async fn listing_over_four_pages_is_newest_first_with_no_duplicate_or_gap(backen
 
 async fn page_size_defaults_to_50_and_is_capped_at_100(backend: Backend) {
     let app = TestApp::spawn_on(backend).await;
-    let mut client = app.client_as("alice").await;
+    let client = app.client_as("alice").await;
     for i in 0..101 {
         client.create(&format!("n{i}"), None).await.unwrap();
     }
@@ -228,7 +228,7 @@ async fn page_size_defaults_to_50_and_is_capped_at_100(backend: Backend) {
 
 async fn a_garbage_or_tampered_page_token_is_invalid_argument(backend: Backend) {
     let app = TestApp::spawn_on(backend).await;
-    let mut client = app.client_as("alice").await;
+    let client = app.client_as("alice").await;
     for i in 0..3 {
         client.create(&format!("n{i}"), None).await.unwrap();
     }

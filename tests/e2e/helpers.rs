@@ -356,7 +356,8 @@ impl TestApp {
     }
 
     pub async fn client_with_token(&self, token: &str) -> NotesClient {
-        NotesClient::builder(self.endpoint(), self.tls(), token)
+        NotesClient::builder(self.endpoint(), self.tls())
+            .token(token)
             .connect()
             .await
             .expect("connect")

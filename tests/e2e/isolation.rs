@@ -8,8 +8,8 @@ use crate::helpers::{Backend, TestApp};
 
 async fn another_users_note_answers_not_found_exactly_like_a_missing_one(backend: Backend) {
     let app = TestApp::spawn_on(backend).await;
-    let mut alice = app.client_as("alice").await;
-    let mut bob = app.client_as("bob").await;
+    let alice = app.client_as("alice").await;
+    let bob = app.client_as("bob").await;
     let note = alice.create("alice's secret", None).await.unwrap();
     let missing = Uuid::now_v7().to_string();
 
@@ -26,8 +26,8 @@ async fn another_users_note_answers_not_found_exactly_like_a_missing_one(backend
 
 async fn another_user_cannot_update_or_delete_and_the_note_is_unchanged(backend: Backend) {
     let app = TestApp::spawn_on(backend).await;
-    let mut alice = app.client_as("alice").await;
-    let mut bob = app.client_as("bob").await;
+    let alice = app.client_as("alice").await;
+    let bob = app.client_as("bob").await;
     let note = alice.create("alice's", None).await.unwrap();
 
     let update = bob
@@ -48,8 +48,8 @@ async fn another_user_cannot_update_or_delete_and_the_note_is_unchanged(backend:
 
 async fn listing_shows_only_the_callers_notes(backend: Backend) {
     let app = TestApp::spawn_on(backend).await;
-    let mut alice = app.client_as("alice").await;
-    let mut bob = app.client_as("bob").await;
+    let alice = app.client_as("alice").await;
+    let bob = app.client_as("bob").await;
     alice.create("a1", None).await.unwrap();
     alice.create("a2", None).await.unwrap();
     bob.create("b1", None).await.unwrap();
@@ -73,8 +73,8 @@ async fn listing_shows_only_the_callers_notes(backend: Backend) {
 
 async fn a_page_token_issued_to_one_user_is_refused_for_another(backend: Backend) {
     let app = TestApp::spawn_on(backend).await;
-    let mut alice = app.client_as("alice").await;
-    let mut bob = app.client_as("bob").await;
+    let alice = app.client_as("alice").await;
+    let bob = app.client_as("bob").await;
     for i in 0..3 {
         alice.create(&format!("a{i}"), None).await.unwrap();
     }
@@ -90,8 +90,8 @@ async fn a_page_token_issued_to_one_user_is_refused_for_another(backend: Backend
 
 async fn the_same_request_id_from_two_users_makes_two_notes(backend: Backend) {
     let app = TestApp::spawn_on(backend).await;
-    let mut alice = app.client_as("alice").await;
-    let mut bob = app.client_as("bob").await;
+    let alice = app.client_as("alice").await;
+    let bob = app.client_as("bob").await;
 
     let a = alice.create("same", Some("shared-key")).await.unwrap();
     let b = bob.create("same", Some("shared-key")).await.unwrap();

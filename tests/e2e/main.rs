@@ -30,6 +30,7 @@ macro_rules! conformance {
 }
 
 mod binaries;
+mod client;
 mod cognito;
 mod concurrency;
 mod crud;
