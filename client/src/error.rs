@@ -74,8 +74,31 @@ impl Error {
     }
 }
 
+/// The causes under a status (transport and TLS errors), `: `-joined.
+fn causes(status: &Status) -> String {
+    let mut out = String::new();
+    let mut source = std::error::Error::source(status);
+    while let Some(cause) = source {
+        out.push_str(": ");
+        out.push_str(&cause.to_string());
+        source = cause.source();
+    }
+    out
+}
+
 impl From<Status> for Error {
     fn from(status: Status) -> Self {
+        let causes = causes(&status);
+        // A status made by the client's transport, not sent by the server:
+        // the connection failed (refused, TLS alert, reset).
+        if !causes.is_empty()
+            && matches!(
+                status.code(),
+                Code::Unknown | Code::Cancelled | Code::Unavailable
+            )
+        {
+            return Error::Connect(format!("{}{causes}", status.message()));
+        }
         let message = status.message().to_owned();
         match status.code() {
             Code::NotFound => Error::NotFound(message),

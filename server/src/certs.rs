@@ -7,16 +7,18 @@
 
 use std::{
     fs,
-    io::Write,
     net::IpAddr,
-    os::unix::fs::{DirBuilderExt, OpenOptionsExt},
+    os::unix::fs::DirBuilderExt,
     path::{Path, PathBuf},
     time::Duration,
 };
 
 use anyhow::{Context, bail};
 
-use crate::tls::pki::{CertificateAuthority, Subject, serial_of};
+use crate::{
+    files::write_with_mode,
+    tls::pki::{CertificateAuthority, Subject, Usage, Validity, serial_of},
+};
 
 const DAY: u64 = 24 * 3600;
 
@@ -70,18 +72,6 @@ pub enum CertsCommand {
     },
 }
 
-fn write(path: &Path, bytes: &[u8], mode: u32) -> anyhow::Result<()> {
-    let _ = fs::remove_file(path);
-    let mut file = fs::OpenOptions::new()
-        .write(true)
-        .create_new(true)
-        .mode(mode)
-        .open(path)
-        .with_context(|| format!("creating {}", path.display()))?;
-    file.write_all(bytes)
-        .with_context(|| format!("writing {}", path.display()))
-}
-
 fn load_ca(dir: &Path) -> anyhow::Result<CertificateAuthority> {
     let read = |name: &str| {
         let path = dir.join(name);
@@ -121,6 +111,38 @@ fn unhex(s: &str) -> anyhow::Result<Vec<u8>> {
         .collect()
 }
 
+/// Issues `NAME.pem`/`NAME.key` in `dir`, signed by the CA there.
+fn issue(
+    dir: &Path,
+    name: &str,
+    subject: &Subject,
+    usage: Usage,
+    days: u64,
+) -> anyhow::Result<String> {
+    check_name(name)?;
+    let validity = Validity::starting_now(Duration::from_secs(days * DAY));
+    let issued = load_ca(dir)?.issue(subject, usage, validity)?;
+    write_with_mode(
+        &dir.join(format!("{name}.pem")),
+        issued.cert_pem.as_bytes(),
+        0o644,
+    )?;
+    write_with_mode(
+        &dir.join(format!("{name}.key")),
+        issued.key_pem.as_bytes(),
+        0o600,
+    )?;
+    let kind = match usage {
+        Usage::Server => "server",
+        Usage::Client => "client",
+    };
+    Ok(format!(
+        "{kind} certificate {}/{name}.pem (serial {})",
+        dir.display(),
+        hex(&issued.serial)
+    ))
+}
+
 /// Runs one `certs` command in `dir`; returns what it wrote, for the user.
 pub fn run(dir: &Path, command: CertsCommand) -> anyhow::Result<String> {
     fs::DirBuilder::new()
@@ -137,14 +159,14 @@ pub fn run(dir: &Path, command: CertsCommand) -> anyhow::Result<String> {
                 );
             }
             let ca = CertificateAuthority::generate(&name, Duration::from_secs(days * DAY))?;
-            write(&dir.join("ca.pem"), ca.cert_pem().as_bytes(), 0o644)?;
-            write(&dir.join("ca.key"), ca.key_pem().as_bytes(), 0o600)?;
-            write(
+            write_with_mode(&dir.join("ca.pem"), ca.cert_pem().as_bytes(), 0o644)?;
+            write_with_mode(&dir.join("ca.key"), ca.key_pem().as_bytes(), 0o600)?;
+            write_with_mode(
                 &dir.join("crl.pem"),
                 ca.crl(&[], 1, Duration::from_secs(7 * DAY))?.as_bytes(),
                 0o644,
             )?;
-            write(&dir.join("crl-number"), b"1", 0o644)?;
+            write_with_mode(&dir.join("crl-number"), b"1", 0o644)?;
             Ok(format!(
                 "CA {name:?}: {0}/ca.pem, {0}/ca.key, empty {0}/crl.pem",
                 dir.display()
@@ -156,7 +178,6 @@ pub fn run(dir: &Path, command: CertsCommand) -> anyhow::Result<String> {
             ips,
             days,
         } => {
-            check_name(&name)?;
             if dns.is_empty() && ips.is_empty() {
                 bail!("a server certificate needs at least one --dns or --ip");
             }
@@ -166,22 +187,7 @@ pub fn run(dir: &Path, command: CertsCommand) -> anyhow::Result<String> {
                 ips,
                 uris: vec![],
             };
-            let issued = load_ca(dir)?.issue_server(&subject, Duration::from_secs(days * DAY))?;
-            write(
-                &dir.join(format!("{name}.pem")),
-                issued.cert_pem.as_bytes(),
-                0o644,
-            )?;
-            write(
-                &dir.join(format!("{name}.key")),
-                issued.key_pem.as_bytes(),
-                0o600,
-            )?;
-            Ok(format!(
-                "server certificate {0}/{name}.pem (serial {1})",
-                dir.display(),
-                hex(&issued.serial)
-            ))
+            issue(dir, &name, &subject, Usage::Server, days)
         }
         CertsCommand::Client {
             name,
@@ -189,7 +195,6 @@ pub fn run(dir: &Path, command: CertsCommand) -> anyhow::Result<String> {
             dns,
             days,
         } => {
-            check_name(&name)?;
             if uris.is_empty() && dns.is_empty() {
                 bail!("a client certificate needs an identity: --uri spiffe://... and/or --dns");
             }
@@ -199,22 +204,7 @@ pub fn run(dir: &Path, command: CertsCommand) -> anyhow::Result<String> {
                 ips: vec![],
                 uris,
             };
-            let issued = load_ca(dir)?.issue_client(&subject, Duration::from_secs(days * DAY))?;
-            write(
-                &dir.join(format!("{name}.pem")),
-                issued.cert_pem.as_bytes(),
-                0o644,
-            )?;
-            write(
-                &dir.join(format!("{name}.key")),
-                issued.key_pem.as_bytes(),
-                0o600,
-            )?;
-            Ok(format!(
-                "client certificate {0}/{name}.pem (serial {1})",
-                dir.display(),
-                hex(&issued.serial)
-            ))
+            issue(dir, &name, &subject, Usage::Client, days)
         }
         CertsCommand::Revoke { cert, crl_days } => {
             let ca = load_ca(dir)?;
@@ -238,9 +228,9 @@ pub fn run(dir: &Path, command: CertsCommand) -> anyhow::Result<String> {
                 + 1;
             let crl = ca.crl(&serials, number, Duration::from_secs(crl_days * DAY))?;
             let listing: String = serials.iter().map(|s| hex(s) + "\n").collect();
-            write(&revoked_path, listing.as_bytes(), 0o644)?;
-            write(&dir.join("crl.pem"), crl.as_bytes(), 0o644)?;
-            write(
+            write_with_mode(&revoked_path, listing.as_bytes(), 0o644)?;
+            write_with_mode(&dir.join("crl.pem"), crl.as_bytes(), 0o644)?;
+            write_with_mode(
                 &dir.join("crl-number"),
                 number.to_string().as_bytes(),
                 0o644,

@@ -15,15 +15,16 @@
 
 use std::{
     fs,
-    io::Write,
     net::{IpAddr, Ipv4Addr, Ipv6Addr},
-    os::unix::fs::{DirBuilderExt, OpenOptionsExt},
+    os::unix::fs::DirBuilderExt,
     path::{Path, PathBuf},
     sync::Arc,
     time::Duration,
 };
 
 use anyhow::Context;
+
+use crate::files::write_with_mode;
 
 use crate::{
     App,
@@ -95,7 +96,7 @@ impl DevMaterial {
             material.generate()?;
         }
         let signer = material.signer()?;
-        write_file(
+        write_with_mode(
             &material.path("jwks.json"),
             serde_json::to_string_pretty(&signer.jwks())?.as_bytes(),
             0o644,
@@ -108,7 +109,7 @@ impl DevMaterial {
             scopes: vec![DEV_READ_SCOPE.into(), DEV_WRITE_SCOPE.into()],
             lifetime: DEV_TOKEN_LIFETIME,
         })?;
-        write_file(&material.path("token"), token.as_bytes(), 0o600)?;
+        write_with_mode(&material.path("token"), token.as_bytes(), 0o600)?;
         Ok(material)
     }
 
@@ -141,14 +142,14 @@ impl DevMaterial {
         aws_lc_rs::rand::fill(&mut page_key)
             .map_err(|_| anyhow::anyhow!("no system randomness"))?;
 
-        write_file(&self.path("ca.pem"), ca.cert_pem().as_bytes(), 0o644)?;
-        write_file(&self.path("ca.key"), ca.key_pem().as_bytes(), 0o600)?;
-        write_file(&self.path("server.pem"), server.cert_pem.as_bytes(), 0o644)?;
-        write_file(&self.path("server.key"), server.key_pem.as_bytes(), 0o600)?;
-        write_file(&self.path("client.pem"), client.cert_pem.as_bytes(), 0o644)?;
-        write_file(&self.path("client.key"), client.key_pem.as_bytes(), 0o600)?;
-        write_file(&self.path("signing.key"), signing_pem.as_bytes(), 0o600)?;
-        write_file(&self.path("page-token.key"), &page_key, 0o600)?;
+        write_with_mode(&self.path("ca.pem"), ca.cert_pem().as_bytes(), 0o644)?;
+        write_with_mode(&self.path("ca.key"), ca.key_pem().as_bytes(), 0o600)?;
+        write_with_mode(&self.path("server.pem"), server.cert_pem.as_bytes(), 0o644)?;
+        write_with_mode(&self.path("server.key"), server.key_pem.as_bytes(), 0o600)?;
+        write_with_mode(&self.path("client.pem"), client.cert_pem.as_bytes(), 0o644)?;
+        write_with_mode(&self.path("client.key"), client.key_pem.as_bytes(), 0o600)?;
+        write_with_mode(&self.path("signing.key"), signing_pem.as_bytes(), 0o600)?;
+        write_with_mode(&self.path("page-token.key"), &page_key, 0o600)?;
         Ok(())
     }
 
@@ -187,17 +188,4 @@ impl DevMaterial {
 
 fn read(path: &Path) -> anyhow::Result<Vec<u8>> {
     fs::read(path).with_context(|| format!("reading {}", path.display()))
-}
-
-/// Writes `bytes` to `path` (replacing it) with `mode`.
-fn write_file(path: &Path, bytes: &[u8], mode: u32) -> anyhow::Result<()> {
-    let _ = fs::remove_file(path);
-    let mut file = fs::OpenOptions::new()
-        .write(true)
-        .create_new(true)
-        .mode(mode)
-        .open(path)
-        .with_context(|| format!("creating {}", path.display()))?;
-    file.write_all(bytes)
-        .with_context(|| format!("writing {}", path.display()))
 }

@@ -23,6 +23,7 @@ pub mod auth;
 pub mod certs;
 pub mod config;
 pub mod dev;
+mod files;
 pub mod server;
 pub mod store;
 pub mod telemetry;

@@ -276,3 +276,100 @@ async fn the_cli_logs_in_through_cognito_and_decodes_the_saved_token() {
     assert_eq!(decoded["claims"]["username"], "frank");
     assert_eq!(decoded["claims"]["token_use"], "access");
 }
+
+#[tokio::test]
+async fn the_certs_tool_stands_up_a_pki_that_serves_and_revokes() {
+    let dir = tempfile::tempdir().unwrap();
+    let pki_dir = dir.path().join("pki");
+    let certs = |args: &[&str]| {
+        let mut cmd = Command::new(bin("notes-server"));
+        cmd.arg("certs").arg("--dir").arg(&pki_dir).args(args);
+        run(cmd)
+    };
+    for args in [
+        &["init-ca"][..],
+        &["server", "notes", "--dns", "localhost", "--ip", "127.0.0.1"],
+        &["client", "billing", "--uri", "spiffe://example.org/billing"],
+    ] {
+        let out = certs(args).await;
+        assert!(
+            out.status.success(),
+            "{args:?}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+    use std::os::unix::fs::PermissionsExt;
+    for key in ["ca.key", "notes.key", "billing.key"] {
+        let mode = std::fs::metadata(pki_dir.join(key))
+            .unwrap()
+            .permissions()
+            .mode();
+        assert_eq!(mode & 0o777, 0o600, "{key}");
+    }
+    std::fs::write(
+        dir.path().join("jwks.json"),
+        serde_json::to_vec(&issuer().jwks).unwrap(),
+    )
+    .unwrap();
+    std::fs::write(dir.path().join("page.key"), [9u8; 32]).unwrap();
+    let port = free_port();
+    let mut server = Command::new(bin("notes-server"));
+    server
+        .kill_on_drop(true)
+        .arg("serve")
+        .env("NOTES_LISTEN", format!("127.0.0.1:{port}"))
+        .env("NOTES_TLS_CERT", pki_dir.join("notes.pem"))
+        .env("NOTES_TLS_KEY", pki_dir.join("notes.key"))
+        .env("NOTES_CLIENT_CA", pki_dir.join("ca.pem"))
+        .env("NOTES_CLIENT_CRLS", pki_dir.join("crl.pem"))
+        .env("NOTES_TLS_RELOAD_INTERVAL_SECS", "1")
+        .env("NOTES_ISSUER", ISSUER)
+        .env("NOTES_JWKS_FILE", dir.path().join("jwks.json"))
+        .env("NOTES_CLIENT_IDS", CLIENT_ID)
+        .env("NOTES_PAGE_TOKEN_KEY_FILE", dir.path().join("page.key"))
+        .env("NOTES_STORE", "memory")
+        .stdout(Stdio::null())
+        .stderr(Stdio::null());
+    let _server: Child = server.spawn().unwrap();
+    wait_for_port(port).await;
+    let list = || {
+        let mut cmd = Command::new(bin("notes"));
+        cmd.args(["--endpoint", &format!("https://localhost:{port}")])
+            .arg("--ca-cert")
+            .arg(pki_dir.join("ca.pem"))
+            .arg("--cert")
+            .arg(pki_dir.join("billing.pem"))
+            .arg("--key")
+            .arg(pki_dir.join("billing.key"))
+            .args(["--token", &token_for("alice"), "list"]);
+        run(cmd)
+    };
+
+    let before = list().await;
+    let revoked = certs(&["revoke", pki_dir.join("billing.pem").to_str().unwrap()]).await;
+    let mut after = list().await;
+    for _ in 0..40 {
+        if !after.status.success() {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(250)).await;
+        after = list().await;
+    }
+
+    assert!(
+        before.status.success(),
+        "{}",
+        String::from_utf8_lossy(&before.stderr)
+    );
+    assert!(
+        revoked.status.success(),
+        "{}",
+        String::from_utf8_lossy(&revoked.stderr)
+    );
+    assert_eq!(
+        after.status.code(),
+        Some(7),
+        "{}",
+        String::from_utf8_lossy(&after.stderr)
+    );
+}

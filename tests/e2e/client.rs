@@ -23,11 +23,13 @@ use notes_client::{
     ClientCredentials, Error, NotesClient, RetryPolicy, TokenFile, TokenProvider, UserSignIn,
 };
 use serde_json::json;
-use tokio::{net::TcpListener, sync::oneshot};
+use tokio::sync::oneshot;
 
 use crate::{
     cognito::{PASSWORD, Pool, authenticator},
-    helpers::{Backend, CLIENT_ID, Proxy, TestApp, claims, dynamodb_endpoint, sign, token_for},
+    helpers::{
+        Backend, CLIENT_ID, Proxy, TestApp, claims, dynamodb_endpoint, serve_http, sign, token_for,
+    },
 };
 
 #[tokio::test]
@@ -190,17 +192,8 @@ impl TokenEndpoint {
         let app = Router::new()
             .route("/oauth2/token", post(issue))
             .with_state(state);
-        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
-        let url = format!("http://{}/oauth2/token", listener.local_addr().unwrap());
-        let (stop, stopped) = oneshot::channel::<()>();
-        tokio::spawn(async move {
-            axum::serve(listener, app)
-                .with_graceful_shutdown(async {
-                    let _ = stopped.await;
-                })
-                .await
-                .unwrap();
-        });
+        let (addr, stop) = serve_http(app).await;
+        let url = format!("http://{}/oauth2/token", addr);
         TokenEndpoint {
             url,
             fetches,

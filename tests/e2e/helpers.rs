@@ -486,3 +486,19 @@ fn rustls_error(err: std::io::Error) -> rustls::Error {
         .cloned()
         .unwrap_or_else(|| rustls::Error::General(err.to_string()))
 }
+
+/// Serves `router` over HTTP on 127.0.0.1 until the returned sender is dropped.
+pub async fn serve_http(router: axum::Router) -> (SocketAddr, oneshot::Sender<()>) {
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let (stop, stopped) = oneshot::channel::<()>();
+    tokio::spawn(async move {
+        axum::serve(listener, router)
+            .with_graceful_shutdown(async {
+                let _ = stopped.await;
+            })
+            .await
+            .unwrap();
+    });
+    (addr, stop)
+}

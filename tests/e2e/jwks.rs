@@ -18,13 +18,15 @@ use notes_server::auth::{
     jwks::{JwksSettings, RemoteJwks},
     keys::KeySource,
 };
-use tokio::{net::TcpListener, sync::oneshot};
+use tokio::sync::oneshot;
 use tonic::Code;
 use tonic_health::pb::{
     HealthCheckRequest, health_check_response::ServingStatus, health_client::HealthClient,
 };
 
-use crate::helpers::{Backend, TestApp, claims, new_key, pki, sign_with, test_policy, with_token};
+use crate::helpers::{
+    Backend, TestApp, claims, new_key, pki, serve_http, sign_with, test_policy, with_token,
+};
 
 #[derive(Clone, Copy, PartialEq, Eq)]
 enum Mode {
@@ -72,20 +74,8 @@ impl JwksServer {
         let app = Router::new()
             .route("/pool/.well-known/jwks.json", get(serve_jwks))
             .with_state(state.clone());
-        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
-        let url = format!(
-            "http://{}/pool/.well-known/jwks.json",
-            listener.local_addr().unwrap()
-        );
-        let (stop, stopped) = oneshot::channel::<()>();
-        tokio::spawn(async move {
-            axum::serve(listener, app)
-                .with_graceful_shutdown(async {
-                    let _ = stopped.await;
-                })
-                .await
-                .unwrap();
-        });
+        let (addr, stop) = serve_http(app).await;
+        let url = format!("http://{}/pool/.well-known/jwks.json", addr);
         JwksServer {
             url,
             state,
