@@ -206,6 +206,22 @@ async fn listing_over_four_pages_is_newest_first_with_no_duplicate_or_gap(backen
     assert_eq!(pages, 4);
 }
 
+async fn a_listing_that_fills_its_last_page_exactly_ends_there(backend: Backend) {
+    let app = TestApp::spawn_on(backend).await;
+    let client = app.client_as("alice").await;
+    for i in 0..6 {
+        client.create(&format!("n{i}"), None).await.unwrap();
+    }
+
+    let first = client.list(3, "").await.unwrap();
+    let second = client.list(3, &first.next_page_token).await.unwrap();
+
+    assert_eq!(first.notes.len(), 3);
+    assert!(!first.next_page_token.is_empty());
+    assert_eq!(second.notes.len(), 3);
+    assert!(second.next_page_token.is_empty(), "no empty third page");
+}
+
 async fn page_size_defaults_to_50_and_is_capped_at_100(backend: Backend) {
     let app = TestApp::spawn_on(backend).await;
     let client = app.client_as("alice").await;
@@ -253,6 +269,7 @@ async fn a_garbage_or_tampered_page_token_is_invalid_argument(backend: Backend) 
 }
 
 conformance!(
+    a_listing_that_fills_its_last_page_exactly_ends_there,
     create_returns_a_version_1_note_with_a_uuidv7_owned_by_the_caller,
     get_returns_what_create_stored,
     update_replaces_content_and_bumps_the_version,

@@ -48,6 +48,23 @@ fn alert(description: AlertDescription) -> rustls::Error {
 }
 
 #[tokio::test]
+async fn a_client_that_stalls_in_the_handshake_is_disconnected() {
+    use tokio::io::AsyncReadExt;
+    let app = TestApp::spawn().await; // handshake timeout: 2 s
+    let mut tcp = tokio::net::TcpStream::connect(app.addr).await.unwrap();
+
+    // Send nothing. The server must close the connection by itself; the 30 s
+    // bound only keeps a broken server from hanging the test.
+    let mut buf = [0u8; 16];
+    let read = tokio::time::timeout(Duration::from_secs(30), tcp.read(&mut buf)).await;
+
+    assert!(
+        matches!(read, Ok(Ok(0)) | Ok(Err(_))),
+        "connection still open: {read:?}"
+    );
+}
+
+#[tokio::test]
 async fn an_expired_client_certificate_fails_the_handshake() {
     let app = TestApp::spawn().await;
     let now = OffsetDateTime::now_utc();
