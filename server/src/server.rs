@@ -122,14 +122,14 @@ pub async fn run(
     ));
     app.authenticator.verifier().spawn_refresh(stop.clone());
 
-    let reflection_v1 = tonic_reflection::server::Builder::configure()
-        .register_encoded_file_descriptor_set(notes_api::FILE_DESCRIPTOR_SET)
-        .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
-        .build_v1()?;
-    let reflection_v1alpha = tonic_reflection::server::Builder::configure()
-        .register_encoded_file_descriptor_set(notes_api::FILE_DESCRIPTOR_SET)
-        .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
-        .build_v1alpha()?;
+    // Reflection describes the notes API and health, for grpcurl and friends.
+    let reflection = || {
+        tonic_reflection::server::Builder::configure()
+            .register_encoded_file_descriptor_set(notes_api::FILE_DESCRIPTOR_SET)
+            .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
+    };
+    let reflection_v1 = reflection().build_v1()?;
+    let reflection_v1alpha = reflection().build_v1alpha()?;
     let notes = NotesServiceServer::new(NotesApi::new(app.store, app.page_tokens))
         .max_decoding_message_size(MAX_MESSAGE_BYTES);
 
@@ -148,9 +148,7 @@ pub async fn run(
         async move {
             shutdown.await;
             tracing::info!("shutting down: refusing new connections, draining calls");
-            health
-                .set_not_serving::<NotesServiceServer<NotesApi>>()
-                .await;
+            set_health(&health, ServingStatus::NotServing).await;
             stop.cancel();
         }
     };
