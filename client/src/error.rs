@@ -48,14 +48,7 @@ pub enum Error {
 
 impl Error {
     pub(crate) fn connect(err: tonic::transport::Error) -> Self {
-        let mut message = err.to_string();
-        let mut source = std::error::Error::source(&err);
-        while let Some(cause) = source {
-            message.push_str(": ");
-            message.push_str(&cause.to_string());
-            source = cause.source();
-        }
-        Error::Connect(message)
+        Error::Connect(format!("{err}{}", causes(&err)))
     }
 
     /// The gRPC code this error stands for, if it came from a call.
@@ -74,10 +67,10 @@ impl Error {
     }
 }
 
-/// The causes under a status (transport and TLS errors), `: `-joined.
-fn causes(status: &Status) -> String {
+/// The causes under an error (transport and TLS errors), each after `: `.
+fn causes(err: &dyn std::error::Error) -> String {
     let mut out = String::new();
-    let mut source = std::error::Error::source(status);
+    let mut source = err.source();
     while let Some(cause) = source {
         out.push_str(": ");
         out.push_str(&cause.to_string());
