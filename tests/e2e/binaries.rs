@@ -373,3 +373,55 @@ async fn the_certs_tool_stands_up_a_pki_that_serves_and_revokes() {
         String::from_utf8_lossy(&after.stderr)
     );
 }
+
+#[tokio::test]
+async fn dev_mode_serves_a_grpcurl_style_client_through_reflection() {
+    let python = std::env::var("NOTES_TEST_PYTHON")
+        .expect("the grpcurl-style test needs grpcio: run ./scripts/test, which installs it");
+    let dir = tempfile::tempdir().unwrap();
+    let dev = dir.path().join("dev");
+    let port = free_port();
+    let mut server = Command::new(bin("notes-server"));
+    server
+        .kill_on_drop(true)
+        .args(["dev", "--listen", &format!("127.0.0.1:{port}"), "--dir"])
+        .arg(&dev)
+        .stdout(Stdio::null())
+        .stderr(Stdio::null());
+    let _server: Child = server.spawn().unwrap();
+    wait_for_port(port).await;
+    let script = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/tools/grpcurl_style.py");
+    let token = std::fs::read_to_string(dev.join("token")).unwrap();
+
+    let mut client = Command::new(python);
+    client
+        .arg(script)
+        .arg(format!("localhost:{port}"))
+        .args([
+            dev.join("ca.pem"),
+            dev.join("client.pem"),
+            dev.join("client.key"),
+        ])
+        .arg(token.trim());
+    let out = run(client).await;
+
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "{stdout}\n{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    for method in [
+        "CreateNote",
+        "GetNote",
+        "ListNotes",
+        "UpdateNote",
+        "DeleteNote",
+    ] {
+        assert!(
+            stdout.contains(&format!("\"method\": \"{method}\"")),
+            "{stdout}"
+        );
+    }
+    assert!(stdout.contains("NOT_FOUND"), "{stdout}");
+}
