@@ -502,3 +502,28 @@ pub async fn serve_http(router: axum::Router) -> (SocketAddr, oneshot::Sender<()
     });
     (addr, stop)
 }
+
+/// CreateNote through the generated stub with `token`.
+pub async fn create_as(app: &TestApp, token: &str) -> Result<notes_api::pb::Note, tonic::Status> {
+    let request = notes_api::pb::CreateNoteRequest {
+        content: "x".into(),
+        request_id: String::new(),
+    };
+    app.raw()
+        .await
+        .create_note(with_token(request, token))
+        .await
+        .map(|r| r.into_inner())
+}
+
+/// ListNotes through the generated stub with `token`.
+pub async fn list_as(app: &TestApp, token: &str) -> Result<(), tonic::Status> {
+    app.raw()
+        .await
+        .list_notes(with_token(
+            notes_api::pb::ListNotesRequest::default(),
+            token,
+        ))
+        .await
+        .map(|_| ())
+}

@@ -39,6 +39,16 @@ fn client(name: &str, usage: Usage, validity: Validity) -> CertifiedKey {
     pki().ca.issue(&subject, usage, validity).unwrap()
 }
 
+/// A client certificate that expired yesterday.
+fn expired_client(name: &str) -> CertifiedKey {
+    let now = OffsetDateTime::now_utc();
+    let validity = Validity {
+        not_before: now - time::Duration::days(10),
+        not_after: now - time::Duration::days(1),
+    };
+    client(name, Usage::Client, validity)
+}
+
 fn valid() -> Validity {
     Validity::starting_now(DAY)
 }
@@ -67,15 +77,7 @@ async fn a_client_that_stalls_in_the_handshake_is_disconnected() {
 #[tokio::test]
 async fn an_expired_client_certificate_fails_the_handshake() {
     let app = TestApp::spawn().await;
-    let now = OffsetDateTime::now_utc();
-    let expired = client(
-        "expired",
-        Usage::Client,
-        Validity {
-            not_before: now - time::Duration::days(10),
-            not_after: now - time::Duration::days(1),
-        },
-    );
+    let expired = expired_client("expired");
 
     let err = tls_probe(app.addr, Some(&expired)).await.unwrap_err();
 
@@ -142,15 +144,7 @@ fn text(logs: &Arc<Mutex<Vec<u8>>>) -> String {
 async fn a_refused_certificate_is_logged_with_its_name_and_reason() {
     let logs = capture_logs("notes_server::tls=warn");
     let app = TestApp::spawn().await;
-    let now = OffsetDateTime::now_utc();
-    let expired = client(
-        "expired-logged",
-        Usage::Client,
-        Validity {
-            not_before: now - time::Duration::days(10),
-            not_after: now - time::Duration::days(1),
-        },
-    );
+    let expired = expired_client("expired-logged");
 
     tls_probe(app.addr, Some(&expired)).await.unwrap_err();
 

@@ -13,7 +13,6 @@ use std::{
 
 use async_trait::async_trait;
 use jsonwebtoken::Algorithm;
-use notes_api::pb::{CreateNoteRequest, ListNotesRequest};
 use notes_server::{
     auth::{
         Authenticator, GroupScopes, ScopePolicy, TokenPolicy, Verifier,
@@ -23,11 +22,11 @@ use notes_server::{
 };
 use rustls::pki_types::{CertificateDer, pem::PemObject};
 use serde_json::{Value, json};
-use tonic::{Code, Status};
+use tonic::Code;
 
 use crate::helpers::{
-    Backend, CLIENT_ID, CLIENT_SPIFFE, ISSUER, KID, TestApp, claims, issuer, now, pki, sign,
-    sign_with, test_keys, test_policy, with_token,
+    Backend, CLIENT_ID, CLIENT_SPIFFE, ISSUER, KID, TestApp, claims, create_as, issuer, list_as,
+    now, pki, sign, sign_with, test_keys, test_policy,
 };
 
 const USER_SCOPE: &str = "aws.cognito.signin.user.admin";
@@ -44,26 +43,6 @@ fn machine_claims(scope: &str) -> Value {
     c
 }
 
-async fn create(app: &TestApp, token: &str) -> Result<notes_api::pb::Note, Status> {
-    let request = CreateNoteRequest {
-        content: "x".into(),
-        request_id: String::new(),
-    };
-    app.raw()
-        .await
-        .create_note(with_token(request, token))
-        .await
-        .map(|r| r.into_inner())
-}
-
-async fn list(app: &TestApp, token: &str) -> Result<(), Status> {
-    app.raw()
-        .await
-        .list_notes(with_token(ListNotesRequest::default(), token))
-        .await
-        .map(|_| ())
-}
-
 fn spawn(policy: TokenPolicy) -> impl std::future::Future<Output = TestApp> {
     TestApp::spawn_with(
         Backend::Memory,
@@ -75,7 +54,7 @@ fn spawn(policy: TokenPolicy) -> impl std::future::Future<Output = TestApp> {
 async fn a_client_credentials_token_is_a_service_caller_that_owns_its_notes() {
     let app = TestApp::spawn().await;
 
-    let note = create(&app, &sign(&machine_claims("notes/read notes/write")))
+    let note = create_as(&app, &sign(&machine_claims("notes/read notes/write")))
         .await
         .unwrap();
 
@@ -98,14 +77,14 @@ async fn users_and_machines_are_held_to_their_own_scopes() {
     let mut user = claims("alice");
     user["scope"] = json!(USER_SCOPE);
 
-    create(&app, &sign(&user)).await.unwrap();
-    create(&app, &sign(&machine_claims("notes/write")))
+    create_as(&app, &sign(&user)).await.unwrap();
+    create_as(&app, &sign(&machine_claims("notes/write")))
         .await
         .unwrap();
-    let machine_with_user_scope = create(&app, &sign(&machine_claims(USER_SCOPE)))
+    let machine_with_user_scope = create_as(&app, &sign(&machine_claims(USER_SCOPE)))
         .await
         .unwrap_err();
-    let machine_read_only = create(&app, &sign(&machine_claims("notes/read")))
+    let machine_read_only = create_as(&app, &sign(&machine_claims("notes/read")))
         .await
         .unwrap_err();
 
@@ -125,10 +104,10 @@ async fn a_required_group_admits_only_its_members() {
     let mut outsider = claims("bob");
     outsider["cognito:groups"] = json!(["admins"]);
 
-    list(&app, &sign(&member)).await.unwrap();
-    let no_groups = list(&app, &sign(&claims("carol"))).await.unwrap_err();
-    let wrong_group = list(&app, &sign(&outsider)).await.unwrap_err();
-    list(&app, &sign(&machine_claims("notes/read")))
+    list_as(&app, &sign(&member)).await.unwrap();
+    let no_groups = list_as(&app, &sign(&claims("carol"))).await.unwrap_err();
+    let wrong_group = list_as(&app, &sign(&outsider)).await.unwrap_err();
+    list_as(&app, &sign(&machine_claims("notes/read")))
         .await
         .unwrap();
 
@@ -154,8 +133,10 @@ async fn id_tokens_are_accepted_only_when_enabled_and_then_checked_with_aud() {
         sign(&c)
     };
 
-    create(&app, &id_token(CLIENT_ID)).await.unwrap();
-    let other = create(&app, &id_token("another-client")).await.unwrap_err();
+    create_as(&app, &id_token(CLIENT_ID)).await.unwrap();
+    let other = create_as(&app, &id_token("another-client"))
+        .await
+        .unwrap_err();
 
     assert_eq!(other.code(), Code::Unauthenticated);
     assert!(other.message().contains("client_id"), "{other:?}");
@@ -169,7 +150,7 @@ async fn a_certificate_bound_token_is_accepted_with_its_certificate() {
     let mut bound = claims("alice");
     bound["cnf"] = json!({ "x5t#S256": thumbprint });
 
-    create(&app, &sign(&bound)).await.unwrap();
+    create_as(&app, &sign(&bound)).await.unwrap();
 }
 
 #[tokio::test]
@@ -181,8 +162,8 @@ async fn a_certificate_may_present_only_the_tokens_of_its_bound_clients() {
     let mut reports = claims("alice");
     reports["client_id"] = json!("reports-client");
 
-    list(&app, &sign(&reports)).await.unwrap();
-    let status = list(&app, &sign(&claims("alice"))).await.unwrap_err();
+    list_as(&app, &sign(&reports)).await.unwrap();
+    let status = list_as(&app, &sign(&claims("alice"))).await.unwrap_err();
 
     assert_eq!(status.code(), Code::PermissionDenied);
     assert!(status.message().contains(CLIENT_SPIFFE), "{status:?}");
@@ -201,10 +182,10 @@ async fn refusals_are_counted_by_reason() {
         sign(&c)
     };
 
-    let _ = list(&app, &expired).await;
-    let _ = list(&app, &expired).await;
-    let _ = list(&app, "garbage").await;
-    list(&app, &sign(&claims("alice"))).await.unwrap();
+    let _ = list_as(&app, &expired).await;
+    let _ = list_as(&app, &expired).await;
+    let _ = list_as(&app, "garbage").await;
+    list_as(&app, &sign(&claims("alice"))).await.unwrap();
 
     let counts = auth.rejections();
     assert_eq!(counts.get("expired"), Some(&2));

@@ -4,7 +4,7 @@
 
 use base64::{Engine, engine::general_purpose::URL_SAFE_NO_PAD};
 use jsonwebtoken::{Algorithm, EncodingKey, Header};
-use notes_api::pb::{CreateNoteRequest, ListNotesRequest};
+use notes_api::pb::ListNotesRequest;
 use serde_json::{Value, json};
 use tonic::{Code, Status};
 
@@ -14,29 +14,9 @@ use jsonwebtoken::jwk::KeyAlgorithm;
 use notes_server::auth::{Authenticator, Verifier, keys::StaticKeys};
 
 use crate::helpers::{
-    self, Backend, CLIENT_ID, KID, READ, TestApp, claims, issuer, new_key, now, sign, sign_with,
-    test_policy, with_token,
+    self, Backend, CLIENT_ID, KID, READ, TestApp, claims, create_as, issuer, list_as, new_key, now,
+    sign, sign_with, test_policy,
 };
-
-async fn list_with(app: &TestApp, token: &str) -> Result<(), Status> {
-    app.raw()
-        .await
-        .list_notes(with_token(ListNotesRequest::default(), token))
-        .await
-        .map(|_| ())
-}
-
-async fn create_with(app: &TestApp, token: &str) -> Result<(), Status> {
-    let request = CreateNoteRequest {
-        content: "x".into(),
-        request_id: String::new(),
-    };
-    app.raw()
-        .await
-        .create_note(with_token(request, token))
-        .await
-        .map(|_| ())
-}
 
 fn with(mut claims: Value, key: &str, value: Value) -> Value {
     claims[key] = value;
@@ -74,10 +54,8 @@ fn assert_refused(result: Result<(), Status>, code: Code, fragment: &str, token:
 async fn a_valid_token_is_accepted() {
     let app = TestApp::spawn().await;
 
-    list_with(&app, &helpers::token_for("alice")).await.unwrap();
-    create_with(&app, &helpers::token_for("alice"))
-        .await
-        .unwrap();
+    list_as(&app, &helpers::token_for("alice")).await.unwrap();
+    create_as(&app, &helpers::token_for("alice")).await.unwrap();
 }
 
 #[tokio::test]
@@ -433,7 +411,7 @@ async fn each_kind_of_bad_token_gets_its_code_and_reason() {
     assert!(cases.len() >= 40);
 
     for case in &cases {
-        let result = list_with(&app, &case.token).await;
+        let result = list_as(&app, &case.token).await;
         assert_refused(result, case.code, case.fragment, &case.token, case.name);
     }
 }
@@ -443,8 +421,8 @@ async fn a_token_without_the_write_scope_can_read_but_not_write() {
     let app = TestApp::spawn().await;
     let token = sign(&with(claims("alice"), "scope", json!(READ)));
 
-    list_with(&app, &token).await.unwrap();
-    let result = create_with(&app, &token).await;
+    list_as(&app, &token).await.unwrap();
+    let result = create_as(&app, &token).await.map(|_| ());
 
     assert_refused(
         result,
@@ -461,14 +439,14 @@ async fn a_token_without_any_scope_can_neither_read_nor_write() {
     let token = sign(&without(claims("alice"), "scope"));
 
     assert_refused(
-        list_with(&app, &token).await,
+        list_as(&app, &token).await,
         Code::PermissionDenied,
         "notes/read",
         &token,
         "list",
     );
     assert_refused(
-        create_with(&app, &token).await,
+        create_as(&app, &token).await.map(|_| ()),
         Code::PermissionDenied,
         "notes/write",
         &token,
