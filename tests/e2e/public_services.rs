@@ -126,10 +126,13 @@ async fn reflection_v1alpha_describes_the_notes_service_for_grpcurl() {
 #[tokio::test]
 async fn notes_methods_still_need_a_token_on_the_same_connection() {
     let app = TestApp::spawn().await;
+    // One channel: the public exemption belongs to the method, not the connection.
+    let channel = app.channel(Some(&pki().client)).await;
+    let mut health = HealthClient::new(channel.clone());
+    let mut notes = notes_api::pb::notes_service_client::NotesServiceClient::new(channel);
 
-    let status = app
-        .raw()
-        .await
+    health.check(HealthCheckRequest::default()).await.unwrap();
+    let status = notes
         .list_notes(ListNotesRequest::default())
         .await
         .unwrap_err();
