@@ -52,7 +52,6 @@ fn world() -> &'static World {
                     uris: vec!["spiffe://fuzz/caller".into()],
                     dns_names: vec![],
                     subject: "CN=fuzz".into(),
-                    sha256: String::new(),
                     x5t_s256: "fuzz-thumbprint".into(),
                 }),
             },

@@ -58,7 +58,6 @@ pub struct RemoteJwks {
     /// When the last fetch for an unknown `kid` started; the lock itself makes
     /// concurrent misses share one fetch.
     last_miss_fetch: Mutex<Option<Instant>>,
-    fetches: std::sync::atomic::AtomicU64,
 }
 
 impl RemoteJwks {
@@ -77,7 +76,6 @@ impl RemoteJwks {
             settings,
             keys: RwLock::new(Arc::default()),
             last_miss_fetch: Mutex::new(None),
-            fetches: Default::default(),
         })
     }
 
@@ -86,18 +84,11 @@ impl RemoteJwks {
         &self.url
     }
 
-    /// How many fetches were attempted (for tests and metrics).
-    pub fn fetch_count(&self) -> u64 {
-        self.fetches.load(std::sync::atomic::Ordering::Relaxed)
-    }
-
     fn current(&self) -> Arc<KeyMap> {
         self.keys.read().unwrap_or_else(|e| e.into_inner()).clone()
     }
 
     async fn fetch(&self) -> Result<KeyMap, KeyError> {
-        self.fetches
-            .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
         let unavailable = |what: &str, e: &dyn std::fmt::Display| {
             KeyError::Unavailable(format!("{what} {}: {e}", self.url))
         };

@@ -248,11 +248,8 @@ impl Verifier {
         Ok(verified)
     }
 
-    /// Full verification, skipping the cache.
-    pub async fn verify_uncached(&self, token: &str) -> Result<VerifiedToken, AuthError> {
-        if token.len() > self.max_token_bytes {
-            return Err(AuthError::TooLarge(self.max_token_bytes));
-        }
+    /// Full verification, skipping the cache; [`verify`](Self::verify) checked the size.
+    async fn verify_uncached(&self, token: &str) -> Result<VerifiedToken, AuthError> {
         let mut segments = token.split('.');
         let (Some(_), Some(payload), Some(_), None) = (
             segments.next(),

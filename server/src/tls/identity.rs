@@ -14,8 +14,6 @@ pub struct PeerIdentity {
     pub dns_names: Vec<String>,
     /// The subject distinguished name.
     pub subject: String,
-    /// SHA-256 of the certificate DER, lowercase hex.
-    pub sha256: String,
     /// SHA-256 of the certificate DER, base64url: the `x5t#S256` thumbprint of RFC 8705.
     pub x5t_s256: String,
 }
@@ -41,7 +39,6 @@ impl PeerIdentity {
             uris,
             dns_names,
             subject: cert.subject().to_string(),
-            sha256: digest.as_ref().iter().map(|b| format!("{b:02x}")).collect(),
             x5t_s256: URL_SAFE_NO_PAD.encode(digest.as_ref()),
         })
     }
