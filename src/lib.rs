@@ -4,6 +4,12 @@
 //! # Layout
 //! - [`pb`]: messages, the `NotesService` server trait and client stub.
 //! - [`FILE_DESCRIPTOR_SET`]: the encoded descriptors, served by gRPC reflection.
+//! - [`methods`]: the one table of per-method rules (access, retry), checked
+//!   against the descriptors.
+//! - [`files`]: atomic file writes, shared by the server's tools and the CLI.
+
+pub mod files;
+pub mod methods;
 
 /// Generated protobuf messages and gRPC stubs for `notes.v1`.
 #[allow(missing_docs, clippy::all, clippy::pedantic)]

@@ -12,16 +12,14 @@ use std::sync::Arc;
 use notes_client::{ClientCredentials, Error, NotesClient, TlsFiles};
 
 fn env(name: &str) -> Result<String, Error> {
-    std::env::var(name).map_err(|_| Error::Config(format!("set {name}")))
+    std::env::var(name).map_err(|_| Error::config(format!("set {name}")))
 }
 
 #[tokio::main]
 async fn main() -> Result<(), Error> {
     let files: Vec<String> = std::env::args().skip(1).collect();
     let [ca, cert, key] = files.as_slice() else {
-        return Err(Error::Config(
-            "usage: machine CA_PEM CERT_PEM KEY_PEM".into(),
-        ));
+        return Err(Error::config("usage: machine CA_PEM CERT_PEM KEY_PEM"));
     };
     let tokens = ClientCredentials::new(
         env("NOTES_TOKEN_URL")?,

@@ -32,7 +32,7 @@ fn http_client() -> Result<reqwest::Client, Error> {
         .connect_timeout(Duration::from_secs(5))
         .timeout(Duration::from_secs(15))
         .build()
-        .map_err(|e| Error::Config(format!("HTTP client: {e}")))
+        .map_err(|e| Error::config_from("cannot build an HTTP client", e))
 }
 
 struct Cached {
@@ -96,22 +96,22 @@ impl ClientCredentials {
             .form(&form)
             .send()
             .await
-            .map_err(|e| Error::Token(format!("token endpoint {}: {e}", self.token_url)))?;
+            .map_err(|e| Error::token_from(format!("token endpoint {}", self.token_url), e))?;
         let status = response.status();
         let body = response
             .bytes()
             .await
-            .map_err(|e| Error::Token(format!("token endpoint {}: {e}", self.token_url)))?;
+            .map_err(|e| Error::token_from(format!("token endpoint {}", self.token_url), e))?;
         if !status.is_success() {
             let reason = serde_json::from_slice::<OAuthError>(&body)
                 .map(|e| e.error)
                 .unwrap_or_else(|_| "no error code".into());
-            return Err(Error::Token(format!(
+            return Err(Error::token(format!(
                 "token endpoint answered {status}: {reason}"
             )));
         }
         let token: TokenResponse = serde_json::from_slice(&body)
-            .map_err(|e| Error::Token(format!("token endpoint sent an unreadable answer: {e}")))?;
+            .map_err(|e| Error::token_from("token endpoint sent an unreadable answer", e))?;
         Ok(Cached {
             token: token.access_token,
             refresh_at: refresh_at(token.expires_in),
@@ -218,21 +218,21 @@ impl UserSignIn {
             .json(&json!({ "AuthFlow": flow, "ClientId": self.client_id, "AuthParameters": parameters }))
             .send()
             .await
-            .map_err(|e| Error::Token(format!("Cognito at {}: {e}", self.endpoint)))?;
+            .map_err(|e| Error::token_from(format!("Cognito at {}", self.endpoint), e))?;
         let status = response.status();
         let body: Value = response
             .json()
             .await
-            .map_err(|e| Error::Token(format!("Cognito sent an unreadable answer: {e}")))?;
+            .map_err(|e| Error::token_from("Cognito sent an unreadable answer", e))?;
         if !status.is_success() {
             let kind = body["__type"].as_str().unwrap_or("error");
             let message = body["message"].as_str().unwrap_or("no message");
-            return Err(Error::Token(format!(
+            return Err(Error::token(format!(
                 "Cognito refused sign-in ({kind}): {message}"
             )));
         }
         if let Some(challenge) = body["ChallengeName"].as_str() {
-            return Err(Error::Token(format!(
+            return Err(Error::token(format!(
                 "Cognito asks for the {challenge} challenge, which this client does not answer"
             )));
         }
@@ -240,7 +240,7 @@ impl UserSignIn {
         let text = |key: &str| result[key].as_str().map(str::to_owned);
         Ok(UserTokens {
             access_token: text("AccessToken")
-                .ok_or_else(|| Error::Token("Cognito's answer has no AccessToken".into()))?,
+                .ok_or_else(|| Error::token("Cognito's answer has no AccessToken"))?,
             id_token: text("IdToken"),
             refresh_token: text("RefreshToken"),
             expires_in: result["ExpiresIn"].as_u64().unwrap_or(3600),

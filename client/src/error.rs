@@ -3,6 +3,8 @@
 
 use tonic::{Code, Status};
 
+type BoxError = Box<dyn std::error::Error + Send + Sync>;
+
 /// A failed call or set-up.
 #[derive(Debug, thiserror::Error)]
 pub enum Error {
@@ -27,9 +29,16 @@ pub enum Error {
     /// UNAVAILABLE or DEADLINE_EXCEEDED: safe to retry with backoff.
     #[error("unavailable: {0}")]
     Unavailable(String),
-    /// Could not connect (refused, TLS handshake failed, timed out).
-    #[error("cannot connect: {0}")]
-    Connect(String),
+    /// Could not connect (refused, TLS handshake failed, timed out); the
+    /// transport's causes follow as [`source`](std::error::Error::source)s.
+    #[error("cannot connect: {message}")]
+    Connect {
+        /// What failed.
+        message: String,
+        /// Why, when the transport said.
+        #[source]
+        source: Option<BoxError>,
+    },
     /// Any other status.
     #[error("{code:?}: {message}")]
     Other {
@@ -39,16 +48,98 @@ pub enum Error {
         message: String,
     },
     /// Bad local configuration (files, endpoint).
-    #[error("configuration: {0}")]
-    Config(String),
+    #[error("configuration: {message}")]
+    Config {
+        /// What is wrong, naming the file or setting.
+        message: String,
+        /// The underlying failure (I/O, parsing), if any.
+        #[source]
+        source: Option<BoxError>,
+    },
     /// No token could be had (file unreadable, Cognito refused, endpoint down).
-    #[error("token: {0}")]
-    Token(String),
+    #[error("token: {message}")]
+    Token {
+        /// What failed, with the token endpoint's answer when it gave one.
+        message: String,
+        /// The underlying failure (I/O, HTTP), if any.
+        #[source]
+        source: Option<BoxError>,
+    },
+}
+
+/// A cause kept as text: the transport's errors inside a [`Status`] cannot be
+/// taken out of it, so their messages are copied, chain intact.
+#[derive(Debug)]
+struct Cause {
+    text: String,
+    source: Option<Box<Cause>>,
+}
+
+impl std::fmt::Display for Cause {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(&self.text)
+    }
+}
+
+impl std::error::Error for Cause {
+    fn source(&self) -> Option<&(dyn std::error::Error + 'static)> {
+        self.source.as_deref().map(|c| c as _)
+    }
+}
+
+impl Cause {
+    fn chain(err: &dyn std::error::Error) -> Box<Cause> {
+        Box::new(Cause {
+            text: err.to_string(),
+            source: err.source().map(Cause::chain),
+        })
+    }
 }
 
 impl Error {
+    /// A configuration error with no underlying cause.
+    pub fn config(message: impl Into<String>) -> Self {
+        Error::Config {
+            message: message.into(),
+            source: None,
+        }
+    }
+
+    /// A configuration error caused by `source`.
+    pub fn config_from(
+        message: impl Into<String>,
+        source: impl std::error::Error + Send + Sync + 'static,
+    ) -> Self {
+        Error::Config {
+            message: message.into(),
+            source: Some(Box::new(source)),
+        }
+    }
+
+    /// A token error with no underlying cause.
+    pub fn token(message: impl Into<String>) -> Self {
+        Error::Token {
+            message: message.into(),
+            source: None,
+        }
+    }
+
+    /// A token error caused by `source`.
+    pub fn token_from(
+        message: impl Into<String>,
+        source: impl std::error::Error + Send + Sync + 'static,
+    ) -> Self {
+        Error::Token {
+            message: message.into(),
+            source: Some(Box::new(source)),
+        }
+    }
+
     pub(crate) fn connect(err: tonic::transport::Error) -> Self {
-        Error::Connect(format!("{err}{}", causes(&err)))
+        Error::Connect {
+            message: err.to_string(),
+            source: err.source().map(|s| Cause::chain(s) as BoxError),
+        }
     }
 
     /// The gRPC code this error stands for, if it came from a call.
@@ -62,35 +153,43 @@ impl Error {
             Error::PermissionDenied(_) => Code::PermissionDenied,
             Error::Unavailable(_) => Code::Unavailable,
             Error::Other { code, .. } => *code,
-            Error::Connect(_) | Error::Config(_) | Error::Token(_) => return None,
+            Error::Connect { .. } | Error::Config { .. } | Error::Token { .. } => return None,
         })
+    }
+
+    /// This error and its causes on one line, joined with `: `; a cause whose
+    /// text is already in the line is not repeated.
+    pub fn chain(&self) -> String {
+        let mut out = self.to_string();
+        let mut source = std::error::Error::source(self);
+        while let Some(cause) = source {
+            let text = cause.to_string();
+            if !out.contains(&text) {
+                out.push_str(": ");
+                out.push_str(&text);
+            }
+            source = cause.source();
+        }
+        out
     }
 }
 
-/// The causes under an error (transport and TLS errors), each after `: `.
-fn causes(err: &dyn std::error::Error) -> String {
-    let mut out = String::new();
-    let mut source = err.source();
-    while let Some(cause) = source {
-        out.push_str(": ");
-        out.push_str(&cause.to_string());
-        source = cause.source();
-    }
-    out
-}
+use std::error::Error as _;
 
 impl From<Status> for Error {
     fn from(status: Status) -> Self {
-        let causes = causes(&status);
         // A status made by the client's transport, not sent by the server:
         // the connection failed (refused, TLS alert, reset).
-        if !causes.is_empty()
+        if let Some(cause) = status.source()
             && matches!(
                 status.code(),
                 Code::Unknown | Code::Cancelled | Code::Unavailable
             )
         {
-            return Error::Connect(format!("{}{causes}", status.message()));
+            return Error::Connect {
+                message: status.message().to_owned(),
+                source: Some(Cause::chain(cause)),
+            };
         }
         let message = status.message().to_owned();
         match status.code() {

@@ -58,6 +58,7 @@ use std::{path::PathBuf, sync::Arc, time::Duration};
 
 use futures_util::Stream;
 
+use notes_api::methods::{self, Method, Retry};
 use notes_api::pb::{
     CreateNoteRequest, DeleteNoteRequest, GetNoteRequest, ListNotesRequest, ListNotesResponse,
     Note, UpdateNoteRequest, notes_service_client::NotesServiceClient,
@@ -111,11 +112,12 @@ impl TlsFiles {
         }
     }
 
-    /// Reads them.
+    /// Reads the three files; a missing or unreadable one is named in the error.
     pub fn load(&self) -> Result<TlsMaterial, Error> {
         let read = |path: &PathBuf, what: &str| {
-            std::fs::read(path)
-                .map_err(|e| Error::Config(format!("cannot read {what} {}: {e}", path.display())))
+            std::fs::read(path).map_err(|e| {
+                Error::config_from(format!("cannot read {what} {}", path.display()), e)
+            })
         };
         Ok(TlsMaterial {
             ca_pem: read(&self.ca, "CA certificate")?,
@@ -181,9 +183,9 @@ impl ClientBuilder {
             tls = tls.domain_name(name.clone());
         }
         Ok(Endpoint::from_shared(self.endpoint.clone())
-            .map_err(|e| Error::Config(format!("invalid endpoint {:?}: {e}", self.endpoint)))?
+            .map_err(|e| Error::config_from(format!("invalid endpoint {:?}", self.endpoint), e))?
             .tls_config(tls)
-            .map_err(|e| Error::Config(format!("TLS configuration: {e}")))?
+            .map_err(|e| Error::config_from("TLS configuration", e))?
             .connect_timeout(self.connect_timeout)
             .timeout(self.timeout))
     }
@@ -205,7 +207,7 @@ impl ClientBuilder {
     fn finish(self, channel: Channel) -> Result<NotesClient, Error> {
         let tokens = self
             .tokens
-            .ok_or_else(|| Error::Config("no token: call .token() or .token_provider()".into()))?;
+            .ok_or_else(|| Error::config("no token: call .token() or .token_provider()"))?;
         Ok(NotesClient {
             inner: NotesServiceClient::new(channel),
             tokens,
@@ -242,7 +244,7 @@ impl NotesClient {
         let token = self.tokens.token().await?;
         let mut value: AsciiMetadataValue = format!("Bearer {token}")
             .parse()
-            .map_err(|_| Error::Token("the token has characters not allowed in metadata".into()))?;
+            .map_err(|_| Error::token("the token has characters not allowed in metadata"))?;
         // Keep it out of debug output.
         value.set_sensitive(true);
         let mut request = tonic::Request::new(message);
@@ -250,17 +252,17 @@ impl NotesClient {
         Ok(request)
     }
 
-    /// Runs `call`, retrying UNAVAILABLE when `retryable` under the policy.
-    async fn call<T, R, F, Fut>(&self, message: T, retryable: bool, call: F) -> Result<R, Error>
+    /// Runs `call` for `method`, retrying UNAVAILABLE under the policy when
+    /// the method table ([`notes_api::methods`]) says the method is safe to repeat.
+    async fn call<T, R, F, Fut>(&self, method: &Method, message: T, call: F) -> Result<R, Error>
     where
         T: Clone,
         F: Fn(NotesServiceClient<Channel>, tonic::Request<T>) -> Fut,
         Fut: std::future::Future<Output = Result<tonic::Response<R>, tonic::Status>>,
     {
-        let attempts = if retryable {
-            self.retry.max_attempts.max(1)
-        } else {
-            1
+        let attempts = match method.retry {
+            Retry::Safe => self.retry.max_attempts.max(1),
+            Retry::Never => 1,
         };
         let mut attempt = 1;
         loop {
@@ -289,11 +291,9 @@ impl NotesClient {
                 .map(str::to_owned)
                 .unwrap_or_else(|| uuid::Uuid::new_v4().to_string()),
         };
-        self.call(
-            request,
-            true,
-            |mut c, r| async move { c.create_note(r).await },
-        )
+        self.call(&methods::CREATE_NOTE, request, |mut c, r| async move {
+            c.create_note(r).await
+        })
         .await
     }
 
@@ -302,8 +302,10 @@ impl NotesClient {
         let request = GetNoteRequest {
             note_id: note_id.to_owned(),
         };
-        self.call(request, true, |mut c, r| async move { c.get_note(r).await })
-            .await
+        self.call(&methods::GET_NOTE, request, |mut c, r| async move {
+            c.get_note(r).await
+        })
+        .await
     }
 
     /// One page of notes, newest first. `page_size` 0 means the server's default.
@@ -312,11 +314,9 @@ impl NotesClient {
             page_size,
             page_token: page_token.to_owned(),
         };
-        self.call(
-            request,
-            true,
-            |mut c, r| async move { c.list_notes(r).await },
-        )
+        self.call(&methods::LIST_NOTES, request, |mut c, r| async move {
+            c.list_notes(r).await
+        })
         .await
     }
 
@@ -326,6 +326,16 @@ impl NotesClient {
         &self,
         page_size: i32,
     ) -> impl Stream<Item = Result<Note, Error>> + Send + 'static {
+        self.list_all_from(page_size, "")
+    }
+
+    /// Like [`list_all`](Self::list_all), starting at the page `page_token`
+    /// names (the first page when empty).
+    pub fn list_all_from(
+        &self,
+        page_size: i32,
+        page_token: &str,
+    ) -> impl Stream<Item = Result<Note, Error>> + Send + 'static {
         struct Pages {
             client: NotesClient,
             buffered: std::vec::IntoIter<Note>,
@@ -334,7 +344,7 @@ impl NotesClient {
         let start = Pages {
             client: self.clone(),
             buffered: Vec::new().into_iter(),
-            next: Some(String::new()),
+            next: Some(page_token.to_owned()),
         };
         futures_util::stream::try_unfold(start, move |mut pages| async move {
             loop {
@@ -364,11 +374,9 @@ impl NotesClient {
             content: content.to_owned(),
             expected_version,
         };
-        self.call(
-            request,
-            false,
-            |mut c, r| async move { c.update_note(r).await },
-        )
+        self.call(&methods::UPDATE_NOTE, request, |mut c, r| async move {
+            c.update_note(r).await
+        })
         .await
     }
 
@@ -378,11 +386,9 @@ impl NotesClient {
             note_id: note_id.to_owned(),
             expected_version,
         };
-        self.call(
-            request,
-            false,
-            |mut c, r| async move { c.delete_note(r).await },
-        )
+        self.call(&methods::DELETE_NOTE, request, |mut c, r| async move {
+            c.delete_note(r).await
+        })
         .await?;
         Ok(())
     }

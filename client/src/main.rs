@@ -6,7 +6,6 @@
 
 use std::{
     io::{Read, Write},
-    os::unix::fs::OpenOptionsExt,
     path::PathBuf,
     process::ExitCode,
     sync::Arc,
@@ -14,6 +13,7 @@ use std::{
 
 use base64::{Engine, engine::general_purpose::URL_SAFE_NO_PAD};
 use clap::{Parser, Subcommand};
+use futures_util::TryStreamExt;
 use notes_client::{
     Error, NotesClient, StaticToken, TlsFiles, TokenFile, TokenProvider, UserSignIn, pb::Note,
 };
@@ -149,10 +149,10 @@ fn settings(cli: &Cli) -> Result<Settings, Error> {
     let file = match &cli.config {
         Some(path) => {
             let text = std::fs::read_to_string(path).map_err(|e| {
-                Error::Config(format!("cannot read config {}: {e}", path.display()))
+                Error::config_from(format!("cannot read config {}", path.display()), e)
             })?;
             toml::from_str(&text)
-                .map_err(|e| Error::Config(format!("config {}: {e}", path.display())))?
+                .map_err(|e| Error::config_from(format!("config {}", path.display()), e))?
         }
         None => ConfigFile::default(),
     };
@@ -248,9 +248,9 @@ fn exit_code(err: &Error) -> u8 {
         Error::NotFound(_) => 3,
         Error::Conflict(_) | Error::AlreadyExists(_) => 4,
         Error::InvalidArgument(_) => 5,
-        Error::Unauthenticated(_) | Error::PermissionDenied(_) | Error::Token(_) => 6,
-        Error::Unavailable(_) | Error::Connect(_) => 7,
-        Error::Config(_) => 8,
+        Error::Unauthenticated(_) | Error::PermissionDenied(_) | Error::Token { .. } => 6,
+        Error::Unavailable(_) | Error::Connect { .. } => 7,
+        Error::Config { .. } => 8,
         Error::Other { .. } => 1,
     }
 }
@@ -262,7 +262,7 @@ fn content_arg(content: String) -> Result<String, Error> {
     let mut buf = String::new();
     std::io::stdin()
         .read_to_string(&mut buf)
-        .map_err(|e| Error::Config(format!("reading standard input: {e}")))?;
+        .map_err(|e| Error::config_from("reading standard input", e))?;
     Ok(buf)
 }
 
@@ -303,15 +303,18 @@ async fn run(cli: Cli) -> Result<(), Error> {
             mut page_token,
             all,
         } => {
-            let mut notes = Vec::new();
-            loop {
+            let notes = if all {
+                let notes = client
+                    .list_all_from(page_size, &page_token)
+                    .try_collect::<Vec<_>>()
+                    .await?;
+                page_token.clear();
+                notes
+            } else {
                 let page = client.list(page_size, &page_token).await?;
-                notes.extend(page.notes);
                 page_token = page.next_page_token;
-                if !all || page_token.is_empty() {
-                    break;
-                }
-            }
+                page.notes
+            };
             if json {
                 let out = serde_json::json!({
                     "notes": notes.iter().map(json_note).collect::<Vec<_>>(),
@@ -368,7 +371,7 @@ async fn login(
 ) -> Result<(), Error> {
     let need = |flag: &Option<String>, file: &Option<String>, name: &str| {
         flag.clone().or_else(|| file.clone()).ok_or_else(|| {
-            Error::Config(format!(
+            Error::config(format!(
                 "login needs --{name} (or {name} in the config file)"
             ))
         })
@@ -387,7 +390,7 @@ async fn login(
             let mut line = String::new();
             std::io::stdin()
                 .read_line(&mut line)
-                .map_err(|e| Error::Config(format!("reading the password: {e}")))?;
+                .map_err(|e| Error::config_from("reading the password", e))?;
             line.trim_end_matches(['\r', '\n']).to_owned()
         }
     };
@@ -397,16 +400,10 @@ async fn login(
     let path = &settings.token_file;
     if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
         std::fs::create_dir_all(dir)
-            .map_err(|e| Error::Config(format!("creating {}: {e}", dir.display())))?;
+            .map_err(|e| Error::config_from(format!("creating {}", dir.display()), e))?;
     }
-    let _ = std::fs::remove_file(path);
-    std::fs::OpenOptions::new()
-        .write(true)
-        .create_new(true)
-        .mode(0o600)
-        .open(path)
-        .and_then(|mut f| f.write_all(tokens.access_token.as_bytes()))
-        .map_err(|e| Error::Config(format!("writing {}: {e}", path.display())))?;
+    notes_api::files::write_atomically(path, tokens.access_token.as_bytes(), 0o600)
+        .map_err(|e| Error::config_from(format!("writing {}", path.display()), e))?;
     out!(
         "signed in as {username}; access token saved to {} (valid {} s)",
         path.display(),
@@ -419,8 +416,8 @@ async fn login(
 fn segment(part: Option<&str>) -> Result<serde_json::Value, Error> {
     let bytes = URL_SAFE_NO_PAD
         .decode(part.unwrap_or_default())
-        .map_err(|_| Error::Token("the token is not a JWT (base64)".into()))?;
-    serde_json::from_slice(&bytes).map_err(|_| Error::Token("the token is not a JWT (JSON)".into()))
+        .map_err(|_| Error::token("the token is not a JWT (base64)"))?;
+    serde_json::from_slice(&bytes).map_err(|_| Error::token("the token is not a JWT (JSON)"))
 }
 
 async fn print_token(settings: &Settings) -> Result<(), Error> {
@@ -442,7 +439,7 @@ async fn main() -> ExitCode {
     match run(cli).await {
         Ok(()) => ExitCode::SUCCESS,
         Err(err) => {
-            eprintln!("notes: {err}");
+            eprintln!("notes: {}", err.chain());
             ExitCode::from(exit_code(&err))
         }
     }

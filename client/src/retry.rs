@@ -4,11 +4,12 @@ use std::time::Duration;
 
 /// Retries UNAVAILABLE answers with exponential backoff and full jitter.
 ///
-/// Only calls that are safe to repeat are retried: GetNote, ListNotes, and
-/// CreateNote (which always carries a `request_id`, so a retry returns the
-/// note the first attempt created instead of making a second one).
-/// UpdateNote and DeleteNote are never retried: a retry after a lost answer
-/// would apply twice or report a conflict the caller did not cause.
+/// Only calls that the method table ([`notes_api::methods`]) marks safe to
+/// repeat are retried: GetNote, ListNotes, and CreateNote (which always
+/// carries a `request_id`, so a retry returns the note the first attempt
+/// created instead of making a second one). UpdateNote and DeleteNote are
+/// never retried: a retry after a lost answer would apply twice or report a
+/// conflict the caller did not cause.
 #[derive(Debug, Clone)]
 pub struct RetryPolicy {
     /// Attempts in all, the first included (1 = no retry).

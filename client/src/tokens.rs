@@ -60,10 +60,7 @@ impl TokenFile {
 impl TokenProvider for TokenFile {
     async fn token(&self) -> Result<String, Error> {
         let unreadable = |e: std::io::Error| {
-            Error::Token(format!(
-                "cannot read token file {}: {e}",
-                self.path.display()
-            ))
+            Error::token_from(format!("cannot read token file {}", self.path.display()), e)
         };
         let meta = tokio::fs::metadata(&self.path).await.map_err(unreadable)?;
         let stamp = (meta.modified().map_err(unreadable)?, meta.len());
@@ -78,7 +75,7 @@ impl TokenProvider for TokenFile {
             .map_err(unreadable)?;
         let token = token.trim().to_owned();
         if token.is_empty() {
-            return Err(Error::Token(format!(
+            return Err(Error::token(format!(
                 "token file {} is empty",
                 self.path.display()
             )));

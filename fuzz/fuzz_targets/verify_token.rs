@@ -18,7 +18,7 @@ use jsonwebtoken::{Algorithm, EncodingKey};
 use libfuzzer_sys::fuzz_target;
 use notes_server::{
     auth::{
-        Authenticator, ScopePolicy, TokenPolicy, Verifier, keys::StaticKeys, signer::TokenSigner,
+        Authenticator, ScopePolicy, TokenPolicy, TokenVerifier, keys::StaticKeys, signer::TokenSigner,
     },
     tls::{ConnInfo, PeerIdentity},
 };
@@ -44,7 +44,7 @@ fn world() -> &'static World {
         );
         World {
             runtime: tokio::runtime::Builder::new_current_thread().build().unwrap(),
-            auth: Authenticator::new(Verifier::new(policy, Arc::new(keys))),
+            auth: Authenticator::new(TokenVerifier::new(policy, Arc::new(keys))),
             key: EncodingKey::from_rsa_pem(pem.as_bytes()).unwrap(),
             conn: ConnInfo {
                 remote_addr: "127.0.0.1:1".parse().unwrap(),

@@ -7,19 +7,19 @@ use std::{hint::black_box, sync::Arc};
 
 use criterion::{Criterion, criterion_group, criterion_main};
 use notes_server::auth::{
-    ScopePolicy, TokenPolicy, Verifier,
+    ScopePolicy, TokenPolicy, TokenVerifier,
     keys::StaticKeys,
     signer::{AccessTokenSpec, TokenSigner},
-    token::DEFAULT_MAX_TOKEN_BYTES,
+    verify::DEFAULT_MAX_TOKEN_BYTES,
 };
 
 const ISSUER: &str = "https://cognito-idp.us-east-1.amazonaws.com/us-east-1_Bench";
 
-fn verifier(signer: &TokenSigner, cache_capacity: usize) -> Verifier {
+fn verifier(signer: &TokenSigner, cache_capacity: usize) -> TokenVerifier {
     let policy =
         TokenPolicy::new(ISSUER, ["bench-client".to_owned()]).with_scopes(ScopePolicy::default());
     let keys = StaticKeys::from_jwk_set(&signer.jwks()).unwrap();
-    Verifier::with_issuers(
+    TokenVerifier::with_issuers(
         [(policy, Arc::new(keys) as Arc<_>)],
         DEFAULT_MAX_TOKEN_BYTES,
         cache_capacity,

@@ -18,27 +18,16 @@ use std::{
     net::{IpAddr, Ipv4Addr, Ipv6Addr},
     os::unix::fs::DirBuilderExt,
     path::{Path, PathBuf},
-    sync::Arc,
     time::Duration,
 };
 
 use anyhow::Context;
 
-use crate::files::write_with_mode;
-
 use crate::{
-    App,
-    api::PageTokens,
-    auth::{
-        Authenticator, ScopePolicy, TokenPolicy, Verifier,
-        keys::StaticKeys,
-        signer::{AccessTokenSpec, TokenSigner},
-    },
-    server::Limits,
-    store::NoteStore,
-    tls::{
-        ServerTls, TlsFiles,
-        pki::{CertificateAuthority, Subject},
+    auth::signer::{AccessTokenSpec, TokenSigner},
+    certs::{
+        authority::{CertificateAuthority, Subject},
+        write_file,
     },
 };
 
@@ -59,10 +48,10 @@ pub const DEV_TOKEN_LIFETIME: Duration = Duration::from_secs(12 * 3600);
 
 const CERT_VALIDITY: Duration = Duration::from_secs(365 * 24 * 3600);
 
-/// Paths of the dev material.
+/// The dev material's folder; [`crate::startup::dev_app`] serves from it.
 #[derive(Debug, Clone)]
 pub struct DevMaterial {
-    /// The folder.
+    /// The folder holding every file listed above.
     pub dir: PathBuf,
 }
 
@@ -96,7 +85,7 @@ impl DevMaterial {
             material.generate()?;
         }
         let signer = material.signer()?;
-        write_with_mode(
+        write_file(
             &material.path("jwks.json"),
             serde_json::to_string_pretty(&signer.jwks())?.as_bytes(),
             0o644,
@@ -109,7 +98,7 @@ impl DevMaterial {
             scopes: vec![DEV_READ_SCOPE.into(), DEV_WRITE_SCOPE.into()],
             lifetime: DEV_TOKEN_LIFETIME,
         })?;
-        write_with_mode(&material.path("token"), token.as_bytes(), 0o600)?;
+        write_file(&material.path("token"), token.as_bytes(), 0o600)?;
         Ok(material)
     }
 
@@ -142,47 +131,21 @@ impl DevMaterial {
         aws_lc_rs::rand::fill(&mut page_key)
             .map_err(|_| anyhow::anyhow!("no system randomness"))?;
 
-        write_with_mode(&self.path("ca.pem"), ca.cert_pem().as_bytes(), 0o644)?;
-        write_with_mode(&self.path("ca.key"), ca.key_pem().as_bytes(), 0o600)?;
-        write_with_mode(&self.path("server.pem"), server.cert_pem.as_bytes(), 0o644)?;
-        write_with_mode(&self.path("server.key"), server.key_pem.as_bytes(), 0o600)?;
-        write_with_mode(&self.path("client.pem"), client.cert_pem.as_bytes(), 0o644)?;
-        write_with_mode(&self.path("client.key"), client.key_pem.as_bytes(), 0o600)?;
-        write_with_mode(&self.path("signing.key"), signing_pem.as_bytes(), 0o600)?;
-        write_with_mode(&self.path("page-token.key"), &page_key, 0o600)?;
+        write_file(&self.path("ca.pem"), ca.cert_pem().as_bytes(), 0o644)?;
+        write_file(&self.path("ca.key"), ca.key_pem().as_bytes(), 0o600)?;
+        write_file(&self.path("server.pem"), server.cert_pem.as_bytes(), 0o644)?;
+        write_file(&self.path("server.key"), server.key_pem.as_bytes(), 0o600)?;
+        write_file(&self.path("client.pem"), client.cert_pem.as_bytes(), 0o644)?;
+        write_file(&self.path("client.key"), client.key_pem.as_bytes(), 0o600)?;
+        write_file(&self.path("signing.key"), signing_pem.as_bytes(), 0o600)?;
+        write_file(&self.path("page-token.key"), &page_key, 0o600)?;
         Ok(())
     }
 
-    fn signer(&self) -> anyhow::Result<TokenSigner> {
+    /// The dev issuer's signing key.
+    pub fn signer(&self) -> anyhow::Result<TokenSigner> {
         let pem = read(&self.path("signing.key"))?;
         Ok(TokenSigner::from_pem(DEV_KID, &pem)?)
-    }
-
-    /// The server on dev defaults (dev PKI and issuer) over `store`.
-    pub fn app(&self, store: Arc<dyn NoteStore>) -> anyhow::Result<App> {
-        let tls = ServerTls::from_files(TlsFiles {
-            cert: self.path("server.pem"),
-            key: self.path("server.key"),
-            client_ca: self.path("ca.pem"),
-            crls: vec![],
-        })?;
-        let keys = StaticKeys::from_jwk_set(&self.signer()?.jwks())?;
-        let scopes = ScopePolicy::same_for_all(
-            [DEV_READ_SCOPE.to_owned()].into(),
-            [DEV_WRITE_SCOPE.to_owned()].into(),
-        );
-        let verifier = Verifier::new(
-            TokenPolicy::new(DEV_ISSUER, [DEV_CLIENT_ID.to_owned()]).with_scopes(scopes),
-            Arc::new(keys),
-        );
-        let page_key = crate::config::read_page_token_key(&self.path("page-token.key"))?;
-        Ok(App {
-            store,
-            authenticator: Arc::new(Authenticator::new(verifier)),
-            tls,
-            page_tokens: PageTokens::new(page_key.expose()),
-            limits: Limits::default(),
-        })
     }
 }
 

@@ -6,15 +6,21 @@
 //! notes, so a caller only ever sees its own.
 //!
 //! # Layout
-//! - [`config`]: typed configuration (`NOTES_*` environment, flags), secrets that do not print.
-//! - [`tls`]: rustls server configuration, the mTLS accept loop, certificate identities, reload, the PKI.
-//! - [`auth`]: token verification, key sources, the per-method scope policy and the tower layer.
-//! - [`store`]: the [`store::NoteStore`] trait and one file per backend.
-//! - [`api`]: the gRPC handlers: validate, call the store, map errors; opaque page tokens.
-//! - [`certs`]: `notes-server certs`: create a CA, issue server and client certificates, revoke them.
+//! - [`config`]: typed settings (flags, `NOTES_*` environment, TOML) and their validation; secrets that do not print.
+//! - [`startup`]: assembles the [`App`] from settings or dev material (the only module that sees them all).
+//! - [`server`]: [`run`] serves a bound listener until a shutdown future resolves; the tower stack is built here.
+//! - [`tls`]: rustls server configuration, the mTLS accept loop, certificate identities, reload.
+//! - [`auth`]: one file per step: the tower layer, the per-call decision, the policy table, token verification, JWKS, the cache.
+//! - [`api`]: the gRPC handlers: validate, call the store, map errors; sealed page tokens.
+//! - [`store`]: the [`store::NoteStore`] trait and one module per backend (memory, DynamoDB).
+//! - [`certs`]: `notes-server certs` and the certificate-authority toolkit behind it.
 //! - [`dev`]: dev-mode material (PKI, signing key, ready token) on embedded defaults.
-//! - [`server`]: [`server::run`], which serves a bound listener until a shutdown future resolves.
+//! - [`error`]: the cause-chain helper for logs and start-up messages.
 //! - [`telemetry`]: tracing set-up.
+//!
+//! Modules depend downwards only: `startup` on everything below it, `server`
+//! on `api`, `auth`, `store` and `tls`, `api` on `auth` and `store`, `auth`
+//! on `tls`; `config` names `auth` types but builds nothing.
 
 #![forbid(unsafe_code)]
 
@@ -23,10 +29,11 @@ pub mod auth;
 pub mod certs;
 pub mod config;
 pub mod dev;
-mod files;
+pub mod error;
 pub mod server;
+pub mod startup;
 pub mod store;
 pub mod telemetry;
 pub mod tls;
 
-pub use server::{App, run};
+pub use server::{App, Limits, run};

@@ -1,13 +1,14 @@
 //! `notes-server`: parses configuration, binds the listener and calls
 //! [`notes_server::run`].
 
-use std::{net::SocketAddr, path::PathBuf, process::ExitCode, sync::Arc, time::Duration};
+use std::{net::SocketAddr, path::PathBuf, process::ExitCode, sync::Arc};
 
 use anyhow::Context;
 use clap::{Parser, Subcommand};
 use notes_server::{
-    config::{DynamoConfig, ServeConfig, StoreKind, error_chain},
+    config::{DevConfig, DynamoConfig, ServeConfig, StoreKind},
     dev::DevMaterial,
+    startup,
     store::{MemoryStore, NoteStore},
     telemetry, tls,
 };
@@ -26,20 +27,7 @@ struct Cli {
 #[derive(Subcommand)]
 enum Command {
     /// Run on embedded defaults: dev PKI, dev token issuer, in-memory store.
-    Dev {
-        /// Folder for the generated dev material.
-        #[arg(long, env = "NOTES_DEV_DIR", default_value = ".notes-dev")]
-        dir: PathBuf,
-        /// Address to listen on.
-        #[arg(long, env = "NOTES_LISTEN", default_value = "127.0.0.1:50051")]
-        listen: SocketAddr,
-        /// Where notes live; `dynamodb` creates the table if it is missing.
-        #[arg(long, value_enum, default_value_t = StoreKind::Memory)]
-        store: StoreKind,
-        /// DynamoDB settings, with `--store dynamodb`.
-        #[command(flatten)]
-        dynamodb: DynamoConfig,
-    },
+    Dev(DevConfig),
     /// Run with explicit configuration (flags or NOTES_* variables).
     Serve(Box<ServeConfig>),
     /// Create the DynamoDB table if it is missing and wait until it is ACTIVE.
@@ -72,37 +60,22 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
     tls::install_crypto_provider();
 
     let (app, listen, dev) = match cli.command {
-        Command::Dev {
-            dir,
-            listen,
-            store,
-            dynamodb,
-        } => {
-            let store: Arc<dyn NoteStore> = match store {
+        Command::Dev(config) => {
+            let store: Arc<dyn NoteStore> = match config.store {
                 StoreKind::Memory => Arc::new(MemoryStore::new()),
-                StoreKind::Dynamodb => {
-                    let store = dynamodb.store().await?;
-                    store
-                        .init_table(Duration::from_secs(120))
-                        .await
-                        .map_err(|e| anyhow::anyhow!(error_chain(&e)))?;
-                    Arc::new(store)
-                }
+                StoreKind::Dynamodb => Arc::new(startup::init_table(&config.dynamodb).await?),
             };
-            let material = DevMaterial::ensure(&dir)?;
-            (material.app(store)?, listen, Some(material))
+            let material = DevMaterial::ensure(&config.dir)?;
+            let app = startup::dev_app(&material, store)?;
+            (app, config.listen, Some(material))
         }
-        Command::Serve(config) => (config.build().await?, config.listen, None),
+        Command::Serve(config) => (startup::serve_app(&config).await?, config.listen, None),
         Command::Certs { dir, command } => {
             println!("{}", notes_server::certs::run(&dir, command)?);
             return Ok(());
         }
         Command::InitTable(config) => {
-            let store = config.store().await?;
-            store
-                .init_table(Duration::from_secs(120))
-                .await
-                .map_err(|e| anyhow::anyhow!(error_chain(&e)))?;
+            let store = startup::init_table(&config).await?;
             println!(
                 "table {:?} is ACTIVE with userId (HASH) + noteId (RANGE)",
                 store.table()

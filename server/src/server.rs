@@ -1,5 +1,6 @@
 //! Serving: [`run`] takes a bound listener, a shutdown future and the
-//! assembled [`App`], so the binary and the tests start the server the same way.
+//! [`App`] that [`crate::startup`] assembled, so the binary and the tests
+//! start the server the same way. The tower stack is built here, once.
 
 use std::{future::Future, sync::Arc, time::Duration};
 
@@ -11,7 +12,7 @@ use tonic_health::{ServingStatus, server::HealthReporter};
 
 use crate::{
     api::{NotesApi, PageTokens},
-    auth::{AuthLayer, Authenticator},
+    auth::{AuthLayer, Authenticator, jwks},
     store::NoteStore,
     tls::{self, ServerTls},
 };
@@ -23,11 +24,11 @@ const MAX_MESSAGE_BYTES: usize = 256 * 1024;
 pub struct App {
     /// Where notes live.
     pub store: Arc<dyn NoteStore>,
-    /// Token verification and scope policy.
+    /// Token verification and the per-call policy.
     pub authenticator: Arc<Authenticator>,
     /// The rustls configuration (mutual TLS), reloadable.
     pub tls: Arc<ServerTls>,
-    /// Page token sealing key.
+    /// Seals and opens ListNotes page tokens.
     pub page_tokens: PageTokens,
     /// Timeouts and limits.
     pub limits: Limits,
@@ -82,21 +83,7 @@ async fn become_ready(
     health: HealthReporter,
     stop: CancellationToken,
 ) {
-    let mut delay = Duration::from_millis(200);
-    loop {
-        match authenticator.verifier().load_keys().await {
-            Ok(()) => break,
-            Err(err) => {
-                tracing::warn!(error = %err, retry_in = ?delay, "token keys not loaded; not ready");
-            }
-        }
-        tokio::select! {
-            _ = stop.cancelled() => return,
-            _ = tokio::time::sleep(delay) => {}
-        }
-        delay = (delay * 2).min(Duration::from_secs(30));
-    }
-    if !stop.is_cancelled() {
+    if jwks::load_until_ready(authenticator.verifier(), &stop).await {
         set_health(&health, ServingStatus::Serving).await;
         tracing::info!("token keys loaded; ready");
     }
@@ -120,7 +107,7 @@ pub async fn run(
         health.clone(),
         stop.clone(),
     ));
-    app.authenticator.verifier().spawn_refresh(stop.clone());
+    jwks::spawn_refresh(app.authenticator.verifier(), &stop);
 
     // Reflection describes the notes API and health, for grpcurl and friends.
     let reflection = || {

@@ -11,8 +11,8 @@ use std::{
 
 use tokio::process::{Child, Command};
 
-use crate::helpers::{
-    CLIENT_ID, ISSUER, dynamodb_config, dynamodb_endpoint, issuer, pki, token_for,
+use crate::harness::{
+    CLIENT_ID, ISSUER, dynamodb_config, dynamodb_endpoint, issuer, pki::write_files, token_for,
 };
 
 /// A binary built next to this test executable (`scripts/test` builds them
@@ -35,26 +35,6 @@ fn free_port() -> u16 {
         .local_addr()
         .unwrap()
         .port()
-}
-
-/// Writes the PKI, JWKS and page-token key a `serve` needs into `dir`.
-fn write_material(dir: &Path) {
-    let pki = pki();
-    for (name, contents) in [
-        ("server.pem", &pki.server.cert_pem),
-        ("server.key", &pki.server.key_pem),
-        ("ca.pem", &pki.ca_pem),
-        ("client.pem", &pki.client.cert_pem),
-        ("client.key", &pki.client.key_pem),
-    ] {
-        std::fs::write(dir.join(name), contents).unwrap();
-    }
-    std::fs::write(
-        dir.join("jwks.json"),
-        serde_json::to_vec(&issuer().jwks).unwrap(),
-    )
-    .unwrap();
-    std::fs::write(dir.join("page.key"), [9u8; 32]).unwrap();
 }
 
 fn server_command(dir: &Path, table: &str, port: u16) -> Command {
@@ -138,7 +118,7 @@ async fn init_table_is_safe_to_run_twice() {
 #[tokio::test]
 async fn serve_on_dynamodb_answers_the_cli_and_stops_gracefully_on_sigterm() {
     let dir = tempfile::tempdir().unwrap();
-    write_material(dir.path());
+    write_files(dir.path());
     let table = dynamodb_config(dynamodb_endpoint()).table;
     assert!(init_table(&table).await.status.success());
     let port = free_port();
@@ -195,7 +175,7 @@ async fn serve_on_dynamodb_answers_the_cli_and_stops_gracefully_on_sigterm() {
 #[tokio::test]
 async fn serve_refuses_to_start_on_a_missing_table_and_names_the_setting() {
     let dir = tempfile::tempdir().unwrap();
-    write_material(dir.path());
+    write_files(dir.path());
 
     let out = run(server_command(dir.path(), "no-such-table", free_port())).await;
 
@@ -210,7 +190,7 @@ async fn serve_refuses_to_start_on_a_missing_table_and_names_the_setting() {
 #[tokio::test]
 async fn serve_refuses_an_invalid_setting_and_names_it() {
     let dir = tempfile::tempdir().unwrap();
-    write_material(dir.path());
+    write_files(dir.path());
     std::fs::write(dir.path().join("page.key"), b"short").unwrap();
 
     let mut leeway = server_command(dir.path(), "notes", free_port());
@@ -229,7 +209,7 @@ async fn serve_refuses_an_invalid_setting_and_names_it() {
 
 #[tokio::test]
 async fn the_cli_logs_in_through_cognito_and_decodes_the_saved_token() {
-    let pool = crate::cognito::Pool::create().await;
+    let pool = crate::harness::cognito::Pool::create().await;
     pool.register("frank").await;
     let dir = tempfile::tempdir().unwrap();
     let token_file = dir.path().join("token");
@@ -254,7 +234,7 @@ async fn the_cli_logs_in_through_cognito_and_decodes_the_saved_token() {
     };
 
     let wrong = run(cli(&["login"], "not-the-password")).await;
-    let login = run(cli(&["login"], crate::cognito::PASSWORD)).await;
+    let login = run(cli(&["login"], crate::harness::cognito::PASSWORD)).await;
     let token = run(cli(&["token"], "")).await;
 
     assert_eq!(
@@ -374,54 +354,112 @@ async fn the_certs_tool_stands_up_a_pki_that_serves_and_revokes() {
     );
 }
 
-#[tokio::test]
-async fn dev_mode_serves_a_grpcurl_style_client_through_reflection() {
-    let python = std::env::var("NOTES_TEST_PYTHON")
-        .expect("the grpcurl-style test needs grpcio: run ./scripts/test, which installs it");
-    let dir = tempfile::tempdir().unwrap();
-    let dev = dir.path().join("dev");
-    let port = free_port();
+/// The commands of the README's "grpcurl" section, as written there.
+fn readme_grpcurl_commands() -> String {
+    let readme = include_str!("../../README.md");
+    let section = readme
+        .split("### grpcurl")
+        .nth(1)
+        .expect("README has a grpcurl section");
+    let block = section
+        .split("```sh\n")
+        .nth(1)
+        .and_then(|rest| rest.split("```").next())
+        .expect("the grpcurl section has a sh block");
+    block.to_owned()
+}
+
+/// Starts `notes-server dev` in `cwd` on an ephemeral port and returns it
+/// with the port it printed.
+async fn start_dev(cwd: &Path) -> (Child, u16) {
+    use tokio::io::{AsyncBufReadExt, BufReader};
     let mut server = Command::new(bin("notes-server"));
     server
         .kill_on_drop(true)
-        .args(["dev", "--listen", &format!("127.0.0.1:{port}"), "--dir"])
-        .arg(&dev)
-        .stdout(Stdio::null())
+        .current_dir(cwd)
+        .args(["dev", "--listen", "127.0.0.1:0"])
+        .stdout(Stdio::piped())
         .stderr(Stdio::null());
-    let _server: Child = server.spawn().unwrap();
-    wait_for_port(port).await;
-    let script = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/tools/grpcurl_style.py");
-    let token = std::fs::read_to_string(dev.join("token")).unwrap();
+    let mut child = server.spawn().unwrap();
+    let mut lines = BufReader::new(child.stdout.take().unwrap()).lines();
+    let port = tokio::time::timeout(Duration::from_secs(30), async {
+        while let Some(line) = lines.next_line().await.unwrap() {
+            if let Some(rest) = line.strip_prefix("notes-server dev: listening on 127.0.0.1:") {
+                return rest
+                    .split_whitespace()
+                    .next()
+                    .unwrap()
+                    .parse::<u16>()
+                    .unwrap();
+            }
+        }
+        panic!("notes-server dev exited without listening");
+    })
+    .await
+    .expect("notes-server dev did not start within 30 s");
+    // Keep reading so the banner never blocks on a full pipe.
+    tokio::spawn(async move { while let Ok(Some(_)) = lines.next_line().await {} });
+    (child, port)
+}
 
-    let mut client = Command::new(python);
-    client
-        .arg(script)
-        .arg(format!("localhost:{port}"))
-        .args([
-            dev.join("ca.pem"),
-            dev.join("client.pem"),
-            dev.join("client.key"),
-        ])
-        .arg(token.trim());
-    let out = run(client).await;
+/// Runs `script` with bash in `cwd`, the real grpcurl first on PATH.
+async fn bash(cwd: &Path, script: &str) -> Output {
+    let grpcurl = std::env::var("NOTES_TEST_GRPCURL")
+        .expect("the grpcurl test needs grpcurl: run ./scripts/test, which installs it");
+    let dir = Path::new(&grpcurl).parent().unwrap();
+    let path = format!(
+        "{}:{}",
+        dir.display(),
+        std::env::var("PATH").unwrap_or_default()
+    );
+    let mut cmd = Command::new("bash");
+    cmd.current_dir(cwd)
+        .env("PATH", path)
+        .args(["-euo", "pipefail", "-c", script]);
+    run(cmd).await
+}
 
+#[tokio::test]
+async fn dev_mode_answers_the_readmes_grpcurl_commands_through_reflection() {
+    let dir = tempfile::tempdir().unwrap();
+    let (_server, port) = start_dev(dir.path()).await;
+    // The README's commands exactly as written, on the port this server got.
+    let script = readme_grpcurl_commands().replace("localhost:50051", &format!("localhost:{port}"));
+
+    let out = bash(dir.path(), &script).await;
+
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "{script}\n{stdout}\n{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(stdout.contains(r#""content": "hello""#), "{stdout}");
+    assert!(stdout.contains("notes.v1.NotesService\n"), "{stdout}");
+    assert!(stdout.contains("grpc.health.v1.Health"), "{stdout}");
+
+    // The rest of the API through the same tool: get, update, delete, and
+    // the NOT_FOUND of a deleted note.
+    let rest = format!(
+        r#"D=.notes-dev
+call() {{ grpcurl -cacert $D/ca.pem -cert $D/client.pem -key $D/client.key \
+  -H "authorization: Bearer $(cat $D/token)" -d "$2" localhost:{port} notes.v1.NotesService/$1; }}
+id=$(call CreateNote '{{"content":"first"}}' | sed -n 's/.*"noteId": "\([^"]*\)".*/\1/p')
+call GetNote "{{\"noteId\":\"$id\"}}"
+call UpdateNote "{{\"noteId\":\"$id\",\"content\":\"second\",\"expectedVersion\":1}}"
+call DeleteNote "{{\"noteId\":\"$id\",\"expectedVersion\":2}}"
+call GetNote "{{\"noteId\":\"$id\"}}" 2>&1 || echo "exit $?"
+"#
+    );
+    let out = bash(dir.path(), &rest).await;
     let stdout = String::from_utf8_lossy(&out.stdout);
     assert!(
         out.status.success(),
         "{stdout}\n{}",
         String::from_utf8_lossy(&out.stderr)
     );
-    for method in [
-        "CreateNote",
-        "GetNote",
-        "ListNotes",
-        "UpdateNote",
-        "DeleteNote",
-    ] {
-        assert!(
-            stdout.contains(&format!("\"method\": \"{method}\"")),
-            "{stdout}"
-        );
-    }
-    assert!(stdout.contains("NOT_FOUND"), "{stdout}");
+    assert!(stdout.contains(r#""content": "first""#), "{stdout}");
+    assert!(stdout.contains(r#""content": "second""#), "{stdout}");
+    assert!(stdout.contains(r#""version": "2""#), "{stdout}");
+    assert!(stdout.contains("Code: NotFound"), "{stdout}");
 }

@@ -25,11 +25,10 @@ use notes_client::{
 use serde_json::json;
 use tokio::sync::oneshot;
 
-use crate::{
+use crate::harness::{
+    Backend, CLIENT_ID, Proxy, TestApp, claims,
     cognito::{PASSWORD, Pool, authenticator},
-    helpers::{
-        Backend, CLIENT_ID, Proxy, TestApp, claims, dynamodb_endpoint, serve_http, sign, token_for,
-    },
+    dynamodb_endpoint, serve_http, sign, token_for,
 };
 
 #[tokio::test]
@@ -75,7 +74,10 @@ async fn the_token_file_provider_picks_up_a_new_token() {
 #[tokio::test]
 async fn creates_retried_through_a_dynamodb_outage_make_no_duplicates() {
     let proxy = Proxy::start(&dynamodb_endpoint()).await;
-    let app = TestApp::spawn_on(Backend::DynamoDbAt(proxy.endpoint.clone())).await;
+    let app = TestApp::builder()
+        .store(Backend::DynamoDbAt(proxy.endpoint.clone()))
+        .spawn()
+        .await;
     let client = NotesClient::builder(app.endpoint(), app.tls())
         .token(token_for("alice"))
         .retry(RetryPolicy {
@@ -120,7 +122,10 @@ async fn creates_retried_through_a_dynamodb_outage_make_no_duplicates() {
 #[tokio::test]
 async fn updates_are_not_retried() {
     let proxy = Proxy::start(&dynamodb_endpoint()).await;
-    let app = TestApp::spawn_on(Backend::DynamoDbAt(proxy.endpoint.clone())).await;
+    let app = TestApp::builder()
+        .store(Backend::DynamoDbAt(proxy.endpoint.clone()))
+        .spawn()
+        .await;
     let client = app.client_as("alice").await;
     let note = client.create("v1", None).await.unwrap();
 
@@ -269,7 +274,7 @@ async fn a_refusing_token_endpoint_is_reported_with_its_error_code() {
     let err = client.list(0, "").await.unwrap_err();
 
     assert!(
-        matches!(&err, Error::Token(m) if m.contains("400") && m.contains("invalid_client")),
+        matches!(&err, Error::Token { message: m, .. } if m.contains("400") && m.contains("invalid_client")),
         "{err}"
     );
     *endpoint.mode.lock().unwrap() = TokenMode::Issue(3600);
@@ -280,7 +285,10 @@ async fn a_refusing_token_endpoint_is_reported_with_its_error_code() {
 async fn a_user_signs_in_through_cognito_and_refreshes() {
     let pool = Pool::create().await;
     let dir = tempfile::tempdir().unwrap();
-    let app = TestApp::spawn_with(Backend::Memory, authenticator(&pool, dir.path())).await;
+    let app = TestApp::builder()
+        .authenticator(authenticator(&pool, dir.path()))
+        .spawn()
+        .await;
     let sub = pool.register("dana").await;
     let sign_in = UserSignIn::new(&pool.endpoint, &pool.client_id, "dana", PASSWORD).unwrap();
     let refreshed = {
@@ -320,7 +328,7 @@ async fn a_wrong_password_is_reported_as_cognito_refused_it() {
     let err = sign_in.token().await.unwrap_err();
 
     assert!(
-        matches!(&err, Error::Token(m) if m.contains("NotAuthorizedException")),
+        matches!(&err, Error::Token { message: m, .. } if m.contains("NotAuthorizedException")),
         "{err}"
     );
 }

@@ -3,12 +3,12 @@
 use futures_util::future::join_all;
 use notes_client::Error;
 
-use crate::helpers::{Backend, TestApp};
+use crate::harness::{Backend, TestApp};
 
 const RACERS: usize = 12;
 
 async fn concurrent_updates_at_one_version_let_exactly_one_win(backend: Backend) {
-    let app = TestApp::spawn_on(backend).await;
+    let app = TestApp::builder().store(backend).spawn().await;
     let client = app.client_as("alice").await;
     let note = client.clone().create("v1", None).await.unwrap();
 
@@ -32,7 +32,7 @@ async fn concurrent_updates_at_one_version_let_exactly_one_win(backend: Backend)
 }
 
 async fn concurrent_creates_with_one_request_id_make_exactly_one_note(backend: Backend) {
-    let app = TestApp::spawn_on(backend).await;
+    let app = TestApp::builder().store(backend).spawn().await;
     let client = app.client_as("alice").await;
 
     let results = join_all((0..RACERS).map(|_| {
@@ -57,7 +57,7 @@ async fn concurrent_creates_with_one_request_id_make_exactly_one_note(backend: B
 }
 
 async fn concurrent_creates_without_request_ids_are_all_kept(backend: Backend) {
-    let app = TestApp::spawn_on(backend).await;
+    let app = TestApp::builder().store(backend).spawn().await;
     let client = app.client_as("alice").await;
 
     let results = join_all((0..RACERS).map(|i| {

@@ -4,10 +4,10 @@ use notes_client::Error;
 use tonic::Code;
 use uuid::Uuid;
 
-use crate::helpers::{Backend, TestApp};
+use crate::harness::{Backend, TestApp};
 
 async fn create_returns_a_version_1_note_with_a_uuidv7_owned_by_the_caller(backend: Backend) {
-    let app = TestApp::spawn_on(backend).await;
+    let app = TestApp::builder().store(backend).spawn().await;
     let client = app.client_as("alice").await;
 
     let note = client.create("first note", None).await.unwrap();
@@ -22,7 +22,7 @@ async fn create_returns_a_version_1_note_with_a_uuidv7_owned_by_the_caller(backe
 }
 
 async fn get_returns_what_create_stored(backend: Backend) {
-    let app = TestApp::spawn_on(backend).await;
+    let app = TestApp::builder().store(backend).spawn().await;
     let client = app.client_as("alice").await;
     let created = client.create("remember the milk", None).await.unwrap();
 
@@ -32,7 +32,7 @@ async fn get_returns_what_create_stored(backend: Backend) {
 }
 
 async fn update_replaces_content_and_bumps_the_version(backend: Backend) {
-    let app = TestApp::spawn_on(backend).await;
+    let app = TestApp::builder().store(backend).spawn().await;
     let client = app.client_as("alice").await;
     let created = client.create("v1", None).await.unwrap();
 
@@ -46,7 +46,7 @@ async fn update_replaces_content_and_bumps_the_version(backend: Backend) {
 }
 
 async fn update_with_a_stale_version_is_aborted_and_changes_nothing(backend: Backend) {
-    let app = TestApp::spawn_on(backend).await;
+    let app = TestApp::builder().store(backend).spawn().await;
     let client = app.client_as("alice").await;
     let note = client.create("original", None).await.unwrap();
     client.update(&note.note_id, "second", 1).await.unwrap();
@@ -63,7 +63,7 @@ async fn update_with_a_stale_version_is_aborted_and_changes_nothing(backend: Bac
 }
 
 async fn delete_with_a_wrong_version_is_aborted_and_the_note_survives(backend: Backend) {
-    let app = TestApp::spawn_on(backend).await;
+    let app = TestApp::builder().store(backend).spawn().await;
     let client = app.client_as("alice").await;
     let note = client.create("keep me", None).await.unwrap();
 
@@ -74,7 +74,7 @@ async fn delete_with_a_wrong_version_is_aborted_and_the_note_survives(backend: B
 }
 
 async fn delete_removes_the_note(backend: Backend) {
-    let app = TestApp::spawn_on(backend).await;
+    let app = TestApp::builder().store(backend).spawn().await;
     let client = app.client_as("alice").await;
     let note = client.create("short-lived", None).await.unwrap();
 
@@ -87,7 +87,7 @@ async fn delete_removes_the_note(backend: Backend) {
 }
 
 async fn a_retried_create_with_the_same_request_id_returns_the_first_note(backend: Backend) {
-    let app = TestApp::spawn_on(backend).await;
+    let app = TestApp::builder().store(backend).spawn().await;
     let client = app.client_as("alice").await;
 
     let first = client.create("once", Some("req-123")).await.unwrap();
@@ -99,7 +99,7 @@ async fn a_retried_create_with_the_same_request_id_returns_the_first_note(backen
 }
 
 async fn the_same_request_id_with_other_content_is_already_exists(backend: Backend) {
-    let app = TestApp::spawn_on(backend).await;
+    let app = TestApp::builder().store(backend).spawn().await;
     let client = app.client_as("alice").await;
     client.create("once", Some("req-123")).await.unwrap();
 
@@ -113,7 +113,7 @@ async fn the_same_request_id_with_other_content_is_already_exists(backend: Backe
 }
 
 async fn content_must_be_non_empty_and_at_most_64_kib(backend: Backend) {
-    let app = TestApp::spawn_on(backend).await;
+    let app = TestApp::builder().store(backend).spawn().await;
     let client = app.client_as("alice").await;
 
     let empty = client.create("", None).await.unwrap_err();
@@ -135,7 +135,7 @@ async fn content_must_be_non_empty_and_at_most_64_kib(backend: Backend) {
 }
 
 async fn a_note_id_that_is_not_a_uuid_is_invalid_argument(backend: Backend) {
-    let app = TestApp::spawn_on(backend).await;
+    let app = TestApp::builder().store(backend).spawn().await;
     let client = app.client_as("alice").await;
 
     for bad in ["", "not-a-uuid", "0192", "../../etc/passwd"] {
@@ -152,7 +152,7 @@ async fn a_note_id_that_is_not_a_uuid_is_invalid_argument(backend: Backend) {
 }
 
 async fn a_missing_note_is_not_found(backend: Backend) {
-    let app = TestApp::spawn_on(backend).await;
+    let app = TestApp::builder().store(backend).spawn().await;
     let client = app.client_as("alice").await;
 
     let err = client.get(&Uuid::now_v7().to_string()).await.unwrap_err();
@@ -161,7 +161,7 @@ async fn a_missing_note_is_not_found(backend: Backend) {
 }
 
 async fn a_negative_expected_version_is_invalid_argument(backend: Backend) {
-    let app = TestApp::spawn_on(backend).await;
+    let app = TestApp::builder().store(backend).spawn().await;
     let client = app.client_as("alice").await;
     let note = client.create("x", None).await.unwrap();
 
@@ -174,7 +174,7 @@ async fn a_negative_expected_version_is_invalid_argument(backend: Backend) {
 }
 
 async fn listing_over_four_pages_is_newest_first_with_no_duplicate_or_gap(backend: Backend) {
-    let app = TestApp::spawn_on(backend).await;
+    let app = TestApp::builder().store(backend).spawn().await;
     let client = app.client_as("alice").await;
     let mut created = Vec::new();
     for i in 0..11 {
@@ -207,7 +207,7 @@ async fn listing_over_four_pages_is_newest_first_with_no_duplicate_or_gap(backen
 }
 
 async fn a_listing_that_fills_its_last_page_exactly_ends_there(backend: Backend) {
-    let app = TestApp::spawn_on(backend).await;
+    let app = TestApp::builder().store(backend).spawn().await;
     let client = app.client_as("alice").await;
     for i in 0..6 {
         client.create(&format!("n{i}"), None).await.unwrap();
@@ -223,7 +223,7 @@ async fn a_listing_that_fills_its_last_page_exactly_ends_there(backend: Backend)
 }
 
 async fn page_size_defaults_to_50_and_is_capped_at_100(backend: Backend) {
-    let app = TestApp::spawn_on(backend).await;
+    let app = TestApp::builder().store(backend).spawn().await;
     let client = app.client_as("alice").await;
     for i in 0..101 {
         client.create(&format!("n{i}"), None).await.unwrap();
@@ -243,7 +243,7 @@ async fn page_size_defaults_to_50_and_is_capped_at_100(backend: Backend) {
 }
 
 async fn a_garbage_or_tampered_page_token_is_invalid_argument(backend: Backend) {
-    let app = TestApp::spawn_on(backend).await;
+    let app = TestApp::builder().store(backend).spawn().await;
     let client = app.client_as("alice").await;
     for i in 0..3 {
         client.create(&format!("n{i}"), None).await.unwrap();

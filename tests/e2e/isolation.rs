@@ -4,10 +4,10 @@ use notes_client::Error;
 use tonic::Code;
 use uuid::Uuid;
 
-use crate::helpers::{Backend, TestApp};
+use crate::harness::{Backend, TestApp};
 
 async fn another_users_note_answers_not_found_exactly_like_a_missing_one(backend: Backend) {
-    let app = TestApp::spawn_on(backend).await;
+    let app = TestApp::builder().store(backend).spawn().await;
     let alice = app.client_as("alice").await;
     let bob = app.client_as("bob").await;
     let note = alice.create("alice's secret", None).await.unwrap();
@@ -25,7 +25,7 @@ async fn another_users_note_answers_not_found_exactly_like_a_missing_one(backend
 }
 
 async fn another_user_cannot_update_or_delete_and_the_note_is_unchanged(backend: Backend) {
-    let app = TestApp::spawn_on(backend).await;
+    let app = TestApp::builder().store(backend).spawn().await;
     let alice = app.client_as("alice").await;
     let bob = app.client_as("bob").await;
     let note = alice.create("alice's", None).await.unwrap();
@@ -47,7 +47,7 @@ async fn another_user_cannot_update_or_delete_and_the_note_is_unchanged(backend:
 }
 
 async fn listing_shows_only_the_callers_notes(backend: Backend) {
-    let app = TestApp::spawn_on(backend).await;
+    let app = TestApp::builder().store(backend).spawn().await;
     let alice = app.client_as("alice").await;
     let bob = app.client_as("bob").await;
     alice.create("a1", None).await.unwrap();
@@ -72,7 +72,7 @@ async fn listing_shows_only_the_callers_notes(backend: Backend) {
 }
 
 async fn a_page_token_issued_to_one_user_is_refused_for_another(backend: Backend) {
-    let app = TestApp::spawn_on(backend).await;
+    let app = TestApp::builder().store(backend).spawn().await;
     let alice = app.client_as("alice").await;
     let bob = app.client_as("bob").await;
     for i in 0..3 {
@@ -89,7 +89,7 @@ async fn a_page_token_issued_to_one_user_is_refused_for_another(backend: Backend
 }
 
 async fn the_same_request_id_from_two_users_makes_two_notes(backend: Backend) {
-    let app = TestApp::spawn_on(backend).await;
+    let app = TestApp::builder().store(backend).spawn().await;
     let alice = app.client_as("alice").await;
     let bob = app.client_as("bob").await;
 

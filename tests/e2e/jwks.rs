@@ -9,14 +9,15 @@ use std::{
 use axum::{Json, Router, extract::State, http::StatusCode, response::IntoResponse, routing::get};
 use futures_util::future::join_all;
 use jsonwebtoken::{
-    Algorithm, EncodingKey,
+    Algorithm,
     jwk::{Jwk, JwkSet},
 };
 use notes_api::pb::ListNotesRequest;
 use notes_server::auth::{
-    AuthError, Authenticator, Verifier,
-    jwks::{JwksSettings, RemoteJwks},
+    AuthError, Authenticator, TokenVerifier,
+    jwks::{self, JwksSettings, RemoteJwks},
     keys::KeySource,
+    signer::TokenSigner,
 };
 use tokio::sync::oneshot;
 use tonic::Code;
@@ -24,8 +25,8 @@ use tonic_health::pb::{
     HealthCheckRequest, health_check_response::ServingStatus, health_client::HealthClient,
 };
 
-use crate::helpers::{
-    Backend, TestApp, claims, new_key, pki, serve_http, sign_with, test_policy, with_token,
+use crate::harness::{
+    TestApp, claims, new_key, pki, serve_http, sign_with, test_policy, with_token,
 };
 
 #[derive(Clone, Copy, PartialEq, Eq)]
@@ -110,11 +111,11 @@ fn settings() -> JwksSettings {
     }
 }
 
-fn verifier(source: Arc<RemoteJwks>) -> Verifier {
-    Verifier::new(test_policy(), source)
+fn verifier(source: Arc<RemoteJwks>) -> TokenVerifier {
+    TokenVerifier::new(test_policy(), source)
 }
 
-fn token(kid: &str, key: &EncodingKey) -> String {
+fn token(kid: &str, key: &TokenSigner) -> String {
     sign_with(Algorithm::RS256, kid, &claims("alice"), key)
 }
 
@@ -124,7 +125,7 @@ async fn the_server_reports_ready_only_once_the_keys_are_loaded() {
     let jwks = JwksServer::start(vec![jwk]).await;
     jwks.set_mode(Mode::Down);
     let auth = Authenticator::new(verifier(jwks.source(settings())));
-    let app = TestApp::spawn_with(Backend::Memory, auth).await;
+    let app = TestApp::builder().authenticator(auth).spawn().await;
     let mut health = HealthClient::new(app.channel(Some(&pki().client)).await);
     let status = |service: &str| HealthCheckRequest {
         service: service.into(),
@@ -166,7 +167,7 @@ async fn a_key_added_by_the_pool_verifies_through_one_unknown_kid_refetch() {
     let (key2, jwk2) = new_key("k2");
     let jwks = JwksServer::start(vec![jwk1.clone()]).await;
     let verifier = verifier(jwks.source(settings()));
-    verifier.load_keys().await.unwrap();
+    jwks::load_all(&verifier).await.unwrap();
 
     jwks.set_keys(vec![jwk1, jwk2]);
     let verified = verifier.verify(&token("k2", &key2)).await.unwrap();
@@ -182,7 +183,7 @@ async fn a_key_removed_by_the_pool_stops_verifying_after_the_next_refresh() {
     let jwks = JwksServer::start(vec![jwk1]).await;
     let source = jwks.source(settings());
     let verifier = verifier(source.clone());
-    verifier.load_keys().await.unwrap();
+    jwks::load_all(&verifier).await.unwrap();
     let old = token("k1", &key1);
     verifier.verify(&old).await.unwrap();
 
@@ -201,7 +202,7 @@ async fn many_tokens_with_unknown_kids_cause_at_most_one_fetch_per_interval() {
     let (key, jwk) = new_key("k1");
     let jwks = JwksServer::start(vec![jwk]).await;
     let verifier = verifier(jwks.source(settings()));
-    verifier.load_keys().await.unwrap();
+    jwks::load_all(&verifier).await.unwrap();
 
     let tokens: Vec<_> = (0..50)
         .map(|i| token(&format!("forged-{i}"), &key))
@@ -231,7 +232,7 @@ async fn the_refetch_limit_is_per_interval() {
         min_refetch_interval: Duration::from_millis(200),
         ..settings()
     }));
-    verifier.load_keys().await.unwrap();
+    jwks::load_all(&verifier).await.unwrap();
 
     verifier.verify(&token("x1", &key)).await.unwrap_err();
     verifier.verify(&token("x2", &key)).await.unwrap_err();
@@ -247,7 +248,7 @@ async fn concurrent_misses_for_a_new_key_share_one_fetch() {
     let (key2, jwk2) = new_key("k2");
     let jwks = JwksServer::start(vec![jwk1.clone()]).await;
     let verifier = verifier(jwks.source(settings()));
-    verifier.load_keys().await.unwrap();
+    jwks::load_all(&verifier).await.unwrap();
     jwks.set_keys(vec![jwk1, jwk2]);
 
     let tokens: Vec<_> = (0..20)
@@ -264,12 +265,12 @@ async fn cached_keys_keep_verifying_while_the_endpoint_is_down() {
     let (key, jwk) = new_key("k1");
     let jwks = JwksServer::start(vec![jwk]).await;
     let source = jwks.source(settings());
-    let verifier = Verifier::with_issuers(
+    let verifier = TokenVerifier::with_issuers(
         [(test_policy(), source.clone() as Arc<dyn KeySource>)],
         8192,
         0,
     );
-    verifier.load_keys().await.unwrap();
+    jwks::load_all(&verifier).await.unwrap();
 
     jwks.set_mode(Mode::Down);
     let refresh = source.refresh().await;
@@ -298,11 +299,10 @@ async fn calls_are_refused_unavailable_while_no_keys_could_ever_be_loaded() {
     let (key, jwk) = new_key("k1");
     let jwks = JwksServer::start(vec![jwk]).await;
     jwks.set_mode(Mode::Down);
-    let app = TestApp::spawn_with(
-        Backend::Memory,
-        Authenticator::new(verifier(jwks.source(settings()))),
-    )
-    .await;
+    let app = TestApp::builder()
+        .authenticator(Authenticator::new(verifier(jwks.source(settings()))))
+        .spawn()
+        .await;
 
     let status = app
         .raw()

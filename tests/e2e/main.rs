@@ -14,7 +14,7 @@ macro_rules! conformance {
             $(
                 #[tokio::test]
                 async fn $name() {
-                    super::$name(crate::helpers::Backend::Memory).await
+                    super::$name(crate::harness::Backend::Memory).await
                 }
             )*
         }
@@ -22,7 +22,7 @@ macro_rules! conformance {
             $(
                 #[tokio::test]
                 async fn $name() {
-                    super::$name(crate::helpers::Backend::DynamoDb).await
+                    super::$name(crate::harness::Backend::DynamoDb).await
                 }
             )*
         }
@@ -34,7 +34,7 @@ mod client;
 mod cognito;
 mod concurrency;
 mod crud;
-mod helpers;
+mod harness;
 mod isolation;
 mod jwks;
 mod mtls;

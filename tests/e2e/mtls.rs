@@ -5,15 +5,14 @@
 //! broken file that changes nothing.
 
 use std::{
-    path::Path,
     sync::{Arc, Mutex},
     time::Duration,
 };
 
 use notes_api::pb::ListNotesRequest;
-use notes_server::tls::{
-    ServerTls, TlsFiles,
-    pki::{CertifiedKey, Subject, Usage, Validity},
+use notes_server::{
+    certs::authority::{CertifiedKey, Subject, Usage, Validity},
+    tls::{ServerTls, TlsFiles},
 };
 use rustls::{
     AlertDescription,
@@ -24,11 +23,11 @@ use tonic::Code;
 use tonic_health::pb::{HealthCheckRequest, health_client::HealthClient};
 use tonic_reflection::pb::v1;
 
-use crate::helpers::{
-    Backend, CLIENT_SPIFFE, TestApp, pki, test_authenticator, tls_probe, token_for, with_token,
+use crate::harness::{
+    CLIENT_SPIFFE, TestApp, pki,
+    pki::{DAY, localhost, write, write_files},
+    test_authenticator, tls_probe, token_for, with_token,
 };
-
-const DAY: Duration = Duration::from_secs(24 * 3600);
 
 fn client(name: &str, usage: Usage, validity: Validity) -> CertifiedKey {
     let subject = Subject {
@@ -182,7 +181,7 @@ async fn the_callers_certificate_identity_reaches_the_handler() {
 async fn only_allow_listed_identities_may_call_even_with_a_valid_token() {
     let other = client("reports", Usage::Client, valid());
     let auth = test_authenticator().with_allowed_identities([CLIENT_SPIFFE.to_owned()].into());
-    let app = TestApp::spawn_with(Backend::Memory, auth).await;
+    let app = TestApp::builder().authenticator(auth).spawn().await;
     let token = token_for("alice");
 
     app.raw()
@@ -219,11 +218,10 @@ struct TlsDir {
 impl TlsDir {
     fn new() -> TlsDir {
         let dir = tempfile::tempdir().unwrap();
+        write_files(dir.path());
         let tls = TlsDir { dir };
-        let server = pki().ca.issue_server(&localhost(), DAY).unwrap();
-        tls.write_server(&server);
-        std::fs::write(tls.path("ca.pem"), &pki().ca_pem).unwrap();
-        std::fs::write(tls.path("crl.pem"), pki().ca.crl(&[], 1, DAY).unwrap()).unwrap();
+        // A server certificate of its own, so rotating it changes what is served.
+        tls.write_server(&pki().ca.issue_server(&localhost(), DAY).unwrap());
         tls
     }
 
@@ -232,8 +230,8 @@ impl TlsDir {
     }
 
     fn write_server(&self, server: &CertifiedKey) {
-        write_atomically(&self.path("server.key"), &server.key_pem);
-        write_atomically(&self.path("server.pem"), &server.cert_pem);
+        write(&self.path("server.key"), server.key_pem.as_bytes());
+        write(&self.path("server.pem"), server.cert_pem.as_bytes());
     }
 
     fn server_tls(&self) -> Arc<ServerTls> {
@@ -244,20 +242,6 @@ impl TlsDir {
             crls: vec![self.path("crl.pem")],
         })
         .unwrap()
-    }
-}
-
-fn write_atomically(path: &Path, contents: &str) {
-    let tmp = path.with_extension("tmp");
-    std::fs::write(&tmp, contents).unwrap();
-    std::fs::rename(&tmp, path).unwrap();
-}
-
-fn localhost() -> Subject {
-    Subject {
-        common_name: "localhost".into(),
-        dns_names: vec!["localhost".into()],
-        ..Subject::default()
     }
 }
 
@@ -279,12 +263,7 @@ async fn wait_for_server_cert(app: &TestApp, expected: &CertificateDer<'static>)
 #[tokio::test]
 async fn a_rotated_server_certificate_is_used_by_new_connections_while_open_ones_keep_working() {
     let files = TlsDir::new();
-    let app = TestApp::spawn_full(
-        Backend::Memory,
-        Arc::new(test_authenticator()),
-        files.server_tls(),
-    )
-    .await;
+    let app = TestApp::builder().tls(files.server_tls()).spawn().await;
     // A bidirectional stream stays on one connection: it proves that connection survives.
     let mut reflection = v1::server_reflection_client::ServerReflectionClient::new(
         app.channel(Some(&pki().client)).await,
@@ -323,22 +302,17 @@ async fn a_rotated_server_certificate_is_used_by_new_connections_while_open_ones
 #[tokio::test]
 async fn a_broken_or_mismatched_file_is_refused_and_the_old_configuration_stays() {
     let files = TlsDir::new();
-    let app = TestApp::spawn_full(
-        Backend::Memory,
-        Arc::new(test_authenticator()),
-        files.server_tls(),
-    )
-    .await;
+    let app = TestApp::builder().tls(files.server_tls()).spawn().await;
     let original = tls_probe(app.addr, Some(&pki().client)).await.unwrap();
 
-    write_atomically(
+    write(
         &files.path("server.pem"),
-        "-----BEGIN CERTIFICATE-----\ngarbage\n-----END CERTIFICATE-----\n",
+        b"-----BEGIN CERTIFICATE-----\ngarbage\n-----END CERTIFICATE-----\n",
     );
     tokio::time::sleep(Duration::from_millis(400)).await;
     let after_garbage = tls_probe(app.addr, Some(&pki().client)).await;
     let other = pki().ca.issue_server(&localhost(), DAY).unwrap();
-    write_atomically(&files.path("server.pem"), &other.cert_pem); // the key on disk is not this one's
+    write(&files.path("server.pem"), other.cert_pem.as_bytes()); // the key on disk is not this one's
     tokio::time::sleep(Duration::from_millis(400)).await;
     let after_mismatch = tls_probe(app.addr, Some(&pki().client)).await;
 
@@ -349,12 +323,7 @@ async fn a_broken_or_mismatched_file_is_refused_and_the_old_configuration_stays(
 #[tokio::test]
 async fn a_client_certificate_revoked_by_a_reloaded_crl_fails_its_next_connection() {
     let files = TlsDir::new();
-    let app = TestApp::spawn_full(
-        Backend::Memory,
-        Arc::new(test_authenticator()),
-        files.server_tls(),
-    )
-    .await;
+    let app = TestApp::builder().tls(files.server_tls()).spawn().await;
     let doomed = client("doomed", Usage::Client, valid());
     tls_probe(app.addr, Some(&doomed)).await.unwrap();
 
@@ -362,7 +331,7 @@ async fn a_client_certificate_revoked_by_a_reloaded_crl_fails_its_next_connectio
         .ca
         .crl(std::slice::from_ref(&doomed.serial), 2, DAY)
         .unwrap();
-    write_atomically(&files.path("crl.pem"), &crl);
+    write(&files.path("crl.pem"), crl.as_bytes());
     let mut verdict = Ok(der(&doomed.cert_pem));
     for _ in 0..50 {
         verdict = tls_probe(app.addr, Some(&doomed)).await;

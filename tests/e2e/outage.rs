@@ -5,26 +5,25 @@
 
 use std::time::Duration;
 
-use notes_api::pb::{CreateNoteRequest, ListNotesRequest};
+use notes_api::pb::ListNotesRequest;
 use tonic::Code;
 use tonic_health::pb::{
     HealthCheckRequest, health_check_response::ServingStatus, health_client::HealthClient,
 };
 
-use crate::helpers::{Backend, Proxy, TestApp, dynamodb_endpoint, pki, token_for, with_token};
-
-fn create(content: &str) -> CreateNoteRequest {
-    CreateNoteRequest {
-        content: content.into(),
-        request_id: String::new(),
-    }
-}
+use crate::harness::{
+    Backend, Proxy, TestApp, create_request as create, dynamodb_endpoint, pki, token_for,
+    with_token,
+};
 
 #[tokio::test]
 async fn a_dynamodb_outage_answers_unavailable_and_the_server_recovers_with_no_acknowledged_note_lost()
  {
     let proxy = Proxy::start(&dynamodb_endpoint()).await;
-    let app = TestApp::spawn_on(Backend::DynamoDbAt(proxy.endpoint.clone())).await;
+    let app = TestApp::builder()
+        .store(Backend::DynamoDbAt(proxy.endpoint.clone()))
+        .spawn()
+        .await;
     let token = token_for("alice");
     let mut raw = app.raw().await;
     let mut acknowledged = Vec::new();

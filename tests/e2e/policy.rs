@@ -15,7 +15,7 @@ use async_trait::async_trait;
 use jsonwebtoken::Algorithm;
 use notes_server::{
     auth::{
-        Authenticator, GroupScopes, ScopePolicy, TokenPolicy, Verifier,
+        AccessScopes, Authenticator, ScopePolicy, TokenPolicy, TokenVerifier,
         keys::{KeyError, KeySource, VerifyKey},
     },
     tls::PeerIdentity,
@@ -24,9 +24,9 @@ use rustls::pki_types::{CertificateDer, pem::PemObject};
 use serde_json::{Value, json};
 use tonic::Code;
 
-use crate::helpers::{
-    Backend, CLIENT_ID, CLIENT_SPIFFE, ISSUER, KID, TestApp, claims, create_as, issuer, list_as,
-    now, pki, sign, sign_with, test_keys, test_policy,
+use crate::harness::{
+    CLIENT_ID, CLIENT_SPIFFE, ISSUER, KID, TestApp, claims, create_as, issuer, list_as, now, pki,
+    sign, sign_with, test_keys, test_policy,
 };
 
 const USER_SCOPE: &str = "aws.cognito.signin.user.admin";
@@ -43,11 +43,11 @@ fn machine_claims(scope: &str) -> Value {
     c
 }
 
-fn spawn(policy: TokenPolicy) -> impl std::future::Future<Output = TestApp> {
-    TestApp::spawn_with(
-        Backend::Memory,
-        Authenticator::new(Verifier::new(policy, test_keys())),
-    )
+async fn spawn(policy: TokenPolicy) -> TestApp {
+    TestApp::builder()
+        .authenticator(Authenticator::new(TokenVerifier::new(policy, test_keys())))
+        .spawn()
+        .await
 }
 
 #[tokio::test]
@@ -64,11 +64,11 @@ async fn a_client_credentials_token_is_a_service_caller_that_owns_its_notes() {
 #[tokio::test]
 async fn users_and_machines_are_held_to_their_own_scopes() {
     let policy = test_policy().with_scopes(ScopePolicy {
-        user: GroupScopes {
+        user: AccessScopes {
             read: set(&[USER_SCOPE]),
             write: set(&[USER_SCOPE]),
         },
-        machine: GroupScopes {
+        machine: AccessScopes {
             read: set(&["notes/read"]),
             write: set(&["notes/write"]),
         },
@@ -157,8 +157,8 @@ async fn a_certificate_bound_token_is_accepted_with_its_certificate() {
 async fn a_certificate_may_present_only_the_tokens_of_its_bound_clients() {
     let policy = TokenPolicy::new(ISSUER, [CLIENT_ID.to_owned(), "reports-client".to_owned()]);
     let bindings = [(CLIENT_SPIFFE.to_owned(), set(&["reports-client"]))].into();
-    let auth = Authenticator::new(Verifier::new(policy, test_keys())).with_bindings(bindings);
-    let app = TestApp::spawn_with(Backend::Memory, auth).await;
+    let auth = Authenticator::new(TokenVerifier::new(policy, test_keys())).with_bindings(bindings);
+    let app = TestApp::builder().authenticator(auth).spawn().await;
     let mut reports = claims("alice");
     reports["client_id"] = json!("reports-client");
 
@@ -171,11 +171,14 @@ async fn a_certificate_may_present_only_the_tokens_of_its_bound_clients() {
 
 #[tokio::test]
 async fn refusals_are_counted_by_reason() {
-    let auth = Arc::new(Authenticator::new(Verifier::new(
+    let auth = Arc::new(Authenticator::new(TokenVerifier::new(
         test_policy(),
         test_keys(),
     )));
-    let app = TestApp::spawn_shared(Backend::Memory, auth.clone()).await;
+    let app = TestApp::builder()
+        .shared_authenticator(auth.clone())
+        .spawn()
+        .await;
     let expired = {
         let mut c = claims("alice");
         c["exp"] = json!(now() - 3600);
@@ -217,10 +220,10 @@ async fn a_reused_token_skips_signature_verification_until_it_expires() {
         inner: test_keys(),
         lookups: AtomicUsize::new(0),
     });
-    let verifier = Verifier::new(test_policy(), keys.clone());
+    let verifier = TokenVerifier::new(test_policy(), keys.clone());
     let mut short = claims("alice");
     short["exp"] = json!(now() + 2);
-    let token = sign_with(Algorithm::RS256, KID, &short, &issuer().key);
+    let token = sign_with(Algorithm::RS256, KID, &short, &issuer().signer);
 
     for _ in 0..5 {
         verifier.verify(&token).await.unwrap();

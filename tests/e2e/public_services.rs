@@ -8,7 +8,7 @@ use tonic_health::pb::{
 };
 use tonic_reflection::pb::{v1, v1alpha};
 
-use crate::helpers::{TestApp, pki};
+use crate::harness::{TestApp, pki};
 
 #[tokio::test]
 async fn health_answers_serving_over_mtls_without_a_token() {

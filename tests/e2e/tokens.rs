@@ -11,11 +11,11 @@ use tonic::{Code, Status};
 use std::sync::Arc;
 
 use jsonwebtoken::jwk::KeyAlgorithm;
-use notes_server::auth::{Authenticator, Verifier, keys::StaticKeys};
+use notes_server::auth::{Authenticator, TokenVerifier, keys::StaticKeys, signer::TokenSigner};
 
-use crate::helpers::{
-    self, Backend, CLIENT_ID, KID, READ, TestApp, claims, create_as, issuer, list_as, new_key, now,
-    sign, sign_with, test_policy,
+use crate::harness::{
+    self, CLIENT_ID, KID, READ, TestApp, claims, create_as, issuer, list_as, new_key, now, sign,
+    sign_with, test_policy,
 };
 
 fn with(mut claims: Value, key: &str, value: Value) -> Value {
@@ -32,21 +32,39 @@ fn b64(value: &Value) -> String {
     URL_SAFE_NO_PAD.encode(serde_json::to_vec(value).unwrap())
 }
 
-/// Asserts the call fails with `code`, a message containing `fragment`, and
-/// nothing of the token in the message.
+/// Checks the call failed with `code`, a message containing `fragment`, and
+/// nothing of the token in the message; says what was wrong otherwise.
+fn check_refused(
+    result: Result<(), Status>,
+    code: Code,
+    fragment: &str,
+    token: &str,
+    case: &str,
+) -> Result<(), String> {
+    let status = match result {
+        Ok(()) => return Err(format!("{case}: accepted")),
+        Err(status) => status,
+    };
+    if status.code() != code {
+        return Err(format!("{case}: {status:?}, expected {code:?}"));
+    }
+    if !status.message().contains(fragment) {
+        return Err(format!("{case}: {:?} lacks {fragment:?}", status.message()));
+    }
+    if token
+        .split('.')
+        .filter(|p| p.len() > 8)
+        .any(|part| status.message().contains(part))
+    {
+        return Err(format!("{case}: message echoes the token"));
+    }
+    Ok(())
+}
+
+/// Asserts what [`check_refused`] checks.
 fn assert_refused(result: Result<(), Status>, code: Code, fragment: &str, token: &str, case: &str) {
-    let status = result.expect_err(case);
-    assert_eq!(status.code(), code, "{case}: {status:?}");
-    assert!(
-        status.message().contains(fragment),
-        "{case}: {:?} lacks {fragment:?}",
-        status.message()
-    );
-    for part in token.split('.').filter(|p| p.len() > 8) {
-        assert!(
-            !status.message().contains(part),
-            "{case}: message echoes the token"
-        );
+    if let Err(failure) = check_refused(result, code, fragment, token, case) {
+        panic!("{failure}");
     }
 }
 
@@ -54,8 +72,8 @@ fn assert_refused(result: Result<(), Status>, code: Code, fragment: &str, token:
 async fn a_valid_token_is_accepted() {
     let app = TestApp::spawn().await;
 
-    list_as(&app, &helpers::token_for("alice")).await.unwrap();
-    create_as(&app, &helpers::token_for("alice")).await.unwrap();
+    list_as(&app, &harness::token_for("alice")).await.unwrap();
+    create_as(&app, &harness::token_for("alice")).await.unwrap();
 }
 
 #[tokio::test]
@@ -79,7 +97,7 @@ async fn a_call_without_a_token_is_unauthenticated() {
 #[tokio::test]
 async fn authorization_that_is_not_one_bearer_token_is_unauthenticated() {
     let app = TestApp::spawn().await;
-    let token = helpers::token_for("alice");
+    let token = harness::token_for("alice");
 
     for value in [
         format!("Basic {token}"),
@@ -139,23 +157,23 @@ fn refused(name: &'static str, token: String, fragment: &'static str) -> Case {
 }
 
 /// The test issuer's key set plus a key that declares RS384 for itself.
-fn authenticator_with_an_rs384_key() -> (Authenticator, EncodingKey) {
+fn authenticator_with_an_rs384_key() -> (Authenticator, TokenSigner) {
     let (rs384_key, mut rs384_jwk) = new_key("rs384-key");
     rs384_jwk.common.key_algorithm = Some(KeyAlgorithm::RS384);
     let mut set = issuer().jwks.clone();
     set.keys.push(rs384_jwk);
     let keys = StaticKeys::from_jwk_set(&set).unwrap();
-    let auth = Authenticator::new(Verifier::new(test_policy(), Arc::new(keys)));
+    let auth = Authenticator::new(TokenVerifier::new(test_policy(), Arc::new(keys)));
     (auth, rs384_key)
 }
 
 #[tokio::test]
 async fn each_kind_of_bad_token_gets_its_code_and_reason() {
     let (auth, rs384_key) = authenticator_with_an_rs384_key();
-    let app = TestApp::spawn_with(Backend::Memory, auth).await;
+    let app = TestApp::builder().authenticator(auth).spawn().await;
     let t = now();
     let good = claims("alice");
-    let key = &issuer().key;
+    let key = &issuer().signer;
     let valid = sign(&good);
     let parts: Vec<&str> = valid.split('.').collect();
     let (head, sig) = (parts[0], parts[2]);
@@ -321,7 +339,8 @@ async fn each_kind_of_bad_token_gets_its_code_and_reason() {
         ),
         refused(
             "no kid",
-            jsonwebtoken::encode(&Header::new(Algorithm::RS256), &good, key).unwrap(),
+            key.sign_with_header(&Header::new(Algorithm::RS256), &good)
+                .unwrap(),
             "kid",
         ),
         refused(
@@ -410,10 +429,23 @@ async fn each_kind_of_bad_token_gets_its_code_and_reason() {
     });
     assert!(cases.len() >= 40);
 
+    // Every case is tried and every failure reported, not only the first.
+    let mut failures = Vec::new();
     for case in &cases {
         let result = list_as(&app, &case.token).await;
-        assert_refused(result, case.code, case.fragment, &case.token, case.name);
+        if let Err(failure) =
+            check_refused(result, case.code, case.fragment, &case.token, case.name)
+        {
+            failures.push(failure);
+        }
     }
+    assert!(
+        failures.is_empty(),
+        "{} of {} cases failed:\n{}",
+        failures.len(),
+        cases.len(),
+        failures.join("\n")
+    );
 }
 
 #[tokio::test]

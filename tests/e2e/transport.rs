@@ -8,7 +8,7 @@ use tokio::{
     net::TcpStream,
 };
 
-use crate::helpers::{TestApp, pki, tls_probe, token_for, with_token};
+use crate::harness::{TestApp, pki, tls_probe, token_for, with_token};
 
 #[tokio::test]
 async fn a_trusted_client_certificate_completes_the_handshake() {

@@ -18,7 +18,7 @@ pub use page_token::PageTokens;
 
 use crate::{
     auth::Caller,
-    config::error_chain,
+    error::error_chain,
     store::{NewNote, Note, NoteStore, StoreError},
 };
 
@@ -130,7 +130,7 @@ fn page_size(requested: i32) -> Result<usize, Status> {
 fn to_pb(note: Note) -> pb::Note {
     pb::Note {
         note_id: note.note_id.to_string(),
-        user_id: note.user_id,
+        user_id: note.owner,
         content: note.content,
         create_time: Some(note.create_time.into()),
         update_time: Some(note.update_time.into()),
@@ -138,17 +138,19 @@ fn to_pb(note: Note) -> pb::Note {
     }
 }
 
-/// The owner of the notes this request may touch: the token's subject.
+/// The owner of the notes this request may touch, as the auth layer
+/// established it.
 fn owner<T>(request: &Request<T>, method: &'static str) -> Result<String, Status> {
     let caller = Caller::of(request)?;
     tracing::debug!(
         method,
+        owner = %caller.owner,
         subject = %caller.subject,
         kind = ?caller.kind,
         peer = %caller.peer,
         "handling"
     );
-    Ok(caller.subject.clone())
+    Ok(caller.owner.clone())
 }
 
 #[tonic::async_trait]

@@ -22,17 +22,25 @@ pub struct PageTokens {
     key: hmac::Key,
 }
 
+/// A page-token key shorter than [`MIN_KEY_LEN`].
+#[derive(Debug, thiserror::Error)]
+#[error("the key holds {0} bytes; at least {MIN_KEY_LEN} are required")]
+pub struct KeyTooShort(pub usize);
+
 /// A page token that is not one this deployment issued to this caller.
 #[derive(Debug, thiserror::Error)]
 #[error("is not a page token this service issued to this caller")]
 pub struct InvalidPageToken;
 
 impl PageTokens {
-    /// Uses `secret` (at least [`MIN_KEY_LEN`] bytes, checked by the configuration).
-    pub fn new(secret: &[u8]) -> Self {
-        Self {
-            key: hmac::Key::new(hmac::HMAC_SHA256, secret),
+    /// Seals with `secret`, which must be at least [`MIN_KEY_LEN`] bytes.
+    pub fn new(secret: &[u8]) -> Result<Self, KeyTooShort> {
+        if secret.len() < MIN_KEY_LEN {
+            return Err(KeyTooShort(secret.len()));
         }
+        Ok(Self {
+            key: hmac::Key::new(hmac::HMAC_SHA256, secret),
+        })
     }
 
     fn tag(&self, owner: &str, body: &[u8]) -> hmac::Tag {
@@ -79,7 +87,12 @@ mod tests {
     use super::*;
 
     fn tokens() -> PageTokens {
-        PageTokens::new(&[7; 32])
+        PageTokens::new(&[7; 32]).unwrap()
+    }
+
+    #[test]
+    fn short_keys_are_refused() {
+        assert!(PageTokens::new(&[7; 31]).is_err());
     }
 
     #[test]
@@ -117,7 +130,9 @@ mod tests {
         for garbage in ["", "x", "!!!!", &"A".repeat(66), &"A".repeat(10_000)] {
             assert!(tokens().open("alice", garbage).is_err(), "{garbage:?}");
         }
-        let token = PageTokens::new(&[8; 32]).seal("alice", Uuid::now_v7());
+        let token = PageTokens::new(&[8; 32])
+            .unwrap()
+            .seal("alice", Uuid::now_v7());
         assert!(tokens().open("alice", &token).is_err());
     }
 }

@@ -11,7 +11,7 @@ use std::{
     sync::{Arc, Mutex},
 };
 
-use super::token::VerifiedToken;
+use super::verify::VerifiedToken;
 
 /// The cache; capacity 0 disables it.
 pub struct TokenCache {

@@ -1,6 +1,8 @@
-//! A user pool's JWKS, fetched over HTTPS and cached.
+//! A user pool's JWKS, fetched over HTTPS, cached and refreshed; and the
+//! loading and refreshing of every issuer's key set.
 //!
-//! - Loaded before the server reports ready, then refreshed in the background.
+//! - Loaded before the server reports ready ([`load_until_ready`]), then
+//!   refreshed in the background ([`spawn_refresh`]).
 //! - A token naming an unknown `kid` triggers a refetch, at most once per
 //!   `min_refetch_interval` however many such tokens arrive; concurrent misses
 //!   wait for the one fetch in flight instead of starting their own.
@@ -17,8 +19,12 @@ use std::{
 
 use async_trait::async_trait;
 use tokio::{sync::Mutex, time::Instant};
+use tokio_util::sync::CancellationToken;
 
-use super::keys::{KeyError, KeySource, VerifyKey, parse_jwks};
+use super::{
+    TokenVerifier,
+    keys::{KeyError, KeySource, VerifyKey, parse_jwks},
+};
 
 /// Fetch and cache settings.
 #[derive(Debug, Clone)]
@@ -63,15 +69,20 @@ pub struct RemoteJwks {
 impl RemoteJwks {
     /// A source for `url`; nothing is fetched until [`KeySource::refresh`] or a lookup.
     pub fn new(url: impl Into<String>, settings: JwksSettings) -> Result<Self, KeyError> {
+        let url = url.into();
         let http = reqwest::Client::builder()
             .connect_timeout(settings.connect_timeout)
             .timeout(settings.timeout)
             .redirect(reqwest::redirect::Policy::none())
             .user_agent(concat!("notes-server/", env!("CARGO_PKG_VERSION")))
             .build()
-            .map_err(|e| KeyError::Unavailable(format!("HTTP client: {e}")))?;
+            .map_err(|e| KeyError::Unavailable {
+                url: url.clone(),
+                problem: "cannot build an HTTP client".into(),
+                source: Some(Box::new(e)),
+            })?;
         Ok(Self {
-            url: url.into(),
+            url,
             http,
             settings,
             keys: RwLock::new(Arc::default()),
@@ -88,31 +99,42 @@ impl RemoteJwks {
         self.keys.read().unwrap_or_else(|e| e.into_inner()).clone()
     }
 
+    fn unavailable(&self, problem: impl Into<String>, source: Option<reqwest::Error>) -> KeyError {
+        KeyError::Unavailable {
+            url: self.url.clone(),
+            problem: problem.into(),
+            source: source.map(|e| Box::new(e) as _),
+        }
+    }
+
     async fn fetch(&self) -> Result<KeyMap, KeyError> {
-        let unavailable = |what: &str, e: &dyn std::fmt::Display| {
-            KeyError::Unavailable(format!("{what} {}: {e}", self.url))
-        };
         let response = self
             .http
             .get(&self.url)
             .send()
             .await
-            .map_err(|e| unavailable("fetching", &e))?;
+            .map_err(|e| self.unavailable("fetching failed", Some(e)))?;
         if !response.status().is_success() {
-            return Err(unavailable("fetching", &response.status()));
+            return Err(self.unavailable(format!("HTTP status {}", response.status()), None));
         }
+        let too_large = || {
+            self.unavailable(
+                format!("larger than {} bytes", self.settings.max_bytes),
+                None,
+            )
+        };
         if response
             .content_length()
             .is_some_and(|len| len > self.settings.max_bytes as u64)
         {
-            return Err(unavailable("oversized JWKS at", &"content-length"));
+            return Err(too_large());
         }
         let body = response
             .bytes()
             .await
-            .map_err(|e| unavailable("reading", &e))?;
+            .map_err(|e| self.unavailable("reading the body failed", Some(e)))?;
         if body.len() > self.settings.max_bytes {
-            return Err(unavailable("oversized JWKS at", &body.len()));
+            return Err(too_large());
         }
         parse_jwks(&body)
     }
@@ -137,10 +159,7 @@ impl KeySource for RemoteJwks {
         }
         if last.is_some_and(|at| at.elapsed() < self.settings.min_refetch_interval) {
             if self.current().is_empty() {
-                return Err(KeyError::Unavailable(format!(
-                    "no keys loaded from {} yet",
-                    self.url
-                )));
+                return Err(self.unavailable("no keys loaded yet", None));
             }
             return Ok(None);
         }
@@ -148,7 +167,7 @@ impl KeySource for RemoteJwks {
         match self.fetch().await {
             Ok(keys) => self.store(keys),
             Err(err) => {
-                tracing::warn!(url = %self.url, error = %err, "JWKS refetch for an unknown kid failed");
+                tracing::warn!(url = %self.url, error = %crate::error::error_chain(&err), "JWKS refetch for an unknown kid failed");
                 if self.current().is_empty() {
                     return Err(err);
                 }
@@ -168,7 +187,7 @@ impl KeySource for RemoteJwks {
                 Ok(())
             }
             Err(err) => {
-                tracing::warn!(url = %self.url, error = %err, "JWKS refresh failed; keeping cached keys");
+                tracing::warn!(url = %self.url, error = %crate::error::error_chain(&err), "JWKS refresh failed; keeping cached keys");
                 Err(err)
             }
         }
@@ -176,5 +195,56 @@ impl KeySource for RemoteJwks {
 
     fn refresh_interval(&self) -> Option<Duration> {
         Some(self.settings.refresh_interval)
+    }
+}
+
+/// Loads every issuer's keys once; the first error, if any.
+pub async fn load_all(verifier: &TokenVerifier) -> Result<(), KeyError> {
+    for issuer in verifier.issuers() {
+        issuer.keys.refresh().await?;
+    }
+    Ok(())
+}
+
+/// Loads every issuer's keys, retrying with backoff (200 ms doubling to
+/// 30 s) until all are loaded (`true`) or `stop` is cancelled (`false`).
+pub async fn load_until_ready(verifier: &TokenVerifier, stop: &CancellationToken) -> bool {
+    let mut delay = Duration::from_millis(200);
+    loop {
+        match load_all(verifier).await {
+            Ok(()) => return !stop.is_cancelled(),
+            Err(err) => tracing::warn!(
+                error = %crate::error::error_chain(&err),
+                retry_in = ?delay,
+                "token keys not loaded; not ready"
+            ),
+        }
+        tokio::select! {
+            _ = stop.cancelled() => return false,
+            _ = tokio::time::sleep(delay) => {}
+        }
+        delay = (delay * 2).min(Duration::from_secs(30));
+    }
+}
+
+/// Refreshes each issuer's keys on its own interval until `stop`. Failures
+/// are logged by the source, and its cached keys stay in use.
+pub fn spawn_refresh(verifier: &TokenVerifier, stop: &CancellationToken) {
+    for issuer in verifier.issuers() {
+        let Some(interval) = issuer.keys.refresh_interval() else {
+            continue;
+        };
+        let keys = issuer.keys.clone();
+        let stop = stop.clone();
+        tokio::spawn(async move {
+            loop {
+                tokio::select! {
+                    _ = stop.cancelled() => break,
+                    _ = tokio::time::sleep(interval) => {
+                        let _ = keys.refresh().await;
+                    }
+                }
+            }
+        });
     }
 }

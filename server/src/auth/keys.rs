@@ -1,6 +1,6 @@
 //! Where token verification keys come from.
 //!
-//! The [`Verifier`](super::Verifier) asks a [`KeySource`] for the key a
+//! The [`TokenVerifier`](super::TokenVerifier) asks a [`KeySource`] for the key a
 //! token's `kid` names. [`StaticKeys`] serves a fixed JWKS (a file, or the dev
 //! issuer's set); [`RemoteJwks`](super::jwks::RemoteJwks) fetches and caches a
 //! user pool's JWKS over HTTPS.
@@ -29,7 +29,7 @@ pub enum KeyError {
     Read {
         /// The file.
         path: String,
-        /// Why.
+        /// The I/O failure.
         #[source]
         source: std::io::Error,
     },
@@ -39,9 +39,17 @@ pub enum KeyError {
     /// The key set has no usable RSA signing key.
     #[error("key set has no usable RSA signing key with a kid")]
     Empty,
-    /// The key source cannot answer now (network, timeouts).
-    #[error("key source unavailable: {0}")]
-    Unavailable(String),
+    /// The key source cannot answer now (network, timeouts, a bad answer).
+    #[error("key set {url} is unavailable: {problem}")]
+    Unavailable {
+        /// Where the keys come from.
+        url: String,
+        /// What went wrong, e.g. "HTTP status 503".
+        problem: String,
+        /// The underlying failure, when there is one.
+        #[source]
+        source: Option<Box<dyn std::error::Error + Send + Sync>>,
+    },
 }
 
 /// Answers "which key is `kid`?" for one issuer.

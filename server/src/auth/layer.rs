@@ -2,160 +2,22 @@
 //!
 //! It sits inside tonic's per-connection stack, after the connection's TLS
 //! identity is attached to the request and before the router, so no handler
-//! (and no unknown path) runs unauthenticated.
+//! (and no unknown path) runs unauthenticated. The decision itself is
+//! [`Authenticator::authorize`]; this layer applies it, writes the audit
+//! event and answers refusals with their gRPC status.
 
 use std::{
-    collections::{BTreeMap, BTreeSet, HashMap},
     pin::Pin,
-    sync::{Arc, Mutex},
+    sync::Arc,
     task::{Context, Poll},
 };
 
-use http::{HeaderMap, Request, Response, header::AUTHORIZATION};
+use http::{Request, Response, header::AUTHORIZATION};
 use tonic::{Status, body::Body};
 use tower::{Layer, Service};
 
-use super::{Access, AuthError, Caller, CallerKind, Verifier};
+use super::Authenticator;
 use crate::tls::ConnInfo;
-
-/// Which app clients each client-certificate identity may present tokens of.
-pub type Bindings = HashMap<String, BTreeSet<String>>;
-
-/// Verifies tokens and applies the per-call policy for one deployment.
-pub struct Authenticator {
-    verifier: Verifier,
-    bindings: Bindings,
-    allowed_identities: BTreeSet<String>,
-    rejections: Mutex<BTreeMap<&'static str, u64>>,
-}
-
-impl Authenticator {
-    /// Decides with `verifier`; each issuer's policy comes with it.
-    pub fn new(verifier: Verifier) -> Self {
-        Self {
-            verifier,
-            bindings: Bindings::new(),
-            allowed_identities: BTreeSet::new(),
-            rejections: Mutex::default(),
-        }
-    }
-
-    /// Admits only callers whose certificate identity (URI SAN, else DNS
-    /// SAN) is listed, on every path; an empty list admits any identity the
-    /// TLS handshake verified.
-    pub fn with_allowed_identities(mut self, identities: BTreeSet<String>) -> Self {
-        self.allowed_identities = identities;
-        self
-    }
-
-    /// Restricts the listed certificate identities (URI SAN, else DNS SAN)
-    /// to tokens of the listed app clients; identities not listed are not
-    /// restricted.
-    pub fn with_bindings(mut self, bindings: Bindings) -> Self {
-        self.bindings = bindings;
-        self
-    }
-
-    /// The token verifier.
-    pub fn verifier(&self) -> &Verifier {
-        &self.verifier
-    }
-
-    /// Refusals so far, by reason code.
-    pub fn rejections(&self) -> BTreeMap<&'static str, u64> {
-        self.rejections
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .clone()
-    }
-
-    fn count(&self, reason: &'static str) {
-        *self
-            .rejections
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .entry(reason)
-            .or_default() += 1;
-    }
-
-    /// Decides one call. `Ok(None)`: a public method, no token needed.
-    pub async fn authorize(
-        &self,
-        path: &str,
-        headers: &HeaderMap,
-        conn: Option<&ConnInfo>,
-    ) -> Result<Option<Caller>, AuthError> {
-        let conn = conn.ok_or(AuthError::NoPeerCertificate)?;
-        if !self.allowed_identities.is_empty()
-            && !self.allowed_identities.contains(conn.peer.name())
-        {
-            return Err(AuthError::IdentityNotAllowed(conn.peer.name().to_owned()));
-        }
-        let access = Access::of_path(path);
-        if access == Access::Public {
-            return Ok(None);
-        }
-        let token = bearer_token(headers)?;
-        let verified = self.verifier.verify(token).await?;
-        let policy = self
-            .verifier
-            .policy(&verified.issuer)
-            .ok_or(AuthError::WrongIssuer)?;
-        // RFC 8705: a certificate-bound token only travels with its certificate.
-        if let Some(thumbprint) = &verified.cnf_x5t_s256
-            && *thumbprint != conn.peer.x5t_s256
-        {
-            return Err(AuthError::CertificateMismatch);
-        }
-        if let Some(allowed) = self.bindings.get(conn.peer.name())
-            && !allowed.contains(&verified.client_id)
-        {
-            return Err(AuthError::ClientNotBound(conn.peer.name().to_owned()));
-        }
-        if verified.kind == CallerKind::User
-            && !policy.required_groups.is_empty()
-            && policy.required_groups.is_disjoint(&verified.groups)
-        {
-            return Err(AuthError::MissingGroup);
-        }
-        if let Some(scope) = policy
-            .scopes
-            .missing(access, verified.kind, &verified.scopes)
-        {
-            return Err(AuthError::MissingScope(scope.to_owned()));
-        }
-        Ok(Some(Caller {
-            subject: verified.subject.clone(),
-            kind: verified.kind,
-            issuer: verified.issuer.clone(),
-            groups: verified.groups.clone(),
-            client_id: verified.client_id.clone(),
-            username: verified.username.clone(),
-            scopes: verified.scopes.clone(),
-            peer: conn.peer.clone(),
-        }))
-    }
-}
-
-/// The token of the single `authorization: Bearer <token>` entry.
-fn bearer_token(headers: &HeaderMap) -> Result<&str, AuthError> {
-    let mut values = headers.get_all(AUTHORIZATION).iter();
-    let value = values.next().ok_or(AuthError::MissingToken)?;
-    if values.next().is_some() {
-        return Err(AuthError::MalformedAuthorization);
-    }
-    let value = value
-        .to_str()
-        .map_err(|_| AuthError::MalformedAuthorization)?;
-    let (scheme, token) = value
-        .split_once(' ')
-        .ok_or(AuthError::MalformedAuthorization)?;
-    let token = token.trim();
-    if !scheme.eq_ignore_ascii_case("bearer") || token.is_empty() || token.contains(' ') {
-        return Err(AuthError::MalformedAuthorization);
-    }
-    Ok(token)
-}
 
 /// Adds [`AuthService`] around the router.
 #[derive(Clone)]
@@ -181,8 +43,9 @@ impl<S> Layer<S> for AuthLayer {
     }
 }
 
-/// Authenticates a request, puts the [`Caller`] in its extensions, and
-/// answers refusals itself with the gRPC status of the [`AuthError`].
+/// Authenticates a request, puts the [`Caller`](super::Caller) in its
+/// extensions, and answers refusals itself with the gRPC status of the
+/// [`AuthError`](super::AuthError).
 #[derive(Clone)]
 pub struct AuthService<S> {
     inner: S,
@@ -240,7 +103,7 @@ where
                     inner.call(req).await
                 }
                 Err(err) => {
-                    auth.count(err.reason());
+                    auth.count_refusal(err.reason());
                     tracing::info!(
                         target: "notes::audit",
                         method = %path,

@@ -4,29 +4,33 @@
 //! before any handler runs. Handlers receive the result as a typed [`Caller`]
 //! in the request extensions and never look at tokens themselves.
 //!
-//! - [`keys`]: where verification keys come from ([`keys::KeySource`]): a JWKS file or an in-process set.
-//! - [`jwks`]: a user pool's JWKS over HTTPS: cached, refreshed, refetched on unknown `kid` (rate-limited).
-//! - [`token`]: the [`token::Verifier`]: per-issuer header, signature and claim checks (the issuer check is here).
+//! One file per step:
+//! - [`layer`]: the tower layer: applies the decision, writes the audit event, answers refusals.
+//! - [`authorize`]: the per-call decision ([`Authenticator`]): identity allow-list, token, certificate bindings, groups, scopes.
+//! - [`policy`]: the policy table: which paths are public, which scopes each access level needs (users and machines apart).
+//! - [`verify`]: token verification ([`TokenVerifier`]), one function per check; the issuer check is here.
 //! - [`cache`]: verified tokens, so a reused token skips RSA.
-//! - [`policy`]: which scopes each method needs (users and machines apart), which services need no token.
-//! - [`layer`]: the tower layer: per-call policy (scopes, groups, certificate binding), audit log, counters.
-//! - [`signer`]: signs Cognito-shaped access tokens (dev mode and tests).
+//! - [`keys`]: the [`keys::KeySource`] trait and fixed key sets (a JWKS file, the dev issuer).
+//! - [`jwks`]: a user pool's JWKS over HTTPS (fetched, cached, refetched on unknown `kid`), and loading and refreshing every issuer's keys.
+//! - [`signer`]: signs Cognito-shaped access tokens (dev mode, tests, benchmarks).
 
+pub mod authorize;
 pub mod cache;
 pub mod jwks;
 pub mod keys;
 pub mod layer;
 pub mod policy;
 pub mod signer;
-pub mod token;
+pub mod verify;
 
 use std::{collections::BTreeSet, sync::Arc};
 
 use tonic::Status;
 
-pub use layer::{AuthLayer, Authenticator};
-pub use policy::{Access, GroupScopes, ScopePolicy};
-pub use token::{TokenPolicy, Verifier};
+pub use authorize::{Authenticator, Bindings};
+pub use layer::AuthLayer;
+pub use policy::{Access, AccessScopes, ScopePolicy};
+pub use verify::{TokenPolicy, TokenVerifier};
 
 use crate::tls::PeerIdentity;
 
@@ -35,15 +39,19 @@ use crate::tls::PeerIdentity;
 pub enum CallerKind {
     /// A signed-in user (the token has a `username`).
     User,
-    /// A service using client credentials (`sub` is the app client id, no `username`).
-    Service,
+    /// A machine (another service) using client credentials (`sub` is the app
+    /// client id, no `username`); configured as `machine_scopes`.
+    Machine,
 }
 
 /// The authenticated caller of one request, put in the request extensions by
 /// [`AuthLayer`].
 #[derive(Debug, Clone)]
 pub struct Caller {
-    /// The token's `sub`: the owner of the notes this call may touch.
+    /// The owner of the notes this call may touch, derived from the token
+    /// (today its `sub`).
+    pub owner: String,
+    /// The token's `sub` claim, for logs.
     pub subject: String,
     /// User or service.
     pub kind: CallerKind,

@@ -1,13 +1,16 @@
-//! Which methods need which scopes.
+//! The policy table: which gRPC paths need which scopes.
 //!
 //! Classification is by gRPC path and fails closed: anything not listed as
-//! public needs a valid token, and NotesService methods also need their
-//! group's scopes. User tokens and machine (client-credentials) tokens have
+//! public needs a valid token, and NotesService methods also need the scopes
+//! of their access level, as [`notes_api::methods`] lists them (the one
+//! table of per-method rules, checked against the proto by its tests). User tokens and machine (client-credentials) tokens have
 //! separate scope lists: Cognito's USER_PASSWORD_AUTH user tokens carry only
 //! `aws.cognito.signin.user.admin`, while client-credentials tokens carry the
 //! resource server's custom scopes.
 
 use std::collections::BTreeSet;
+
+use notes_api::methods;
 
 use super::CallerKind;
 
@@ -18,9 +21,9 @@ pub enum Access {
     /// balancers probe health without tokens, and reflection only describes
     /// the public schema.
     Public,
-    /// GetNote, ListNotes: a token with the read scopes.
+    /// Methods listed as [`methods::Access::Read`]: a token with the read scopes.
     Read,
-    /// CreateNote, UpdateNote, DeleteNote: a token with the write scopes.
+    /// Methods listed as [`methods::Access::Write`]: a token with the write scopes.
     Write,
     /// Anything else (unknown paths): a valid token, no scope.
     Authenticated,
@@ -35,20 +38,21 @@ const PUBLIC_SERVICES: [&str; 3] = [
 impl Access {
     /// Classifies a request path such as `/notes.v1.NotesService/GetNote`.
     pub fn of_path(path: &str) -> Self {
-        match path.strip_prefix("/notes.v1.NotesService/") {
-            Some("GetNote" | "ListNotes") => Access::Read,
-            Some("CreateNote" | "UpdateNote" | "DeleteNote") => Access::Write,
-            Some(_) => Access::Authenticated,
+        match methods::by_path(path) {
+            Some(method) => match method.access {
+                methods::Access::Read => Access::Read,
+                methods::Access::Write => Access::Write,
+            },
             None if PUBLIC_SERVICES.iter().any(|p| path.starts_with(p)) => Access::Public,
             None => Access::Authenticated,
         }
     }
 }
 
-/// The scopes each method group requires (all of them).
+/// The scopes each access level requires (all of them).
 #[derive(Debug, Clone, Default, PartialEq, Eq, serde::Deserialize)]
 #[serde(deny_unknown_fields)]
-pub struct GroupScopes {
+pub struct AccessScopes {
     /// Required for [`Access::Read`].
     #[serde(default)]
     pub read: BTreeSet<String>,
@@ -61,15 +65,15 @@ pub struct GroupScopes {
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct ScopePolicy {
     /// For tokens of signed-in users.
-    pub user: GroupScopes,
+    pub user: AccessScopes,
     /// For client-credentials tokens.
-    pub machine: GroupScopes,
+    pub machine: AccessScopes,
 }
 
 impl ScopePolicy {
     /// The same scopes for users and machines.
     pub fn same_for_all(read: BTreeSet<String>, write: BTreeSet<String>) -> Self {
-        let scopes = GroupScopes { read, write };
+        let scopes = AccessScopes { read, write };
         Self {
             user: scopes.clone(),
             machine: scopes,
@@ -85,7 +89,7 @@ impl ScopePolicy {
     ) -> Option<&'a str> {
         let scopes = match kind {
             CallerKind::User => &self.user,
-            CallerKind::Service => &self.machine,
+            CallerKind::Machine => &self.machine,
         };
         let required = match access {
             Access::Read => &scopes.read,
@@ -104,7 +108,7 @@ mod tests {
     use super::*;
 
     #[test]
-    fn notes_methods_fall_into_their_groups() {
+    fn notes_methods_have_their_access_level() {
         assert_eq!(
             Access::of_path("/notes.v1.NotesService/GetNote"),
             Access::Read
@@ -125,6 +129,17 @@ mod tests {
             Access::of_path("/notes.v1.NotesService/Nope"),
             Access::Authenticated
         );
+    }
+
+    #[test]
+    fn every_listed_method_needs_scopes() {
+        for method in methods::ALL {
+            assert!(
+                matches!(Access::of_path(method.path), Access::Read | Access::Write),
+                "{}",
+                method.path
+            );
+        }
     }
 
     #[test]
@@ -151,11 +166,11 @@ mod tests {
     #[test]
     fn users_and_machines_are_held_to_their_own_scopes() {
         let policy = ScopePolicy {
-            user: GroupScopes {
+            user: AccessScopes {
                 read: ["aws.cognito.signin.user.admin".to_owned()].into(),
                 write: ["aws.cognito.signin.user.admin".to_owned()].into(),
             },
-            machine: GroupScopes {
+            machine: AccessScopes {
                 read: ["notes/read".to_owned()].into(),
                 write: ["notes/write".to_owned()].into(),
             },
@@ -165,15 +180,15 @@ mod tests {
 
         assert_eq!(policy.missing(Access::Write, CallerKind::User, &user), None);
         assert_eq!(
-            policy.missing(Access::Read, CallerKind::Service, &machine),
+            policy.missing(Access::Read, CallerKind::Machine, &machine),
             None
         );
         assert_eq!(
-            policy.missing(Access::Write, CallerKind::Service, &machine),
+            policy.missing(Access::Write, CallerKind::Machine, &machine),
             Some("notes/write")
         );
         assert_eq!(
-            policy.missing(Access::Read, CallerKind::Service, &user),
+            policy.missing(Access::Read, CallerKind::Machine, &user),
             Some("notes/read")
         );
     }

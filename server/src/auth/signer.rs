@@ -1,6 +1,7 @@
 //! Signs Cognito-shaped access tokens with an RSA key.
 //!
-//! Dev mode uses it to hand the developer a ready token; it is the same shape
+//! Dev mode uses it to hand the developer a ready token, and the tests and
+//! benchmarks sign every token with it; it is the same shape
 //! a Cognito user pool issues (`iss`, `sub`, `client_id`, `token_use`, `scope`,
 //! `exp`, `iat`, `jti`), signed RS256 with a `kid` that the matching JWKS names.
 
@@ -97,9 +98,21 @@ impl TokenSigner {
 
     /// Signs arbitrary claims with RS256 and this key's `kid`.
     pub fn sign(&self, claims: &impl Serialize) -> Result<String, SignerError> {
-        let mut header = Header::new(Algorithm::RS256);
-        header.kid = Some(self.kid.clone());
-        jsonwebtoken::encode(&header, claims, &self.key).map_err(SignerError::Key)
+        let header = Header {
+            kid: Some(self.kid.clone()),
+            ..Header::new(Algorithm::RS256)
+        };
+        self.sign_with_header(&header, claims)
+    }
+
+    /// Signs `claims` under `header` as given (any RSA algorithm, any or no
+    /// `kid`): tests use it to make tokens the verifier must refuse.
+    pub fn sign_with_header(
+        &self,
+        header: &Header,
+        claims: &impl Serialize,
+    ) -> Result<String, SignerError> {
+        jsonwebtoken::encode(header, claims, &self.key).map_err(SignerError::Key)
     }
 
     /// Issues a Cognito-shaped access token.

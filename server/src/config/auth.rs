@@ -26,24 +26,50 @@
 //! client_ids = ["billing-client-id"]
 //! ```
 
-use std::{
-    collections::BTreeSet,
-    path::{Path, PathBuf},
-    sync::Arc,
-    time::Duration,
-};
+use std::{collections::BTreeSet, path::PathBuf, time::Duration};
 
 use jsonwebtoken::Algorithm;
 use serde::Deserialize;
 
-use super::{ConfigError, config_err, error_chain, scope_set};
+use super::{ConfigError, config_err, non_blank_set};
 use crate::auth::{
-    Authenticator, GroupScopes, ScopePolicy, TokenPolicy, Verifier,
-    jwks::{JwksSettings, RemoteJwks},
-    keys::{KeySource, StaticKeys},
-    layer::Bindings,
-    token::{DEFAULT_CACHE_CAPACITY, DEFAULT_MAX_TOKEN_BYTES, MAX_LEEWAY},
+    AccessScopes, Bindings, ScopePolicy, TokenPolicy,
+    jwks::JwksSettings,
+    verify::{DEFAULT_CACHE_CAPACITY, DEFAULT_MAX_TOKEN_BYTES, MAX_LEEWAY},
 };
+
+/// Where an issuer's keys come from.
+#[derive(Debug, Clone)]
+pub enum JwksLocation {
+    /// Fetched over HTTPS (HTTP on loopback only), cached and refreshed.
+    Url(String, JwksSettings),
+    /// A JWKS document on disk, read once at start-up.
+    File(PathBuf),
+}
+
+/// One trusted issuer, validated.
+#[derive(Debug, Clone)]
+pub struct IssuerSettings {
+    /// The setting it came from, for error messages.
+    pub setting: &'static str,
+    /// What its tokens must satisfy.
+    pub policy: TokenPolicy,
+    /// Where its keys come from.
+    pub jwks: JwksLocation,
+}
+
+/// Token verification and policy settings, validated.
+#[derive(Debug, Clone)]
+pub struct AuthSettings {
+    /// The trusted issuers.
+    pub issuers: Vec<IssuerSettings>,
+    /// Tokens longer than this are refused before decoding.
+    pub max_token_bytes: usize,
+    /// Verified tokens kept; 0 disables the cache.
+    pub cache_capacity: usize,
+    /// Certificate identity to app clients whose tokens it may present.
+    pub bindings: Bindings,
+}
 
 /// Token settings on the command line.
 #[derive(Debug, Clone, clap::Args)]
@@ -140,11 +166,11 @@ pub struct IssuerFile {
     pub required_groups: BTreeSet<String>,
     /// Scopes required of user tokens.
     #[serde(default)]
-    pub user_scopes: GroupScopes,
-    /// Scopes required of client-credentials tokens.
+    pub user_scopes: AccessScopes,
+    /// Scopes required of client-credentials (machine) tokens.
     #[serde(default)]
-    pub machine_scopes: GroupScopes,
-    /// Background JWKS refresh, seconds.
+    pub machine_scopes: AccessScopes,
+    /// Background JWKS refresh, in seconds.
     pub refresh_interval_secs: Option<u64>,
     /// Least time between refetches for unknown `kid`s, seconds.
     pub min_refetch_interval_secs: Option<u64>,
@@ -190,26 +216,22 @@ fn leeway(setting: &'static str, secs: u64) -> Result<Duration, ConfigError> {
     Ok(Duration::from_secs(secs))
 }
 
-fn key_source(
+fn jwks_location(
     setting: &'static str,
     issuer: &str,
     url: Option<&str>,
-    file: Option<&Path>,
+    file: Option<PathBuf>,
     settings: JwksSettings,
-) -> Result<Arc<dyn KeySource>, ConfigError> {
+) -> Result<JwksLocation, ConfigError> {
     if let Some(file) = file {
-        let keys =
-            StaticKeys::from_jwks_file(file).map_err(|e| config_err(setting, error_chain(&e)))?;
-        return Ok(Arc::new(keys));
+        return Ok(JwksLocation::File(file));
     }
     let url = match url {
         Some(url) => url.to_owned(),
         None => format!("{}/.well-known/jwks.json", issuer.trim_end_matches('/')),
     };
     check_jwks_url(setting, &url)?;
-    let remote =
-        RemoteJwks::new(url, settings).map_err(|e| config_err(setting, error_chain(&e)))?;
-    Ok(Arc::new(remote))
+    Ok(JwksLocation::Url(url, settings))
 }
 
 fn algorithms(setting: &'static str, names: &[String]) -> Result<Vec<Algorithm>, ConfigError> {
@@ -231,8 +253,8 @@ fn algorithms(setting: &'static str, names: &[String]) -> Result<Vec<Algorithm>,
 }
 
 impl AuthArgs {
-    /// Checks the settings and builds the authenticator.
-    pub fn build(&self) -> Result<Authenticator, ConfigError> {
+    /// Checks the settings (reading `--auth-config` when given).
+    pub fn settings(&self) -> Result<AuthSettings, ConfigError> {
         if let Some(path) = &self.auth_config {
             let text = std::fs::read_to_string(path).map_err(|e| {
                 config_err(
@@ -246,7 +268,7 @@ impl AuthArgs {
                     format!("{}: {e}", path.display()),
                 )
             })?;
-            return file.build();
+            return file.settings();
         }
         let leeway = leeway(
             "--token-leeway-secs / NOTES_TOKEN_LEEWAY_SECS",
@@ -256,31 +278,43 @@ impl AuthArgs {
         if issuer.is_empty() {
             return Err(config_err("--issuer / NOTES_ISSUER", "must not be empty"));
         }
-        let client_ids = scope_set(&self.client_ids);
+        let client_ids = non_blank_set(&self.client_ids);
         if client_ids.is_empty() {
             return Err(config_err(
                 "--client-ids / NOTES_CLIENT_IDS",
                 "must name at least one app client",
             ));
         }
-        let keys = key_source(
-            "--jwks-url / --jwks-file",
+        const JWKS_SETTING: &str = "--jwks-url / --jwks-file";
+        let jwks = jwks_location(
+            JWKS_SETTING,
             issuer,
             self.jwks_url.as_deref(),
-            self.jwks_file.as_deref(),
+            self.jwks_file.clone(),
             JwksSettings::default(),
         )?;
-        let mut policy = TokenPolicy::new(issuer, client_ids).with_scopes(
-            ScopePolicy::same_for_all(scope_set(&self.read_scopes), scope_set(&self.write_scopes)),
-        );
+        let mut policy =
+            TokenPolicy::new(issuer, client_ids).with_scopes(ScopePolicy::same_for_all(
+                non_blank_set(&self.read_scopes),
+                non_blank_set(&self.write_scopes),
+            ));
         policy.leeway = leeway;
-        Ok(Authenticator::new(Verifier::new(policy, keys)))
+        Ok(AuthSettings {
+            issuers: vec![IssuerSettings {
+                setting: JWKS_SETTING,
+                policy,
+                jwks,
+            }],
+            max_token_bytes: DEFAULT_MAX_TOKEN_BYTES,
+            cache_capacity: DEFAULT_CACHE_CAPACITY,
+            bindings: Bindings::new(),
+        })
     }
 }
 
 impl AuthFile {
-    /// Checks the file and builds the authenticator.
-    pub fn build(self) -> Result<Authenticator, ConfigError> {
+    /// Checks the file's settings.
+    pub fn settings(self) -> Result<AuthSettings, ConfigError> {
         const SETTING: &str = "--auth-config / NOTES_AUTH_CONFIG";
         if self.issuers.is_empty() {
             return Err(config_err(SETTING, "at least one [[issuer]] is required"));
@@ -306,11 +340,11 @@ impl AuthFile {
                     .map_or(defaults.timeout, Duration::from_millis),
                 ..defaults
             };
-            let keys = key_source(
+            let jwks = jwks_location(
                 SETTING,
                 &issuer.issuer,
                 issuer.jwks_url.as_deref(),
-                issuer.jwks_file.as_deref(),
+                issuer.jwks_file,
                 settings,
             )?;
             let mut policy = TokenPolicy::new(issuer.issuer, issuer.client_ids);
@@ -322,14 +356,22 @@ impl AuthFile {
                 user: issuer.user_scopes,
                 machine: issuer.machine_scopes,
             };
-            issuers.push((policy, keys));
+            issuers.push(IssuerSettings {
+                setting: SETTING,
+                policy,
+                jwks,
+            });
         }
         let bindings: Bindings = self
             .bindings
             .into_iter()
             .map(|b| (b.identity, b.client_ids.into_iter().collect()))
             .collect();
-        let verifier = Verifier::with_issuers(issuers, self.max_token_bytes, self.cache_capacity);
-        Ok(Authenticator::new(verifier).with_bindings(bindings))
+        Ok(AuthSettings {
+            issuers,
+            max_token_bytes: self.max_token_bytes,
+            cache_capacity: self.cache_capacity,
+            bindings,
+        })
     }
 }

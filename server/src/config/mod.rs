@@ -1,25 +1,18 @@
-//! Typed configuration for `notes-server serve`.
+//! Typed settings of `notes-server serve`, `dev` and `init-table`.
 //!
 //! Every setting is a flag with a `NOTES_*` environment fallback (flags win);
-//! anything invalid fails start-up with a message naming the setting.
-//! Secrets live in [`Secret`], which never prints.
+//! anything invalid fails start-up with a [`ConfigError`] naming the setting.
+//! Secrets live in [`Secret`], which never prints. This module only parses
+//! and validates; [`crate::startup`] assembles the server from the result.
 //!
 //! - [`auth`]: issuers, their JWKS and claim policies, certificate bindings
 //!   (flags for one issuer, or a TOML file for several).
 
 pub mod auth;
 
-use std::{collections::BTreeSet, fmt, net::SocketAddr, path::PathBuf, sync::Arc, time::Duration};
+use std::{collections::BTreeSet, fmt, net::SocketAddr, path::PathBuf};
 
-pub use auth::AuthArgs;
-
-use crate::{
-    App,
-    api::{PageTokens, page_token::MIN_KEY_LEN},
-    server::Limits,
-    store::{DynamoStore, MemoryStore, NoteStore},
-    tls::{ServerTls, TlsFiles},
-};
+pub use auth::{AuthArgs, AuthSettings, IssuerSettings, JwksLocation};
 
 /// A value that must not reach logs or error messages.
 #[derive(Clone)]
@@ -47,9 +40,9 @@ impl<T> fmt::Debug for Secret<T> {
 #[derive(Debug, thiserror::Error)]
 #[error("invalid configuration {setting}: {problem}")]
 pub struct ConfigError {
-    /// The flag and environment variable.
+    /// The flag and environment variable, e.g. `--table / NOTES_TABLE`.
     pub setting: &'static str,
-    /// What is wrong.
+    /// What is wrong with its value.
     pub problem: String,
 }
 
@@ -104,6 +97,23 @@ pub struct ServeConfig {
     pub dynamodb: DynamoConfig,
 }
 
+/// Settings of `notes-server dev`.
+#[derive(Debug, Clone, clap::Args)]
+pub struct DevConfig {
+    /// Folder for the generated dev material.
+    #[arg(long, env = "NOTES_DEV_DIR", default_value = ".notes-dev")]
+    pub dir: PathBuf,
+    /// Address to listen on.
+    #[arg(long, env = "NOTES_LISTEN", default_value = "127.0.0.1:50051")]
+    pub listen: SocketAddr,
+    /// Where notes live; `dynamodb` creates the table if it is missing.
+    #[arg(long, value_enum, default_value_t = StoreKind::Memory)]
+    pub store: StoreKind,
+    /// DynamoDB settings, with `--store dynamodb`.
+    #[command(flatten)]
+    pub dynamodb: DynamoConfig,
+}
+
 /// The note store backends.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
 pub enum StoreKind {
@@ -141,151 +151,11 @@ pub struct DynamoConfig {
     pub dynamodb_max_attempts: u32,
 }
 
-impl DynamoConfig {
-    /// A DynamoDB client with these timeouts and retry policy.
-    pub async fn client(&self) -> Result<aws_sdk_dynamodb::Client, ConfigError> {
-        use aws_config::{BehaviorVersion, retry::RetryConfig, timeout::TimeoutConfig};
-        if self.table.trim().is_empty() {
-            return Err(config_err("--table / NOTES_TABLE", "must not be empty"));
-        }
-        if self.dynamodb_max_attempts == 0 {
-            return Err(config_err(
-                "--dynamodb-max-attempts / NOTES_DYNAMODB_MAX_ATTEMPTS",
-                "must be at least 1",
-            ));
-        }
-        let mut loader = aws_config::defaults(BehaviorVersion::latest())
-            .retry_config(
-                RetryConfig::standard()
-                    .with_max_attempts(self.dynamodb_max_attempts)
-                    .with_initial_backoff(Duration::from_millis(50))
-                    .with_max_backoff(Duration::from_secs(1)),
-            )
-            .timeout_config(
-                TimeoutConfig::builder()
-                    .connect_timeout(Duration::from_millis(
-                        self.dynamodb_attempt_timeout_ms.min(1000),
-                    ))
-                    .operation_attempt_timeout(Duration::from_millis(
-                        self.dynamodb_attempt_timeout_ms,
-                    ))
-                    .operation_timeout(Duration::from_millis(self.dynamodb_timeout_ms))
-                    .build(),
-            );
-        if let Some(region) = &self.aws_region {
-            loader = loader.region(aws_config::Region::new(region.clone()));
-        }
-        if let Some(endpoint) = &self.dynamodb_endpoint {
-            loader = loader.endpoint_url(endpoint);
-        }
-        let shared = loader.load().await;
-        if shared.region().is_none() {
-            return Err(config_err(
-                "--aws-region / NOTES_AWS_REGION (or AWS_REGION)",
-                "no AWS region configured",
-            ));
-        }
-        Ok(aws_sdk_dynamodb::Client::new(&shared))
-    }
-
-    /// The store on the configured table.
-    pub async fn store(&self) -> Result<DynamoStore, ConfigError> {
-        Ok(DynamoStore::new(self.client().await?, self.table.trim()))
-    }
-}
-
-/// The list as a set, dropping blanks.
-pub(crate) fn scope_set(scopes: &[String]) -> BTreeSet<String> {
-    scopes
+/// A comma-separated list setting as a set: entries trimmed, blanks dropped.
+pub(crate) fn non_blank_set(values: &[String]) -> BTreeSet<String> {
+    values
         .iter()
         .map(|s| s.trim().to_owned())
         .filter(|s| !s.is_empty())
         .collect()
-}
-
-/// Reads a page-token key file and checks its length.
-pub fn read_page_token_key(path: &std::path::Path) -> Result<Secret<Vec<u8>>, ConfigError> {
-    const SETTING: &str = "--page-token-key-file / NOTES_PAGE_TOKEN_KEY_FILE";
-    let key =
-        std::fs::read(path).map_err(|e| config_err(SETTING, format!("{}: {e}", path.display())))?;
-    if key.len() < MIN_KEY_LEN {
-        return Err(config_err(
-            SETTING,
-            format!(
-                "{} holds {} bytes; at least {MIN_KEY_LEN} are required",
-                path.display(),
-                key.len()
-            ),
-        ));
-    }
-    Ok(Secret::new(key))
-}
-
-impl ServeConfig {
-    /// Checks every setting, checks the table, and assembles the server.
-    pub async fn build(&self) -> Result<App, ConfigError> {
-        let authenticator = self.auth.build()?;
-        let tls = ServerTls::from_files(TlsFiles {
-            cert: self.tls_cert.clone(),
-            key: self.tls_key.clone(),
-            client_ca: self.client_ca.clone(),
-            crls: self.client_crls.clone(),
-        })
-        .map_err(|e| {
-            config_err(
-                "--tls-cert / --tls-key / --client-ca / --client-crl",
-                error_chain(&e),
-            )
-        })?;
-        if self.tls_reload_interval_secs == 0 {
-            return Err(config_err(
-                "--tls-reload-interval-secs / NOTES_TLS_RELOAD_INTERVAL_SECS",
-                "must be at least 1",
-            ));
-        }
-        let authenticator =
-            authenticator.with_allowed_identities(scope_set(&self.allowed_client_identities));
-        let page_key = read_page_token_key(&self.page_token_key_file)?;
-
-        let store: Arc<dyn NoteStore> = match self.store {
-            StoreKind::Memory => Arc::new(MemoryStore::new()),
-            StoreKind::Dynamodb => {
-                let store = self.dynamodb.store().await?;
-                store.check_table().await.map_err(|e| {
-                    config_err(
-                        "--table / NOTES_TABLE",
-                        format!(
-                            "{} (run `notes-server init-table` to create it)",
-                            error_chain(&e)
-                        ),
-                    )
-                })?;
-                Arc::new(store)
-            }
-        };
-        Ok(App {
-            store,
-            authenticator: Arc::new(authenticator),
-            tls,
-            page_tokens: PageTokens::new(page_key.expose()),
-            limits: Limits {
-                handshake_timeout: Duration::from_secs(self.handshake_timeout_secs),
-                tls_reload_interval: Duration::from_secs(self.tls_reload_interval_secs),
-                grace_period: Duration::from_secs(self.grace_period_secs),
-                ..Limits::default()
-            },
-        })
-    }
-}
-
-/// `err` and its sources joined with `: `.
-pub fn error_chain(err: &dyn std::error::Error) -> String {
-    let mut out = err.to_string();
-    let mut source = err.source();
-    while let Some(cause) = source {
-        out.push_str(": ");
-        out.push_str(&cause.to_string());
-        source = cause.source();
-    }
-    out
 }

@@ -67,7 +67,7 @@ impl NoteStore for MemoryStore {
             }
             let note = Note {
                 note_id: new.note_id,
-                user_id: owner.to_owned(),
+                owner: owner.to_owned(),
                 content: new.content,
                 create_time: new.now,
                 update_time: new.now,

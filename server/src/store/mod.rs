@@ -2,9 +2,10 @@
 //!
 //! The service talks to a [`NoteStore`]; each backend is one file:
 //! - [`memory`]: the embedded in-memory store (dev mode, fast tests).
-//! - [`dynamodb`]: DynamoDB, the production store shared by every instance.
+//! - [`dynamodb`]: DynamoDB, the production store shared by every instance
+//!   (a folder: table set-up, item encoding, error mapping, the store).
 //!
-//! Every method is scoped to one owner (the caller's token subject): there is
+//! Every method is scoped to one owner (the caller the auth layer verified): there is
 //! no way to address another owner's notes through this trait.
 
 pub mod dynamodb;
@@ -23,8 +24,8 @@ pub use memory::MemoryStore;
 pub struct Note {
     /// Server-made UUIDv7: sorts by creation time.
     pub note_id: Uuid,
-    /// The owner: the `sub` of the token that created it.
-    pub user_id: String,
+    /// The owner: the caller that created it (`userId` in the table, `user_id` in the proto).
+    pub owner: String,
     /// UTF-8 text.
     pub content: String,
     /// When it was created.

@@ -157,7 +157,7 @@ async fn handshake(
     let peer = match leaf.map(|der| PeerIdentity::from_der(der)) {
         Some(Ok(peer)) => peer,
         Some(Err(err)) => {
-            tracing::info!(%remote_addr, error = %err, "client certificate unreadable");
+            tracing::info!(%remote_addr, error = %crate::error::error_chain(&err), "client certificate unreadable");
             return None;
         }
         // The verifier requires a certificate; if none is here, refuse anyway.

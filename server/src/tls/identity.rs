@@ -5,6 +5,11 @@ use std::fmt;
 use base64::{Engine, engine::general_purpose::URL_SAFE_NO_PAD};
 use x509_parser::{extensions::GeneralName, prelude::FromDer};
 
+/// A client certificate that does not parse as X.509.
+#[derive(Debug, thiserror::Error)]
+#[error("client certificate does not parse")]
+pub struct UnreadableCertificate(#[source] x509_parser::nom::Err<x509_parser::error::X509Error>);
+
 /// The identity of a verified client certificate.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct PeerIdentity {
@@ -20,9 +25,9 @@ pub struct PeerIdentity {
 
 impl PeerIdentity {
     /// Reads the identity from a certificate the TLS handshake already verified.
-    pub fn from_der(der: &[u8]) -> Result<Self, String> {
+    pub fn from_der(der: &[u8]) -> Result<Self, UnreadableCertificate> {
         let (_, cert) = x509_parser::certificate::X509Certificate::from_der(der)
-            .map_err(|e| format!("client certificate does not parse: {e}"))?;
+            .map_err(UnreadableCertificate)?;
         let mut uris = Vec::new();
         let mut dns_names = Vec::new();
         if let Ok(Some(san)) = cert.subject_alternative_name() {

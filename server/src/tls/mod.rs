@@ -5,11 +5,11 @@
 //! - [`identity`]: [`PeerIdentity`], extracted once per connection.
 //! - [`verifier`]: the client-certificate verifier that logs why it refused, naming the certificate.
 //! - [`reload`]: the configuration in force, reloaded on file change or SIGHUP.
-//! - [`pki`]: certificate authority, issuance and CRLs (`notes-server certs`, dev mode, tests).
+//!
+//! Issuing certificates is not here: see [`crate::certs::authority`].
 
 pub mod accept;
 pub mod identity;
-pub mod pki;
 pub mod reload;
 pub mod verifier;
 
@@ -23,7 +23,7 @@ use rustls::{
 };
 
 pub use accept::{ConnInfo, TlsConn};
-pub use identity::PeerIdentity;
+pub use identity::{PeerIdentity, UnreadableCertificate};
 pub use reload::{ServerTls, TlsFiles};
 
 /// Failures building the TLS configuration.
@@ -32,20 +32,20 @@ pub enum TlsError {
     /// A file could not be read.
     #[error("cannot read {what} from {path}")]
     Read {
-        /// Which setting.
+        /// What the file holds, e.g. "server key".
         what: &'static str,
         /// The file.
         path: String,
-        /// Why.
+        /// The I/O failure.
         #[source]
         source: std::io::Error,
     },
     /// PEM content did not parse.
     #[error("{what} is not valid PEM")]
     Pem {
-        /// Which setting.
+        /// What the file holds.
         what: &'static str,
-        /// Why.
+        /// The parse failure.
         #[source]
         source: rustls::pki_types::pem::Error,
     },
@@ -53,8 +53,14 @@ pub enum TlsError {
     #[error("{0} holds no certificate")]
     Empty(&'static str),
     /// rustls refused the material (key does not match certificate, bad CA, ...).
-    #[error("TLS configuration rejected: {0}")]
-    Rustls(String),
+    #[error("TLS configuration rejected: {what}")]
+    Rustls {
+        /// Which part was refused, e.g. "server certificate/key".
+        what: &'static str,
+        /// rustls' reason.
+        #[source]
+        source: Box<dyn std::error::Error + Send + Sync>,
+    },
 }
 
 /// The PEM material a server needs for mutual TLS.
@@ -150,9 +156,10 @@ pub fn server_config(material: &TlsMaterial) -> Result<Arc<ServerConfig>, TlsErr
     let provider = crypto_provider();
     let mut roots = RootCertStore::empty();
     for ca in &material.client_ca {
-        roots
-            .add(ca.clone())
-            .map_err(|e| TlsError::Rustls(format!("client CA: {e}")))?;
+        roots.add(ca.clone()).map_err(|e| TlsError::Rustls {
+            what: "client CA",
+            source: Box::new(e),
+        })?;
     }
     let mut builder =
         WebPkiClientVerifier::builder_with_provider(Arc::new(roots), provider.clone());
@@ -162,16 +169,23 @@ pub fn server_config(material: &TlsMaterial) -> Result<Arc<ServerConfig>, TlsErr
             .with_crls(material.crls.clone())
             .only_check_end_entity_revocation();
     }
-    let verifier = builder
-        .build()
-        .map_err(|e| TlsError::Rustls(format!("client verifier: {e}")))?;
+    let verifier = builder.build().map_err(|e| TlsError::Rustls {
+        what: "client verifier",
+        source: Box::new(e),
+    })?;
     let verifier = Arc::new(verifier::LoggingVerifier::new(verifier));
     let mut config = ServerConfig::builder_with_provider(provider)
         .with_protocol_versions(&[&rustls::version::TLS13, &rustls::version::TLS12])
-        .map_err(|e| TlsError::Rustls(e.to_string()))?
+        .map_err(|e| TlsError::Rustls {
+            what: "protocol versions",
+            source: Box::new(e),
+        })?
         .with_client_cert_verifier(verifier)
         .with_single_cert(material.cert_chain.clone(), material.key.clone_key())
-        .map_err(|e| TlsError::Rustls(format!("server certificate/key: {e}")))?;
+        .map_err(|e| TlsError::Rustls {
+            what: "server certificate/key",
+            source: Box::new(e),
+        })?;
     config.alpn_protocols = vec![b"h2".to_vec()];
     Ok(Arc::new(config))
 }

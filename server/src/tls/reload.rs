@@ -109,7 +109,7 @@ impl ServerTls {
             Ok(false) => {}
             Err(err) => tracing::error!(
                 trigger,
-                error = %crate::config::error_chain(&err),
+                error = %crate::error::error_chain(&err),
                 "TLS reload refused; the previous configuration stays in force"
             ),
         }

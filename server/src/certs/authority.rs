@@ -1,6 +1,7 @@
 //! A small certificate authority on rcgen, with no openssl involved: create
-//! a CA, issue server and client certificates, revoke them in a CRL. Used by
-//! `notes-server certs`, dev mode and the tests. Keys are ECDSA P-256.
+//! a CA, issue server and client certificates, revoke them in a CRL. The
+//! toolkit behind `notes-server certs`, also used by dev mode and the tests.
+//! Keys are ECDSA P-256.
 
 use std::{net::IpAddr, time::Duration};
 
@@ -220,12 +221,23 @@ impl CertificateAuthority {
     }
 }
 
+/// A file that should hold one PEM certificate and does not.
+#[derive(Debug, thiserror::Error)]
+pub enum NotACertificate {
+    /// No PEM certificate block.
+    #[error("holds no PEM certificate")]
+    Pem(#[source] rustls::pki_types::pem::Error),
+    /// The block is not X.509.
+    #[error("does not hold an X.509 certificate")]
+    X509(#[source] x509_parser::nom::Err<x509_parser::error::X509Error>),
+}
+
 /// The serial number of a PEM certificate.
-pub fn serial_of(cert_pem: &str) -> Result<Vec<u8>, String> {
+pub fn serial_of(cert_pem: &str) -> Result<Vec<u8>, NotACertificate> {
     use rustls::pki_types::{CertificateDer, pem::PemObject};
     use x509_parser::prelude::FromDer;
-    let der = CertificateDer::from_pem_slice(cert_pem.as_bytes()).map_err(|e| e.to_string())?;
+    let der = CertificateDer::from_pem_slice(cert_pem.as_bytes()).map_err(NotACertificate::Pem)?;
     let (_, cert) =
-        x509_parser::certificate::X509Certificate::from_der(&der).map_err(|e| e.to_string())?;
+        x509_parser::certificate::X509Certificate::from_der(&der).map_err(NotACertificate::X509)?;
     Ok(cert.raw_serial().to_vec())
 }

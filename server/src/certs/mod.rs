@@ -1,5 +1,7 @@
 //! `notes-server certs`: stand up and run a small PKI from nothing.
 //!
+//! - [`authority`]: the certificate-authority toolkit (issue, revoke).
+//!
 //! Everything lives in one folder (default `certs/out`, git-ignored):
 //! `ca.pem`/`ca.key`, one `NAME.pem`/`NAME.key` per issued certificate,
 //! `revoked.txt` (hex serials) and `crl.pem`, regenerated on every revoke.
@@ -15,10 +17,15 @@ use std::{
 
 use anyhow::{Context, bail};
 
-use crate::{
-    files::write_with_mode,
-    tls::pki::{CertificateAuthority, Subject, Usage, Validity, serial_of},
-};
+pub mod authority;
+
+use self::authority::{CertificateAuthority, Subject, Usage, Validity, serial_of};
+
+/// Replaces `path` atomically with `bytes`, created with `mode` (0600 for keys).
+pub(crate) fn write_file(path: &Path, bytes: &[u8], mode: u32) -> anyhow::Result<()> {
+    notes_api::files::write_atomically(path, bytes, mode)
+        .with_context(|| format!("writing {}", path.display()))
+}
 
 const DAY: u64 = 24 * 3600;
 
@@ -122,12 +129,12 @@ fn issue(
     check_name(name)?;
     let validity = Validity::starting_now(Duration::from_secs(days * DAY));
     let issued = load_ca(dir)?.issue(subject, usage, validity)?;
-    write_with_mode(
+    write_file(
         &dir.join(format!("{name}.pem")),
         issued.cert_pem.as_bytes(),
         0o644,
     )?;
-    write_with_mode(
+    write_file(
         &dir.join(format!("{name}.key")),
         issued.key_pem.as_bytes(),
         0o600,
@@ -159,14 +166,14 @@ pub fn run(dir: &Path, command: CertsCommand) -> anyhow::Result<String> {
                 );
             }
             let ca = CertificateAuthority::generate(&name, Duration::from_secs(days * DAY))?;
-            write_with_mode(&dir.join("ca.pem"), ca.cert_pem().as_bytes(), 0o644)?;
-            write_with_mode(&dir.join("ca.key"), ca.key_pem().as_bytes(), 0o600)?;
-            write_with_mode(
+            write_file(&dir.join("ca.pem"), ca.cert_pem().as_bytes(), 0o644)?;
+            write_file(&dir.join("ca.key"), ca.key_pem().as_bytes(), 0o600)?;
+            write_file(
                 &dir.join("crl.pem"),
                 ca.crl(&[], 1, Duration::from_secs(7 * DAY))?.as_bytes(),
                 0o644,
             )?;
-            write_with_mode(&dir.join("crl-number"), b"1", 0o644)?;
+            write_file(&dir.join("crl-number"), b"1", 0o644)?;
             Ok(format!(
                 "CA {name:?}: {0}/ca.pem, {0}/ca.key, empty {0}/crl.pem",
                 dir.display()
@@ -210,7 +217,7 @@ pub fn run(dir: &Path, command: CertsCommand) -> anyhow::Result<String> {
             let ca = load_ca(dir)?;
             let pem =
                 fs::read_to_string(&cert).with_context(|| format!("reading {}", cert.display()))?;
-            let serial = serial_of(&pem).map_err(|e| anyhow::anyhow!("{}: {e}", cert.display()))?;
+            let serial = serial_of(&pem).with_context(|| cert.display().to_string())?;
             let revoked_path = dir.join("revoked.txt");
             let mut serials: Vec<Vec<u8>> = fs::read_to_string(&revoked_path)
                 .unwrap_or_default()
@@ -228,9 +235,9 @@ pub fn run(dir: &Path, command: CertsCommand) -> anyhow::Result<String> {
                 + 1;
             let crl = ca.crl(&serials, number, Duration::from_secs(crl_days * DAY))?;
             let listing: String = serials.iter().map(|s| hex(s) + "\n").collect();
-            write_with_mode(&revoked_path, listing.as_bytes(), 0o644)?;
-            write_with_mode(&dir.join("crl.pem"), crl.as_bytes(), 0o644)?;
-            write_with_mode(
+            write_file(&revoked_path, listing.as_bytes(), 0o644)?;
+            write_file(&dir.join("crl.pem"), crl.as_bytes(), 0o644)?;
+            write_file(
                 &dir.join("crl-number"),
                 number.to_string().as_bytes(),
                 0o644,

@@ -1,0 +1,192 @@
+//! The per-call decision: who is calling, and may they call this method?
+//!
+//! [`Authenticator::authorize`] takes the request path, its headers and the
+//! connection's verified client certificate, and returns the [`Caller`] or
+//! the [`AuthError`] that refuses the call. In order: the certificate
+//! identity allow-list, the path's access level (public paths stop here), the
+//! bearer token (verified by [`TokenVerifier`]), the RFC 8705 certificate
+//! binding, the certificate-to-client bindings, the required groups and the
+//! scopes of the access level.
+
+use std::{
+    collections::{BTreeMap, BTreeSet, HashMap},
+    sync::Mutex,
+};
+
+use http::{HeaderMap, header::AUTHORIZATION};
+
+use super::{Access, AuthError, Caller, CallerKind, TokenVerifier};
+use crate::tls::ConnInfo;
+
+/// Which app clients each client-certificate identity may present tokens of.
+pub type Bindings = HashMap<String, BTreeSet<String>>;
+
+/// Verifies tokens and applies the per-call policy for one deployment.
+pub struct Authenticator {
+    verifier: TokenVerifier,
+    bindings: Bindings,
+    allowed_identities: BTreeSet<String>,
+    rejections: Mutex<BTreeMap<&'static str, u64>>,
+}
+
+impl Authenticator {
+    /// Decides with `verifier`; each issuer's policy comes with it.
+    pub fn new(verifier: TokenVerifier) -> Self {
+        Self {
+            verifier,
+            bindings: Bindings::new(),
+            allowed_identities: BTreeSet::new(),
+            rejections: Mutex::default(),
+        }
+    }
+
+    /// Admits only callers whose certificate identity (URI SAN, else DNS
+    /// SAN) is listed, on every path; an empty list admits any identity the
+    /// TLS handshake verified.
+    pub fn with_allowed_identities(mut self, identities: BTreeSet<String>) -> Self {
+        self.allowed_identities = identities;
+        self
+    }
+
+    /// Restricts the listed certificate identities (URI SAN, else DNS SAN)
+    /// to tokens of the listed app clients; identities not listed are not
+    /// restricted.
+    pub fn with_bindings(mut self, bindings: Bindings) -> Self {
+        self.bindings = bindings;
+        self
+    }
+
+    /// The token verifier.
+    pub fn verifier(&self) -> &TokenVerifier {
+        &self.verifier
+    }
+
+    /// Refusals so far, by reason code.
+    pub fn rejections(&self) -> BTreeMap<&'static str, u64> {
+        self.rejections
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .clone()
+    }
+
+    /// Counts a refusal under its reason code.
+    pub(super) fn count_refusal(&self, reason: &'static str) {
+        *self
+            .rejections
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .entry(reason)
+            .or_default() += 1;
+    }
+
+    /// Decides one call. `Ok(None)`: a public method, no token needed.
+    pub async fn authorize(
+        &self,
+        path: &str,
+        headers: &HeaderMap,
+        conn: Option<&ConnInfo>,
+    ) -> Result<Option<Caller>, AuthError> {
+        let conn = conn.ok_or(AuthError::NoPeerCertificate)?;
+        if !self.allowed_identities.is_empty()
+            && !self.allowed_identities.contains(conn.peer.name())
+        {
+            return Err(AuthError::IdentityNotAllowed(conn.peer.name().to_owned()));
+        }
+        let access = Access::of_path(path);
+        if access == Access::Public {
+            return Ok(None);
+        }
+        let token = bearer_token(headers)?;
+        let verified = self.verifier.verify(token).await?;
+        let policy = self
+            .verifier
+            .policy(&verified.issuer)
+            .ok_or(AuthError::WrongIssuer)?;
+        // RFC 8705: a certificate-bound token only travels with its certificate.
+        if let Some(thumbprint) = &verified.cnf_x5t_s256
+            && *thumbprint != conn.peer.x5t_s256
+        {
+            return Err(AuthError::CertificateMismatch);
+        }
+        if let Some(allowed) = self.bindings.get(conn.peer.name())
+            && !allowed.contains(&verified.client_id)
+        {
+            return Err(AuthError::ClientNotBound(conn.peer.name().to_owned()));
+        }
+        if verified.kind == CallerKind::User
+            && !policy.required_groups.is_empty()
+            && policy.required_groups.is_disjoint(&verified.groups)
+        {
+            return Err(AuthError::MissingGroup);
+        }
+        if let Some(scope) = policy
+            .scopes
+            .missing(access, verified.kind, &verified.scopes)
+        {
+            return Err(AuthError::MissingScope(scope.to_owned()));
+        }
+        Ok(Some(Caller {
+            owner: verified.subject.clone(),
+            subject: verified.subject.clone(),
+            kind: verified.kind,
+            issuer: verified.issuer.clone(),
+            groups: verified.groups.clone(),
+            client_id: verified.client_id.clone(),
+            username: verified.username.clone(),
+            scopes: verified.scopes.clone(),
+            peer: conn.peer.clone(),
+        }))
+    }
+}
+
+/// The token of the single `authorization: Bearer <token>` entry.
+fn bearer_token(headers: &HeaderMap) -> Result<&str, AuthError> {
+    let mut values = headers.get_all(AUTHORIZATION).iter();
+    let value = values.next().ok_or(AuthError::MissingToken)?;
+    if values.next().is_some() {
+        return Err(AuthError::MalformedAuthorization);
+    }
+    let value = value
+        .to_str()
+        .map_err(|_| AuthError::MalformedAuthorization)?;
+    let (scheme, token) = value
+        .split_once(' ')
+        .ok_or(AuthError::MalformedAuthorization)?;
+    let token = token.trim();
+    if !scheme.eq_ignore_ascii_case("bearer") || token.is_empty() || token.contains(' ') {
+        return Err(AuthError::MalformedAuthorization);
+    }
+    Ok(token)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn headers(values: &[&str]) -> HeaderMap {
+        let mut map = HeaderMap::new();
+        for value in values {
+            map.append(AUTHORIZATION, value.parse().unwrap());
+        }
+        map
+    }
+
+    #[test]
+    fn exactly_one_bearer_token_is_accepted() {
+        assert_eq!(bearer_token(&headers(&["Bearer abc"])), Ok("abc"));
+        assert_eq!(bearer_token(&headers(&["bearer abc"])), Ok("abc"));
+        assert_eq!(bearer_token(&headers(&[])), Err(AuthError::MissingToken));
+        for bad in [
+            &["Basic abc"][..],
+            &["Bearer"],
+            &["Bearer a b"],
+            &["Bearer a", "Bearer b"],
+        ] {
+            assert_eq!(
+                bearer_token(&headers(bad)),
+                Err(AuthError::MalformedAuthorization),
+                "{bad:?}"
+            );
+        }
+    }
+}

@@ -1,0 +1,211 @@
+//! Assembly: builds the [`App`] that [`crate::run`] serves from validated
+//! settings ([`crate::config`]) or from dev material ([`crate::dev`]).
+//!
+//! Every failure here is a [`ConfigError`] naming the setting to fix, so
+//! `serve` stops at start-up instead of serving half-configured.
+
+use std::{path::Path, sync::Arc, time::Duration};
+
+use crate::{
+    App, Limits,
+    api::PageTokens,
+    auth::{
+        Authenticator, ScopePolicy, TokenPolicy, TokenVerifier,
+        jwks::RemoteJwks,
+        keys::{KeySource, StaticKeys},
+    },
+    config::{
+        AuthSettings, ConfigError, DynamoConfig, JwksLocation, ServeConfig, StoreKind, config_err,
+        non_blank_set,
+    },
+    dev::{DEV_CLIENT_ID, DEV_ISSUER, DEV_READ_SCOPE, DEV_WRITE_SCOPE, DevMaterial},
+    error::error_chain,
+    store::{DynamoStore, MemoryStore, NoteStore},
+    tls::{ServerTls, TlsFiles},
+};
+
+/// How long `init-table` and `dev --store dynamodb` wait for a new table.
+pub const TABLE_READY_WAIT: Duration = Duration::from_secs(120);
+
+const PAGE_TOKEN_KEY_SETTING: &str = "--page-token-key-file / NOTES_PAGE_TOKEN_KEY_FILE";
+
+/// Checks every setting of `serve`, checks the table, and assembles the server.
+pub async fn serve_app(config: &ServeConfig) -> Result<App, ConfigError> {
+    let authenticator = authenticator(config.auth.settings()?)?;
+    let tls = ServerTls::from_files(TlsFiles {
+        cert: config.tls_cert.clone(),
+        key: config.tls_key.clone(),
+        client_ca: config.client_ca.clone(),
+        crls: config.client_crls.clone(),
+    })
+    .map_err(|e| {
+        config_err(
+            "--tls-cert / --tls-key / --client-ca / --client-crl",
+            error_chain(&e),
+        )
+    })?;
+    if config.tls_reload_interval_secs == 0 {
+        return Err(config_err(
+            "--tls-reload-interval-secs / NOTES_TLS_RELOAD_INTERVAL_SECS",
+            "must be at least 1",
+        ));
+    }
+    let authenticator =
+        authenticator.with_allowed_identities(non_blank_set(&config.allowed_client_identities));
+    let page_tokens = page_tokens(&config.page_token_key_file)?;
+
+    let store: Arc<dyn NoteStore> = match config.store {
+        StoreKind::Memory => Arc::new(MemoryStore::new()),
+        StoreKind::Dynamodb => {
+            let store = dynamodb_store(&config.dynamodb).await?;
+            store.check_table().await.map_err(|e| {
+                config_err(
+                    "--table / NOTES_TABLE",
+                    format!(
+                        "{} (run `notes-server init-table` to create it)",
+                        error_chain(&e)
+                    ),
+                )
+            })?;
+            Arc::new(store)
+        }
+    };
+    Ok(App {
+        store,
+        authenticator: Arc::new(authenticator),
+        tls,
+        page_tokens,
+        limits: Limits {
+            handshake_timeout: Duration::from_secs(config.handshake_timeout_secs),
+            tls_reload_interval: Duration::from_secs(config.tls_reload_interval_secs),
+            grace_period: Duration::from_secs(config.grace_period_secs),
+            ..Limits::default()
+        },
+    })
+}
+
+/// The server on dev defaults (dev PKI and issuer, its own page-token key)
+/// over `store`.
+pub fn dev_app(material: &DevMaterial, store: Arc<dyn NoteStore>) -> anyhow::Result<App> {
+    let tls = ServerTls::from_files(TlsFiles {
+        cert: material.path("server.pem"),
+        key: material.path("server.key"),
+        client_ca: material.path("ca.pem"),
+        crls: vec![],
+    })?;
+    let keys = StaticKeys::from_jwk_set(&material.signer()?.jwks())?;
+    let scopes = ScopePolicy::same_for_all(
+        [DEV_READ_SCOPE.to_owned()].into(),
+        [DEV_WRITE_SCOPE.to_owned()].into(),
+    );
+    let verifier = TokenVerifier::new(
+        TokenPolicy::new(DEV_ISSUER, [DEV_CLIENT_ID.to_owned()]).with_scopes(scopes),
+        Arc::new(keys),
+    );
+    Ok(App {
+        store,
+        authenticator: Arc::new(Authenticator::new(verifier)),
+        tls,
+        page_tokens: page_tokens(&material.path("page-token.key"))?,
+        limits: Limits::default(),
+    })
+}
+
+/// The authenticator of `settings`: reads JWKS files, prepares JWKS fetchers
+/// (nothing is fetched until the server starts).
+pub fn authenticator(settings: AuthSettings) -> Result<Authenticator, ConfigError> {
+    let mut issuers = Vec::with_capacity(settings.issuers.len());
+    for issuer in settings.issuers {
+        let keys: Arc<dyn KeySource> = match issuer.jwks {
+            JwksLocation::File(path) => Arc::new(
+                StaticKeys::from_jwks_file(&path)
+                    .map_err(|e| config_err(issuer.setting, error_chain(&e)))?,
+            ),
+            JwksLocation::Url(url, jwks) => Arc::new(
+                RemoteJwks::new(url, jwks)
+                    .map_err(|e| config_err(issuer.setting, error_chain(&e)))?,
+            ),
+        };
+        issuers.push((issuer.policy, keys));
+    }
+    let verifier =
+        TokenVerifier::with_issuers(issuers, settings.max_token_bytes, settings.cache_capacity);
+    Ok(Authenticator::new(verifier).with_bindings(settings.bindings))
+}
+
+/// The page-token sealer with the key in `path`.
+fn page_tokens(path: &Path) -> Result<PageTokens, ConfigError> {
+    let key = std::fs::read(path)
+        .map_err(|e| config_err(PAGE_TOKEN_KEY_SETTING, format!("{}: {e}", path.display())))?;
+    PageTokens::new(&key)
+        .map_err(|e| config_err(PAGE_TOKEN_KEY_SETTING, format!("{}: {e}", path.display())))
+}
+
+/// A DynamoDB client with the configured timeouts and retry policy; region
+/// and credentials from the standard AWS chain unless overridden.
+pub async fn dynamodb_client(
+    config: &DynamoConfig,
+) -> Result<aws_sdk_dynamodb::Client, ConfigError> {
+    use aws_config::{BehaviorVersion, retry::RetryConfig, timeout::TimeoutConfig};
+    if config.table.trim().is_empty() {
+        return Err(config_err("--table / NOTES_TABLE", "must not be empty"));
+    }
+    if config.dynamodb_max_attempts == 0 {
+        return Err(config_err(
+            "--dynamodb-max-attempts / NOTES_DYNAMODB_MAX_ATTEMPTS",
+            "must be at least 1",
+        ));
+    }
+    let mut loader = aws_config::defaults(BehaviorVersion::latest())
+        .retry_config(
+            RetryConfig::standard()
+                .with_max_attempts(config.dynamodb_max_attempts)
+                .with_initial_backoff(Duration::from_millis(50))
+                .with_max_backoff(Duration::from_secs(1)),
+        )
+        .timeout_config(
+            TimeoutConfig::builder()
+                .connect_timeout(Duration::from_millis(
+                    config.dynamodb_attempt_timeout_ms.min(1000),
+                ))
+                .operation_attempt_timeout(Duration::from_millis(
+                    config.dynamodb_attempt_timeout_ms,
+                ))
+                .operation_timeout(Duration::from_millis(config.dynamodb_timeout_ms))
+                .build(),
+        );
+    if let Some(region) = &config.aws_region {
+        loader = loader.region(aws_config::Region::new(region.clone()));
+    }
+    if let Some(endpoint) = &config.dynamodb_endpoint {
+        loader = loader.endpoint_url(endpoint);
+    }
+    let shared = loader.load().await;
+    if shared.region().is_none() {
+        return Err(config_err(
+            "--aws-region / NOTES_AWS_REGION (or AWS_REGION)",
+            "no AWS region configured",
+        ));
+    }
+    Ok(aws_sdk_dynamodb::Client::new(&shared))
+}
+
+/// The store on the configured table (not checked: see
+/// [`DynamoStore::check_table`] and [`DynamoStore::init_table`]).
+pub async fn dynamodb_store(config: &DynamoConfig) -> Result<DynamoStore, ConfigError> {
+    Ok(DynamoStore::new(
+        dynamodb_client(config).await?,
+        config.table.trim(),
+    ))
+}
+
+/// Creates the table if it is missing and waits until it is ACTIVE
+/// (`init-table`, `dev --store dynamodb`).
+pub async fn init_table(config: &DynamoConfig) -> anyhow::Result<DynamoStore> {
+    let store = dynamodb_store(config).await?;
+    store
+        .init_table(TABLE_READY_WAIT)
+        .await
+        .map_err(|e| anyhow::anyhow!(error_chain(&e)))?;
+    Ok(store)
+}

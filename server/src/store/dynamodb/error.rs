@@ -1,0 +1,63 @@
+//! The one mapping of AWS SDK failures into [`StoreError`]: transient
+//! conditions (throttling, timeouts, connection failures) are
+//! [`StoreError::Unavailable`], misconfiguration (no table, denied access) is
+//! [`StoreError::Internal`] with a message naming the table.
+
+use aws_sdk_dynamodb::error::{ProvideErrorMetadata, SdkError};
+
+use crate::store::StoreError;
+
+/// DynamoDB error codes that a later attempt may not meet.
+const TRANSIENT_CODES: [&str; 7] = [
+    "ProvisionedThroughputExceededException",
+    "RequestLimitExceeded",
+    "ThrottlingException",
+    "InternalServerError",
+    "ServiceUnavailable",
+    "TransactionConflictException",
+    "TransactionInProgressException",
+];
+
+/// Error codes of credentials or permissions that do not fit the table.
+const ACCESS_DENIED_CODES: [&str; 5] = [
+    "AccessDeniedException",
+    "UnrecognizedClientException",
+    "InvalidSignatureException",
+    "ExpiredTokenException",
+    "MissingAuthenticationTokenException",
+];
+
+/// Maps an SDK failure that is not an expected condition of the operation.
+pub(super) fn map_sdk_error<E>(
+    err: SdkError<E, aws_sdk_dynamodb::config::http::HttpResponse>,
+    table: &str,
+) -> StoreError
+where
+    E: ProvideErrorMetadata + std::error::Error + Send + Sync + 'static,
+{
+    let code = err.code().map(str::to_owned);
+    let failed = |err| {
+        StoreError::Internal(
+            format!("DynamoDB request on {table:?} failed"),
+            Some(Box::new(err)),
+        )
+    };
+    match &err {
+        SdkError::TimeoutError(_) | SdkError::DispatchFailure(_) | SdkError::ResponseError(_) => {
+            StoreError::Unavailable(Box::new(err))
+        }
+        SdkError::ServiceError(_) => match code.as_deref() {
+            Some(code) if TRANSIENT_CODES.contains(&code) => StoreError::Unavailable(Box::new(err)),
+            Some("ResourceNotFoundException") => StoreError::Internal(
+                format!("DynamoDB table {table:?} does not exist"),
+                Some(Box::new(err)),
+            ),
+            Some(code) if ACCESS_DENIED_CODES.contains(&code) => StoreError::Internal(
+                format!("access to DynamoDB table {table:?} was denied"),
+                Some(Box::new(err)),
+            ),
+            _ => failed(err),
+        },
+        _ => failed(err),
+    }
+}

@@ -1,0 +1,69 @@
+//! The harness: one builder for test servers ([`TestApp::builder`]), one
+//! token signer (the server's own [`TokenSigner`](notes_server::auth::signer::TokenSigner)),
+//! one test PKI, and the fixtures several test modules share.
+//!
+//! - [`app`]: [`TestApp`], a server on an ephemeral port that shuts down when dropped.
+//! - [`tokens`]: the test issuer, claims and signing.
+//! - [`pki`]: the per-process test PKI, written to disk one way, and a raw TLS probe.
+//! - [`cognito`]: a user pool on the moto server, and an auth file naming it.
+//! - [`net`]: a cuttable TCP proxy to DynamoDB, and a plain HTTP test server.
+
+pub mod app;
+pub mod cognito;
+pub mod net;
+pub mod pki;
+pub mod tokens;
+
+pub use app::{Backend, TestApp, dynamodb_config, dynamodb_endpoint};
+pub use net::{Proxy, serve_http};
+pub use pki::{CLIENT_SPIFFE, pki, tls_probe};
+pub use tokens::{
+    CLIENT_ID, ISSUER, KID, READ, claims, issuer, new_key, now, sign, sign_with,
+    test_authenticator, test_keys, test_policy, token_for,
+};
+
+/// Installs the crypto provider once; logs to stderr when `TEST_LOG` is set.
+pub fn init() {
+    notes_server::tls::install_crypto_provider();
+    if std::env::var_os("TEST_LOG").is_some() {
+        notes_server::telemetry::init(false);
+    }
+}
+
+/// A request carrying `authorization: Bearer <token>`.
+pub fn with_token<T>(message: T, token: &str) -> tonic::Request<T> {
+    let mut request = tonic::Request::new(message);
+    request
+        .metadata_mut()
+        .insert("authorization", format!("Bearer {token}").parse().unwrap());
+    request
+}
+
+/// A CreateNote request with `content` and no `request_id`.
+pub fn create_request(content: &str) -> notes_api::pb::CreateNoteRequest {
+    notes_api::pb::CreateNoteRequest {
+        content: content.into(),
+        request_id: String::new(),
+    }
+}
+
+/// CreateNote through the generated stub with `token`.
+pub async fn create_as(app: &TestApp, token: &str) -> Result<notes_api::pb::Note, tonic::Status> {
+    app.raw()
+        .await
+        .create_note(with_token(create_request("x"), token))
+        .await
+        .map(|r| r.into_inner())
+}
+
+/// ListNotes through the generated stub with `token`.
+pub async fn list_as(app: &TestApp, token: &str) -> Result<(), tonic::Status> {
+    app.raw()
+        .await
+        .list_notes(with_token(
+            notes_api::pb::ListNotesRequest::default(),
+            token,
+        ))
+        .await
+        .map(|_| ())
+}
