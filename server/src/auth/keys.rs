@@ -27,7 +27,7 @@ pub enum KeyError {
     /// The key set could not be read.
     #[error("cannot read key set {path}")]
     Read {
-        /// The file.
+        /// The key-set file that could not be read.
         path: String,
         /// The I/O failure.
         #[source]

@@ -19,7 +19,7 @@ pub use auth::{AuthArgs, AuthSettings, IssuerSettings, JwksLocation};
 pub struct Secret<T>(T);
 
 impl<T> Secret<T> {
-    /// Wraps a secret.
+    /// Wraps a value so it prints as `[redacted]`.
     pub fn new(value: T) -> Self {
         Self(value)
     }

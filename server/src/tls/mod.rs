@@ -34,7 +34,7 @@ pub enum TlsError {
     Read {
         /// What the file holds, e.g. "server key".
         what: &'static str,
-        /// The file.
+        /// The file that could not be read.
         path: String,
         /// The I/O failure.
         #[source]

@@ -39,18 +39,6 @@ use super::{NewNote, Note, NotePage, NoteStore, StoreError};
 /// record became readable.
 const CREATE_RACE_ATTEMPTS: usize = 5;
 
-/// The DynamoDB operations the server performs, as IAM names them: the
-/// service's task role needs exactly these on the table.
-pub const SERVE_OPERATIONS: [&str; 7] = [
-    "DescribeTable",
-    "GetItem",
-    "PutItem",
-    "Query",
-    "UpdateItem",
-    "DeleteItem",
-    "TransactWriteItems",
-];
-
 /// Notes in a DynamoDB table.
 #[derive(Clone)]
 pub struct DynamoStore {

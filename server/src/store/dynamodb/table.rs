@@ -9,7 +9,7 @@ use aws_sdk_dynamodb::{
     error::ProvideErrorMetadata,
     types::{
         AttributeDefinition, BillingMode, KeySchemaElement, KeyType, ScalarAttributeType,
-        TableStatus, TimeToLiveSpecification,
+        TableDescription, TableStatus, TimeToLiveSpecification,
     },
 };
 
@@ -84,14 +84,8 @@ impl DynamoStore {
     async fn wait_until_active(&self, wait: Duration) -> Result<(), StoreError> {
         let deadline = tokio::time::Instant::now() + wait;
         loop {
-            let out = self
-                .client
-                .describe_table()
-                .table_name(&self.table)
-                .send()
-                .await
-                .map_err(|e| map_sdk_error(e, &self.table))?;
-            if out.table().and_then(|t| t.table_status()) == Some(&TableStatus::Active) {
+            let table = self.describe().await?;
+            if table.table_status() == Some(&TableStatus::Active) {
                 return Ok(());
             }
             if tokio::time::Instant::now() > deadline {
@@ -107,18 +101,21 @@ impl DynamoStore {
         }
     }
 
-    /// Checks that the table exists with the expected key schema.
-    pub async fn check_table(&self) -> Result<(), StoreError> {
-        let out = self
-            .client
+    /// DescribeTable of the table.
+    async fn describe(&self) -> Result<TableDescription, StoreError> {
+        self.client
             .describe_table()
             .table_name(&self.table)
             .send()
             .await
-            .map_err(|e| map_sdk_error(e, &self.table))?;
-        let table = out
-            .table()
-            .ok_or_else(|| StoreError::Internal("DescribeTable returned no table".into(), None))?;
+            .map_err(|e| map_sdk_error(e, &self.table))?
+            .table
+            .ok_or_else(|| StoreError::Internal("DescribeTable returned no table".into(), None))
+    }
+
+    /// Checks that the table exists with the expected key schema.
+    pub async fn check_table(&self) -> Result<(), StoreError> {
+        let table = self.describe().await?;
         let schema: Vec<(&str, &KeyType)> = table
             .key_schema()
             .iter()
