@@ -9,6 +9,8 @@
 //! - [`config`]: typed settings (flags, `NOTES_*` environment, TOML) and their validation; secrets that do not print.
 //! - [`startup`]: assembles the [`App`] from settings or dev material (the only module that sees them all).
 //! - [`server`]: [`run`] serves a bound listener until a shutdown future resolves; the tower stack is built here.
+//! - [`limits`]: every bound on what a peer can make the server hold, with its default and reason.
+//! - [`overload`]: the in-flight bound (UNAVAILABLE) and the per-caller rate limit (RESOURCE_EXHAUSTED).
 //! - [`tls`]: rustls server configuration, the mTLS accept loop, certificate identities, reload.
 //! - [`auth`]: one file per step: the tower layer, the per-call decision, the policy table, token verification, JWKS, the cache.
 //! - [`api`]: the gRPC handlers: validate, call the store, map errors; sealed page tokens.
@@ -30,10 +32,13 @@ pub mod certs;
 pub mod config;
 pub mod dev;
 pub mod error;
+pub mod limits;
+pub mod overload;
 pub mod server;
 pub mod startup;
 pub mod store;
 pub mod telemetry;
 pub mod tls;
 
-pub use server::{App, Limits, run};
+pub use limits::Limits;
+pub use server::{App, run};

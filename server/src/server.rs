@@ -2,7 +2,7 @@
 //! [`App`] that [`crate::startup`] assembled, so the binary and the tests
 //! start the server the same way. The tower stack is built here, once.
 
-use std::{future::Future, sync::Arc, time::Duration};
+use std::{future::Future, sync::Arc};
 
 use notes_api::pb::notes_service_server::NotesServiceServer;
 use tokio::net::TcpListener;
@@ -13,12 +13,11 @@ use tonic_health::{ServingStatus, server::HealthReporter};
 use crate::{
     api::{NotesApi, PageTokens},
     auth::{AuthLayer, Authenticator, jwks},
+    limits::{Limits, MAX_NOTES_MESSAGE_BYTES, MAX_SMALL_MESSAGE_BYTES},
+    overload::{InFlightLimitLayer, OversizeAsResourceExhausted, RateLimitLayer},
     store::NoteStore,
-    tls::{self, ServerTls},
+    tls::{self, Admission, ServerTls},
 };
-
-/// Largest request message accepted: a note's content plus headroom.
-const MAX_MESSAGE_BYTES: usize = 256 * 1024;
 
 /// Everything the server needs, assembled by the caller.
 pub struct App {
@@ -30,32 +29,8 @@ pub struct App {
     pub tls: Arc<ServerTls>,
     /// Seals and opens ListNotes page tokens.
     pub page_tokens: PageTokens,
-    /// Timeouts and limits.
+    /// Timeouts and bounds.
     pub limits: Limits,
-}
-
-/// Timeouts and limits of the serving loop.
-#[derive(Debug, Clone)]
-pub struct Limits {
-    /// A TLS handshake that takes longer is dropped.
-    pub handshake_timeout: Duration,
-    /// How long in-flight calls may finish after shutdown begins.
-    pub grace_period: Duration,
-    /// Per-call deadline enforced by the server.
-    pub request_timeout: Duration,
-    /// How often the TLS files are checked for changes (SIGHUP also reloads).
-    pub tls_reload_interval: Duration,
-}
-
-impl Default for Limits {
-    fn default() -> Self {
-        Self {
-            handshake_timeout: Duration::from_secs(10),
-            grace_period: Duration::from_secs(20),
-            request_timeout: Duration::from_secs(30),
-            tls_reload_interval: Duration::from_secs(10),
-        }
-    }
 }
 
 /// Failures of the serving loop.
@@ -115,20 +90,28 @@ pub async fn run(
             .register_encoded_file_descriptor_set(notes_api::FILE_DESCRIPTOR_SET)
             .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
     };
-    let reflection_v1 = reflection().build_v1()?;
-    let reflection_v1alpha = reflection().build_v1alpha()?;
+    // Each service decodes no more than its largest legitimate request.
+    let reflection_v1 = reflection()
+        .build_v1()?
+        .max_decoding_message_size(MAX_SMALL_MESSAGE_BYTES);
+    let reflection_v1alpha = reflection()
+        .build_v1alpha()?
+        .max_decoding_message_size(MAX_SMALL_MESSAGE_BYTES);
+    let health_service = health_service.max_decoding_message_size(MAX_SMALL_MESSAGE_BYTES);
     let notes = NotesServiceServer::new(NotesApi::new(app.store, app.page_tokens))
-        .max_decoding_message_size(MAX_MESSAGE_BYTES);
+        .max_decoding_message_size(MAX_NOTES_MESSAGE_BYTES);
+    let limits = app.limits;
 
     let local_addr = listener.local_addr().ok();
     app.tls
-        .spawn_watch(app.limits.tls_reload_interval, stop.clone());
-    let incoming = tls::accept::incoming(
-        listener,
-        app.tls,
-        app.limits.handshake_timeout,
-        stop.clone(),
+        .spawn_watch(limits.tls_reload_interval, stop.clone());
+    let admission = Admission::new(
+        limits.max_connections,
+        limits.max_handshakes,
+        limits.max_handshakes_per_ip,
+        limits.handshake_timeout,
     );
+    let incoming = tls::accept::incoming(listener, app.tls, admission, stop.clone());
 
     let signal = {
         let stop = stop.clone();
@@ -141,12 +124,29 @@ pub async fn run(
     };
 
     let router = Server::builder()
-        .timeout(app.limits.request_timeout)
+        .timeout(limits.request_timeout)
+        // HTTP/2 bounds per connection (see crate::limits for each reason).
+        .max_concurrent_streams(limits.max_concurrent_streams)
+        .http2_max_local_error_reset_streams(Some(limits.max_local_error_resets))
+        .http2_max_pending_accept_reset_streams(Some(limits.max_pending_accept_resets))
+        .http2_max_header_list_size(limits.max_header_list_bytes)
         // Detect dead peers behind load balancers that drop idle flows silently.
-        .http2_keepalive_interval(Some(Duration::from_secs(30)))
-        .http2_keepalive_timeout(Some(Duration::from_secs(10)))
+        .http2_keepalive_interval(Some(limits.keepalive_interval))
+        .http2_keepalive_timeout(Some(limits.keepalive_timeout))
+        // Long-lived connections re-handshake (new certificates, CRLs).
+        .max_connection_age(limits.max_connection_age)
+        .max_connection_age_grace(limits.max_connection_age_grace)
+        // Shedding comes first: an overloaded server spends nothing on a call
+        // it cannot take, not even RSA.
+        .layer(InFlightLimitLayer::new(limits.max_requests_in_flight))
+        // Answers from the router for oversized messages get the gRPC code.
+        .layer(OversizeAsResourceExhausted)
         // Authentication wraps the router: nothing routes before it decides.
         .layer(AuthLayer::new(app.authenticator))
+        // The rate limit needs the caller the auth layer established.
+        .layer(tower::util::option_layer(
+            limits.rate_limit.map(RateLimitLayer::new),
+        ))
         .add_service(health_service)
         .add_service(reflection_v1)
         .add_service(reflection_v1alpha)
@@ -155,7 +155,7 @@ pub async fn run(
     tracing::info!(addr = ?local_addr, "serving notes.v1.NotesService over mutual TLS");
     let serve = router.serve_with_incoming_shutdown(incoming, signal);
     tokio::pin!(serve);
-    let grace = app.limits.grace_period;
+    let grace = limits.grace_period;
     tokio::select! {
         result = &mut serve => result?,
         _ = async { stop.cancelled().await; tokio::time::sleep(grace).await } => {

@@ -44,12 +44,7 @@ pub async fn serve_app(config: &ServeConfig) -> Result<App, ConfigError> {
             error_chain(&e),
         )
     })?;
-    if config.tls_reload_interval_secs == 0 {
-        return Err(config_err(
-            "--tls-reload-interval-secs / NOTES_TLS_RELOAD_INTERVAL_SECS",
-            "must be at least 1",
-        ));
-    }
+    let limits = config.limits.limits()?;
     let authenticator =
         authenticator.with_allowed_identities(non_blank_set(&config.allowed_client_identities));
     let page_tokens = page_tokens(&config.page_token_key_file)?;
@@ -75,12 +70,7 @@ pub async fn serve_app(config: &ServeConfig) -> Result<App, ConfigError> {
         authenticator: Arc::new(authenticator),
         tls,
         page_tokens,
-        limits: Limits {
-            handshake_timeout: Duration::from_secs(config.handshake_timeout_secs),
-            tls_reload_interval: Duration::from_secs(config.tls_reload_interval_secs),
-            grace_period: Duration::from_secs(config.grace_period_secs),
-            ..Limits::default()
-        },
+        limits,
     })
 }
 

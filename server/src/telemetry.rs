@@ -1,4 +1,5 @@
-//! Tracing set-up shared by the binary and the tests.
+//! Tracing set-up shared by the binary and the tests, and [`LogEvery`],
+//! which keeps a flood of one event to one log line per interval.
 
 use tracing_subscriber::{EnvFilter, fmt};
 
@@ -12,4 +13,57 @@ pub fn init(json: bool) {
     } else {
         builder.try_init()
     };
+}
+
+/// Lets a repeated event through at most once per interval and counts what
+/// it held back, so a flood (accept errors, refused connections) costs one
+/// log line per interval, not one per event.
+#[derive(Debug)]
+pub struct LogEvery {
+    interval: std::time::Duration,
+    state: std::sync::Mutex<(Option<std::time::Instant>, u64)>,
+}
+
+impl LogEvery {
+    /// At most one line per `interval`.
+    pub fn new(interval: std::time::Duration) -> Self {
+        Self {
+            interval,
+            state: std::sync::Mutex::new((None, 0)),
+        }
+    }
+
+    /// `Some(suppressed)` when this event may be logged, with how many were
+    /// held back since the last one; `None` when it is to be dropped.
+    pub fn check(&self) -> Option<u64> {
+        let mut state = self.state.lock().unwrap_or_else(|e| e.into_inner());
+        let now = std::time::Instant::now();
+        match state.0 {
+            Some(last) if now.duration_since(last) < self.interval => {
+                state.1 += 1;
+                None
+            }
+            _ => {
+                let suppressed = std::mem::take(&mut state.1);
+                state.0 = Some(now);
+                Some(suppressed)
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn lets_one_event_through_per_interval_and_counts_the_rest() {
+        let log = LogEvery::new(std::time::Duration::from_secs(3600));
+        assert_eq!(log.check(), Some(0));
+        assert_eq!(log.check(), None);
+        assert_eq!(log.check(), None);
+        let log = LogEvery::new(std::time::Duration::ZERO);
+        assert_eq!(log.check(), Some(0));
+        assert_eq!(log.check(), Some(0));
+    }
 }

@@ -29,6 +29,7 @@ macro_rules! conformance {
     };
 }
 
+mod abuse;
 mod binaries;
 mod client;
 mod cognito;

@@ -91,7 +91,7 @@ pub enum AuthError {
     #[error("authorization metadata must be exactly one 'Bearer <access token>'")]
     MalformedAuthorization,
     /// Over the size limit; rejected before decoding.
-    #[error("token is larger than {0} bytes")]
+    #[error("token too large: larger than {0} bytes")]
     TooLarge(usize),
     /// Not a decodable JWT (segments, base64, JSON).
     #[error("token is not a well-formed JWT")]

@@ -7,12 +7,16 @@
 //!
 //! - [`auth`]: issuers, their JWKS and claim policies, certificate bindings
 //!   (flags for one issuer, or a TOML file for several).
+//! - [`limits`]: timeouts and bounds (connections, handshakes, streams,
+//!   headers, calls in flight, rate limit).
 
 pub mod auth;
+pub mod limits;
 
 use std::{collections::BTreeSet, fmt, net::SocketAddr, path::PathBuf};
 
 pub use auth::{AuthArgs, AuthSettings, IssuerSettings, JwksLocation};
+pub use limits::LimitArgs;
 
 /// A value that must not reach logs or error messages.
 #[derive(Clone)]
@@ -74,27 +78,21 @@ pub struct ServeConfig {
     /// Only these client-certificate identities (URI SAN, else DNS SAN) may call; empty: any.
     #[arg(long, env = "NOTES_ALLOWED_CLIENT_IDENTITIES", value_delimiter = ',')]
     pub allowed_client_identities: Vec<String>,
-    /// Seconds between checks of the TLS files for changes (SIGHUP reloads at once).
-    #[arg(long, env = "NOTES_TLS_RELOAD_INTERVAL_SECS", default_value_t = 10)]
-    pub tls_reload_interval_secs: u64,
     /// Token issuers, policies and certificate bindings.
     #[command(flatten)]
     pub auth: AuthArgs,
     /// File holding the page-token key: at least 32 random bytes, the same on every instance.
     #[arg(long, env = "NOTES_PAGE_TOKEN_KEY_FILE")]
     pub page_token_key_file: PathBuf,
-    /// Seconds allowed for a TLS handshake.
-    #[arg(long, env = "NOTES_HANDSHAKE_TIMEOUT_SECS", default_value_t = 10)]
-    pub handshake_timeout_secs: u64,
-    /// Seconds in-flight calls get to finish on shutdown.
-    #[arg(long, env = "NOTES_GRACE_PERIOD_SECS", default_value_t = 20)]
-    pub grace_period_secs: u64,
     /// Where notes live: `dynamodb` (production) or `memory` (one instance, lost on exit).
     #[arg(long, env = "NOTES_STORE", value_enum, default_value_t = StoreKind::Dynamodb)]
     pub store: StoreKind,
     /// DynamoDB settings.
     #[command(flatten)]
     pub dynamodb: DynamoConfig,
+    /// Timeouts and bounds.
+    #[command(flatten)]
+    pub limits: LimitArgs,
 }
 
 /// Settings of `notes-server dev`.

@@ -1,15 +1,24 @@
-//! The TLS accept loop.
+//! The TLS accept loop, and admission: how many connections and handshakes
+//! an outsider can make us hold.
 //!
-//! TCP accepts happen in one task; each handshake runs in its own task under
-//! a timeout, so a slow or stalled client neither blocks other handshakes nor
-//! holds a connection slot. Finished connections are handed to tonic through
-//! a channel, carrying their [`ConnInfo`].
+//! TCP accepts happen in one task. A new connection is admitted only while
+//! there is room under three caps ([`Admission`]): open connections, TLS
+//! handshakes in progress, and handshakes in progress from its IP address;
+//! otherwise it is closed at once (never queued) and counted. Each handshake
+//! runs in its own task under a timeout, so a slow or stalled client neither
+//! blocks other handshakes nor holds a slot for long. Finished connections
+//! are handed to tonic through a channel, carrying their [`ConnInfo`] and
+//! their connection slot, which is freed when tonic drops the connection.
 
 use std::{
+    collections::HashMap,
     io,
-    net::SocketAddr,
+    net::{IpAddr, SocketAddr},
     pin::Pin,
-    sync::Arc,
+    sync::{
+        Arc, Mutex,
+        atomic::{AtomicU64, Ordering},
+    },
     task::{Context, Poll},
     time::Duration,
 };
@@ -17,7 +26,7 @@ use std::{
 use tokio::{
     io::{AsyncRead, AsyncWrite, ReadBuf},
     net::{TcpListener, TcpStream},
-    sync::mpsc,
+    sync::{OwnedSemaphorePermit, Semaphore, mpsc},
 };
 use tokio_rustls::{TlsAcceptor, server::TlsStream};
 
@@ -27,6 +36,135 @@ use tokio_util::sync::CancellationToken;
 use tonic::transport::server::Connected;
 
 use super::PeerIdentity;
+use crate::telemetry::LogEvery;
+
+/// The caps on what connecting peers can hold, and what they refused.
+#[derive(Debug)]
+pub struct Admission {
+    max_connections: usize,
+    connections: Arc<Semaphore>,
+    handshakes: Arc<Semaphore>,
+    max_per_ip: usize,
+    per_ip: Mutex<HashMap<IpAddr, usize>>,
+    handshake_timeout: Duration,
+    /// What was refused, for tests and metrics.
+    pub refused: AdmissionRefusals,
+    log: LogEvery,
+}
+
+/// Connections closed at once because a cap was reached, by cap.
+#[derive(Debug, Default)]
+pub struct AdmissionRefusals {
+    /// The open-connection cap.
+    pub connections: AtomicU64,
+    /// The in-progress handshake cap.
+    pub handshakes: AtomicU64,
+    /// The per-IP in-progress handshake cap.
+    pub handshakes_per_ip: AtomicU64,
+}
+
+/// Which cap refused a connection.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Refusal {
+    Connections,
+    Handshakes,
+    HandshakesPerIp,
+}
+
+/// A handshake slot: global and per-IP, released when dropped.
+struct HandshakeSlot<'a> {
+    _permit: OwnedSemaphorePermit,
+    admission: &'a Admission,
+    ip: IpAddr,
+}
+
+impl Drop for HandshakeSlot<'_> {
+    fn drop(&mut self) {
+        let mut per_ip = self
+            .admission
+            .per_ip
+            .lock()
+            .unwrap_or_else(|e| e.into_inner());
+        if let Some(count) = per_ip.get_mut(&self.ip) {
+            *count -= 1;
+            if *count == 0 {
+                per_ip.remove(&self.ip);
+            }
+        }
+    }
+}
+
+impl Admission {
+    /// Caps of `max_connections` open connections, `max_handshakes`
+    /// handshakes in progress (`max_per_ip` from one address), each handshake
+    /// given `handshake_timeout`.
+    pub fn new(
+        max_connections: usize,
+        max_handshakes: usize,
+        max_per_ip: usize,
+        handshake_timeout: Duration,
+    ) -> Arc<Self> {
+        Arc::new(Self {
+            max_connections,
+            connections: Arc::new(Semaphore::new(max_connections)),
+            handshakes: Arc::new(Semaphore::new(max_handshakes)),
+            max_per_ip,
+            per_ip: Mutex::default(),
+            handshake_timeout,
+            refused: AdmissionRefusals::default(),
+            log: LogEvery::new(Duration::from_secs(10)),
+        })
+    }
+
+    /// Connections open now (accepted and not yet closed).
+    pub fn open_connections(&self) -> usize {
+        self.max_connections
+            .saturating_sub(self.connections.available_permits())
+    }
+
+    fn refuse(&self, why: Refusal, remote_addr: SocketAddr) {
+        let counter = match why {
+            Refusal::Connections => &self.refused.connections,
+            Refusal::Handshakes => &self.refused.handshakes,
+            Refusal::HandshakesPerIp => &self.refused.handshakes_per_ip,
+        };
+        counter.fetch_add(1, Ordering::Relaxed);
+        if let Some(suppressed) = self.log.check() {
+            tracing::warn!(%remote_addr, cap = ?why, suppressed, "connection refused: at capacity");
+        }
+    }
+
+    fn admit_connection(&self, remote_addr: SocketAddr) -> Option<OwnedSemaphorePermit> {
+        let permit = self.connections.clone().try_acquire_owned().ok();
+        if permit.is_none() {
+            self.refuse(Refusal::Connections, remote_addr);
+        }
+        permit
+    }
+
+    fn admit_handshake(&self, remote_addr: SocketAddr) -> Option<HandshakeSlot<'_>> {
+        let ip = remote_addr.ip();
+        let Ok(permit) = self.handshakes.clone().try_acquire_owned() else {
+            self.refuse(Refusal::Handshakes, remote_addr);
+            return None;
+        };
+        {
+            let mut per_ip = self.per_ip.lock().unwrap_or_else(|e| e.into_inner());
+            let count = per_ip.entry(ip).or_default();
+            if *count >= self.max_per_ip {
+                drop(per_ip);
+                self.refuse(Refusal::HandshakesPerIp, remote_addr);
+                return None;
+            }
+            *count += 1;
+        }
+        Some(HandshakeSlot {
+            _permit: permit,
+            admission: self,
+            ip,
+        })
+    }
+}
 
 /// What a request knows about its connection; tonic puts it in the request
 /// extensions.
@@ -38,10 +176,11 @@ pub struct ConnInfo {
     pub peer: Arc<PeerIdentity>,
 }
 
-/// An established mutual-TLS connection.
+/// An established mutual-TLS connection; holds its connection slot.
 pub struct TlsConn {
     stream: TlsStream<TcpStream>,
     info: ConnInfo,
+    _slot: OwnedSemaphorePermit,
 }
 
 impl Connected for TlsConn {
@@ -93,37 +232,63 @@ impl AsyncWrite for TlsConn {
 }
 
 /// Accepts TCP connections on `listener` until `stop` is cancelled and yields
-/// those that complete a mutual-TLS handshake within `handshake_timeout`,
-/// each with the TLS configuration in force when it was accepted.
+/// those that complete a mutual-TLS handshake within the handshake timeout,
+/// each with the TLS configuration in force when it was accepted. Connections
+/// beyond `admission`'s caps are closed at once.
 pub fn incoming(
     listener: TcpListener,
     tls: Arc<ServerTls>,
-    handshake_timeout: Duration,
+    admission: Arc<Admission>,
     stop: CancellationToken,
 ) -> ReceiverStream<io::Result<TlsConn>> {
     let (tx, rx) = mpsc::channel(64);
     tokio::spawn(async move {
+        let accept_errors = LogEvery::new(Duration::from_secs(10));
+        let mut backoff = Duration::from_millis(5);
         loop {
             let (tcp, remote_addr) = tokio::select! {
                 _ = stop.cancelled() => break,
                 _ = tx.closed() => break,
                 accepted = listener.accept() => match accepted {
-                    Ok(accepted) => accepted,
+                    Ok(accepted) => {
+                        backoff = Duration::from_millis(5);
+                        accepted
+                    }
                     Err(err) => {
-                        // Out of file descriptors and the like: back off, keep serving.
-                        tracing::warn!(error = %err, "accept failed");
-                        tokio::time::sleep(Duration::from_millis(50)).await;
+                        // Out of file descriptors and the like: back off
+                        // (doubling to 1 s), keep serving, log once in a while.
+                        if let Some(suppressed) = accept_errors.check() {
+                            tracing::warn!(error = %err, suppressed, retry_in = ?backoff, "accept failed");
+                        }
+                        tokio::time::sleep(backoff).await;
+                        backoff = (backoff * 2).min(Duration::from_secs(1));
                         continue;
                     }
                 },
+            };
+            let Some(slot) = admission.admit_connection(remote_addr) else {
+                drop(tcp);
+                continue;
             };
             let _ = tcp.set_nodelay(true);
             // The configuration in force now; a later reload does not touch this connection.
             let acceptor = TlsAcceptor::from(tls.current());
             let tx = tx.clone();
+            let admission = admission.clone();
             tokio::spawn(async move {
-                if let Some(conn) = handshake(acceptor, tcp, remote_addr, handshake_timeout).await {
-                    let _ = tx.send(Ok(conn)).await;
+                let Some(handshake_slot) = admission.admit_handshake(remote_addr) else {
+                    return;
+                };
+                let conn = handshake(acceptor, tcp, remote_addr, admission.handshake_timeout).await;
+                drop(handshake_slot);
+                if let Some((stream, info)) = conn {
+                    let _ = tx
+                        .send(Ok(TlsConn {
+                            stream,
+                            info,
+                            _slot: slot,
+                        }))
+                        .await;
                 }
             });
         }
@@ -137,7 +302,7 @@ async fn handshake(
     tcp: TcpStream,
     remote_addr: SocketAddr,
     timeout: Duration,
-) -> Option<TlsConn> {
+) -> Option<(TlsStream<TcpStream>, ConnInfo)> {
     let stream = match tokio::time::timeout(timeout, acceptor.accept(tcp)).await {
         Ok(Ok(stream)) => stream,
         Ok(Err(err)) => {
@@ -167,11 +332,11 @@ async fn handshake(
         }
     };
     tracing::debug!(%remote_addr, peer = %peer, "mTLS connection established");
-    Some(TlsConn {
+    Some((
         stream,
-        info: ConnInfo {
+        ConnInfo {
             remote_addr,
             peer: Arc::new(peer),
         },
-    })
+    ))
 }

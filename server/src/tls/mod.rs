@@ -1,7 +1,7 @@
 //! Mutual TLS: the server's rustls configuration, the accept loop, and the
 //! identity a client certificate proves.
 //!
-//! - [`accept`]: the TLS accept loop feeding tonic, with a handshake timeout.
+//! - [`accept`]: the TLS accept loop feeding tonic: connection and handshake caps, handshake timeout.
 //! - [`identity`]: [`PeerIdentity`], extracted once per connection.
 //! - [`verifier`]: the client-certificate verifier that logs why it refused, naming the certificate.
 //! - [`reload`]: the configuration in force, reloaded on file change or SIGHUP.
@@ -22,7 +22,7 @@ use rustls::{
     server::WebPkiClientVerifier,
 };
 
-pub use accept::{ConnInfo, TlsConn};
+pub use accept::{Admission, ConnInfo, TlsConn};
 pub use identity::{PeerIdentity, UnreadableCertificate};
 pub use reload::{ServerTls, TlsFiles};
 

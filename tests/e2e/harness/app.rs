@@ -73,18 +73,42 @@ impl Backend {
     }
 }
 
+/// The defaults, with timeouts short enough for tests.
+pub fn test_limits() -> Limits {
+    Limits {
+        handshake_timeout: Duration::from_secs(2),
+        grace_period: Duration::from_secs(2),
+        tls_reload_interval: Duration::from_millis(100),
+        ..Limits::default()
+    }
+}
+
 /// Builds a [`TestApp`]: memory store, the test issuer, the test PKI and
 /// short timeouts unless told otherwise.
 pub struct TestAppBuilder {
     backend: Backend,
+    store: Option<Arc<dyn NoteStore>>,
     authenticator: Option<Arc<Authenticator>>,
     tls: Option<Arc<ServerTls>>,
+    limits: Limits,
 }
 
 impl TestAppBuilder {
     /// Notes live in `backend`.
     pub fn store(mut self, backend: Backend) -> Self {
         self.backend = backend;
+        self
+    }
+
+    /// Notes live in this store (e.g. a wrapper that slows calls down).
+    pub fn store_impl(mut self, store: Arc<dyn NoteStore>) -> Self {
+        self.store = Some(store);
+        self
+    }
+
+    /// The server's bounds (the harness's short timeouts otherwise).
+    pub fn limits(mut self, limits: Limits) -> Self {
+        self.limits = limits;
         self
     }
 
@@ -107,19 +131,18 @@ impl TestAppBuilder {
 
     pub async fn spawn(self) -> TestApp {
         init();
+        let store = match self.store {
+            Some(store) => store,
+            None => self.backend.store().await,
+        };
         let app = App {
-            store: self.backend.store().await,
+            store,
             authenticator: self
                 .authenticator
                 .unwrap_or_else(|| Arc::new(test_authenticator())),
             tls: self.tls.unwrap_or_else(test_tls),
             page_tokens: PageTokens::new(b"0123456789abcdef0123456789abcdef").unwrap(),
-            limits: Limits {
-                handshake_timeout: Duration::from_secs(2),
-                grace_period: Duration::from_secs(2),
-                tls_reload_interval: Duration::from_millis(100),
-                ..Limits::default()
-            },
+            limits: self.limits,
         };
         let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
         let addr = listener.local_addr().unwrap();
@@ -160,8 +183,10 @@ impl TestApp {
     pub fn builder() -> TestAppBuilder {
         TestAppBuilder {
             backend: Backend::Memory,
+            store: None,
             authenticator: None,
             tls: None,
+            limits: test_limits(),
         }
     }
 

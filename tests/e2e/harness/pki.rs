@@ -137,6 +137,29 @@ pub async fn tls_probe(
     addr: SocketAddr,
     identity: Option<&CertifiedKey>,
 ) -> Result<CertificateDer<'static>, rustls::Error> {
+    let tcp = TcpStream::connect(addr).await.unwrap();
+    let name = ServerName::try_from("localhost").unwrap();
+    let mut stream = TlsConnector::from(client_config(identity))
+        .connect(name, tcp)
+        .await
+        .map_err(rustls_error)?;
+    stream
+        .write_all(b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n")
+        .await
+        .unwrap();
+    let mut buf = [0u8; 64];
+    match stream.read(&mut buf).await {
+        Ok(n) if n > 0 => Ok(stream.get_ref().1.peer_certificates().unwrap()[0]
+            .clone()
+            .into_owned()),
+        Ok(_) => Err(rustls::Error::General("closed without an alert".into())),
+        Err(err) => Err(rustls_error(err)),
+    }
+}
+
+/// A client configuration trusting the test CA, presenting `identity` (or
+/// no certificate), offering ALPN `h2`.
+pub fn client_config(identity: Option<&CertifiedKey>) -> Arc<ClientConfig> {
     let mut roots = RootCertStore::empty();
     roots
         .add(CertificateDer::from_pem_slice(pki().ca_pem.as_bytes()).unwrap())
@@ -155,24 +178,7 @@ pub async fn tls_probe(
         None => builder.with_no_client_auth(),
     };
     config.alpn_protocols = vec![b"h2".to_vec()];
-    let tcp = TcpStream::connect(addr).await.unwrap();
-    let name = ServerName::try_from("localhost").unwrap();
-    let mut stream = TlsConnector::from(Arc::new(config))
-        .connect(name, tcp)
-        .await
-        .map_err(rustls_error)?;
-    stream
-        .write_all(b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n")
-        .await
-        .unwrap();
-    let mut buf = [0u8; 64];
-    match stream.read(&mut buf).await {
-        Ok(n) if n > 0 => Ok(stream.get_ref().1.peer_certificates().unwrap()[0]
-            .clone()
-            .into_owned()),
-        Ok(_) => Err(rustls::Error::General("closed without an alert".into())),
-        Err(err) => Err(rustls_error(err)),
-    }
+    Arc::new(config)
 }
 
 fn rustls_error(err: std::io::Error) -> rustls::Error {

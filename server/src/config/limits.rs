@@ -1,0 +1,161 @@
+//! The bounds of `serve` as settings. Defaults and the reason for each live
+//! in [`crate::limits`]; this file only names them and checks them.
+
+use std::time::Duration;
+
+use super::{ConfigError, config_err};
+use crate::limits::{self, Limits, RateLimit};
+
+fn secs(d: Duration) -> u64 {
+    d.as_secs()
+}
+
+/// Timeouts and bounds of `serve` (`crate::limits` gives each default's reason).
+#[derive(Debug, Clone, clap::Args)]
+pub struct LimitArgs {
+    /// Seconds allowed for a TLS handshake.
+    #[arg(long, env = "NOTES_HANDSHAKE_TIMEOUT_SECS", default_value_t = secs(limits::HANDSHAKE_TIMEOUT))]
+    pub handshake_timeout_secs: u64,
+    /// Seconds in-flight calls get to finish on shutdown.
+    #[arg(long, env = "NOTES_GRACE_PERIOD_SECS", default_value_t = secs(limits::GRACE_PERIOD))]
+    pub grace_period_secs: u64,
+    /// Seconds between checks of the TLS files for changes (SIGHUP reloads at once).
+    #[arg(long, env = "NOTES_TLS_RELOAD_INTERVAL_SECS", default_value_t = secs(limits::TLS_RELOAD_INTERVAL))]
+    pub tls_reload_interval_secs: u64,
+    /// Open connections at most (TLS or not yet); more are closed at once.
+    #[arg(long, env = "NOTES_MAX_CONNECTIONS", default_value_t = limits::MAX_CONNECTIONS)]
+    pub max_connections: usize,
+    /// TLS handshakes in progress at most; more connections are closed at once.
+    #[arg(long, env = "NOTES_MAX_HANDSHAKES", default_value_t = limits::MAX_HANDSHAKES)]
+    pub max_handshakes: usize,
+    /// TLS handshakes in progress from one IP address at most.
+    #[arg(long, env = "NOTES_MAX_HANDSHAKES_PER_IP", default_value_t = limits::MAX_HANDSHAKES_PER_IP)]
+    pub max_handshakes_per_ip: usize,
+    /// HTTP/2 streams open at once per connection.
+    #[arg(long, env = "NOTES_MAX_CONCURRENT_STREAMS", default_value_t = limits::MAX_CONCURRENT_STREAMS)]
+    pub max_concurrent_streams: u32,
+    /// Streams the server may reset for protocol errors before GOAWAY.
+    #[arg(long, env = "NOTES_MAX_LOCAL_ERROR_RESETS", default_value_t = limits::MAX_LOCAL_ERROR_RESETS)]
+    pub max_local_error_resets: usize,
+    /// Streams a client may reset before they were accepted, before GOAWAY.
+    #[arg(long, env = "NOTES_MAX_PENDING_ACCEPT_RESETS", default_value_t = limits::MAX_PENDING_ACCEPT_RESETS)]
+    pub max_pending_accept_resets: usize,
+    /// Largest decoded request header list, in bytes.
+    #[arg(long, env = "NOTES_MAX_HEADER_LIST_BYTES", default_value_t = limits::MAX_HEADER_LIST_BYTES)]
+    pub max_header_list_bytes: u32,
+    /// Seconds between HTTP/2 PINGs on a connection.
+    #[arg(long, env = "NOTES_KEEPALIVE_INTERVAL_SECS", default_value_t = secs(limits::KEEPALIVE_INTERVAL))]
+    pub keepalive_interval_secs: u64,
+    /// Seconds a PING may go unanswered before the connection is closed.
+    #[arg(long, env = "NOTES_KEEPALIVE_TIMEOUT_SECS", default_value_t = secs(limits::KEEPALIVE_TIMEOUT))]
+    pub keepalive_timeout_secs: u64,
+    /// Seconds after which a connection is asked to go away (GOAWAY).
+    #[arg(long, env = "NOTES_MAX_CONNECTION_AGE_SECS", default_value_t = secs(limits::MAX_CONNECTION_AGE))]
+    pub max_connection_age_secs: u64,
+    /// Seconds an aged connection's calls get before it is closed.
+    #[arg(long, env = "NOTES_MAX_CONNECTION_AGE_GRACE_SECS", default_value_t = secs(limits::MAX_CONNECTION_AGE_GRACE))]
+    pub max_connection_age_grace_secs: u64,
+    /// Calls in flight across the server at most; more fail fast with UNAVAILABLE.
+    #[arg(long, env = "NOTES_MAX_REQUESTS_IN_FLIGHT", default_value_t = limits::MAX_REQUESTS_IN_FLIGHT)]
+    pub max_requests_in_flight: usize,
+    /// Calls per second per caller (token owner, else certificate identity); 0: no limit.
+    #[arg(long, env = "NOTES_RATE_LIMIT_PER_SECOND", default_value_t = 0.0)]
+    pub rate_limit_per_second: f64,
+    /// Calls a caller may make at once after an idle period [default: one second's worth].
+    #[arg(long, env = "NOTES_RATE_LIMIT_BURST")]
+    pub rate_limit_burst: Option<u32>,
+}
+
+fn at_least_one<T: PartialOrd + From<u8>>(
+    setting: &'static str,
+    value: T,
+) -> Result<T, ConfigError> {
+    if value < T::from(1) {
+        return Err(config_err(setting, "must be at least 1"));
+    }
+    Ok(value)
+}
+
+fn at_least_one_sec(setting: &'static str, value: u64) -> Result<Duration, ConfigError> {
+    at_least_one(setting, value).map(Duration::from_secs)
+}
+
+impl LimitArgs {
+    /// Checks every bound; zero is refused wherever it would disable one.
+    pub fn limits(&self) -> Result<Limits, ConfigError> {
+        let rate_limit = match self.rate_limit_per_second {
+            0.0 => None,
+            rate if !rate.is_finite() || rate < 0.0 => {
+                return Err(config_err(
+                    "--rate-limit-per-second / NOTES_RATE_LIMIT_PER_SECOND",
+                    "must be a positive number of calls per second, or 0 for no limit",
+                ));
+            }
+            rate => Some(RateLimit {
+                per_second: rate,
+                burst: at_least_one(
+                    "--rate-limit-burst / NOTES_RATE_LIMIT_BURST",
+                    self.rate_limit_burst.unwrap_or(rate.ceil() as u32),
+                )?,
+            }),
+        };
+        Ok(Limits {
+            handshake_timeout: at_least_one_sec(
+                "--handshake-timeout-secs / NOTES_HANDSHAKE_TIMEOUT_SECS",
+                self.handshake_timeout_secs,
+            )?,
+            grace_period: Duration::from_secs(self.grace_period_secs),
+            request_timeout: limits::REQUEST_TIMEOUT,
+            tls_reload_interval: at_least_one_sec(
+                "--tls-reload-interval-secs / NOTES_TLS_RELOAD_INTERVAL_SECS",
+                self.tls_reload_interval_secs,
+            )?,
+            max_connections: at_least_one(
+                "--max-connections / NOTES_MAX_CONNECTIONS",
+                self.max_connections as u64,
+            )? as usize,
+            max_handshakes: at_least_one(
+                "--max-handshakes / NOTES_MAX_HANDSHAKES",
+                self.max_handshakes as u64,
+            )? as usize,
+            max_handshakes_per_ip: at_least_one(
+                "--max-handshakes-per-ip / NOTES_MAX_HANDSHAKES_PER_IP",
+                self.max_handshakes_per_ip as u64,
+            )? as usize,
+            max_concurrent_streams: at_least_one(
+                "--max-concurrent-streams / NOTES_MAX_CONCURRENT_STREAMS",
+                self.max_concurrent_streams,
+            )?,
+            max_local_error_resets: at_least_one(
+                "--max-local-error-resets / NOTES_MAX_LOCAL_ERROR_RESETS",
+                self.max_local_error_resets as u64,
+            )? as usize,
+            max_pending_accept_resets: at_least_one(
+                "--max-pending-accept-resets / NOTES_MAX_PENDING_ACCEPT_RESETS",
+                self.max_pending_accept_resets as u64,
+            )? as usize,
+            max_header_list_bytes: at_least_one(
+                "--max-header-list-bytes / NOTES_MAX_HEADER_LIST_BYTES",
+                self.max_header_list_bytes,
+            )?,
+            keepalive_interval: at_least_one_sec(
+                "--keepalive-interval-secs / NOTES_KEEPALIVE_INTERVAL_SECS",
+                self.keepalive_interval_secs,
+            )?,
+            keepalive_timeout: at_least_one_sec(
+                "--keepalive-timeout-secs / NOTES_KEEPALIVE_TIMEOUT_SECS",
+                self.keepalive_timeout_secs,
+            )?,
+            max_connection_age: at_least_one_sec(
+                "--max-connection-age-secs / NOTES_MAX_CONNECTION_AGE_SECS",
+                self.max_connection_age_secs,
+            )?,
+            max_connection_age_grace: Duration::from_secs(self.max_connection_age_grace_secs),
+            max_requests_in_flight: at_least_one(
+                "--max-requests-in-flight / NOTES_MAX_REQUESTS_IN_FLIGHT",
+                self.max_requests_in_flight as u64,
+            )? as usize,
+            rate_limit,
+        })
+    }
+}
