@@ -157,6 +157,20 @@ impl Error {
         })
     }
 
+    /// Whether a later attempt may succeed: UNAVAILABLE, or a connection
+    /// that failed (refused, reset, timed out), but not a TLS handshake the
+    /// server refused (an alert or a certificate problem stays as it is).
+    pub fn is_transient(&self) -> bool {
+        match self {
+            Error::Unavailable(_) => true,
+            Error::Connect { .. } => {
+                let chain = self.chain().to_ascii_lowercase();
+                !(chain.contains("alert") || chain.contains("certificate"))
+            }
+            _ => false,
+        }
+    }
+
     /// This error and its causes on one line, joined with `: `; a cause whose
     /// text is already in the line is not repeated.
     pub fn chain(&self) -> String {

@@ -33,9 +33,10 @@
 //! - Tokens come from a [`TokenProvider`]: [`StaticToken`], [`TokenFile`]
 //!   (re-read when it changes), [`ClientCredentials`] and [`UserSignIn`]
 //!   (cached, refreshed before expiry, one refresh at a time).
-//! - UNAVAILABLE is retried with backoff and jitter on calls that are safe to
-//!   repeat ([`RetryPolicy`]); `create` always sends a `request_id`, so a
-//!   retry never makes a second note.
+//! - UNAVAILABLE and failed connections are retried with backoff and jitter
+//!   on calls that are safe to repeat ([`RetryPolicy`], `notes_api::methods`);
+//!   `create` always sends a `request_id`, so a retry never makes a second
+//!   note. [`NotesClient::retries`] counts the retries.
 //! - Failures are an [`Error`] with one variant per condition a caller acts
 //!   on, carrying the server's message.
 //!
@@ -54,7 +55,14 @@ mod error;
 pub mod retry;
 pub mod tokens;
 
-use std::{path::PathBuf, sync::Arc, time::Duration};
+use std::{
+    path::PathBuf,
+    sync::{
+        Arc,
+        atomic::{AtomicU64, Ordering},
+    },
+    time::Duration,
+};
 
 use futures_util::Stream;
 
@@ -212,6 +220,7 @@ impl ClientBuilder {
             inner: NotesServiceClient::new(channel),
             tokens,
             retry: self.retry,
+            retries: Arc::default(),
         })
     }
 }
@@ -223,6 +232,7 @@ pub struct NotesClient {
     inner: NotesServiceClient<Channel>,
     tokens: Arc<dyn TokenProvider>,
     retry: RetryPolicy,
+    retries: Arc<AtomicU64>,
 }
 
 impl NotesClient {
@@ -237,6 +247,12 @@ impl NotesClient {
             timeout: Duration::from_secs(10),
             retry: RetryPolicy::default(),
         }
+    }
+
+    /// Attempts made beyond the first, over every call of this client and
+    /// its clones (for the caller's metrics).
+    pub fn retries(&self) -> u64 {
+        self.retries.load(Ordering::Relaxed)
     }
 
     /// `message` with the current token attached.
@@ -274,11 +290,12 @@ impl NotesClient {
             if matches!(err, Error::Unauthenticated(_)) {
                 self.tokens.invalidate();
             }
-            if !matches!(err, Error::Unavailable(_)) || attempt >= attempts {
+            if !err.is_transient() || attempt >= attempts {
                 return Err(err);
             }
             tokio::time::sleep(self.retry.backoff(attempt)).await;
             attempt += 1;
+            self.retries.fetch_add(1, Ordering::Relaxed);
         }
     }
 

@@ -2,7 +2,8 @@
 
 use std::time::Duration;
 
-/// Retries UNAVAILABLE answers with exponential backoff and full jitter.
+/// Retries UNAVAILABLE answers and failed connections with exponential
+/// backoff and full jitter.
 ///
 /// Only calls that the method table ([`notes_api::methods`]) marks safe to
 /// repeat are retried: GetNote, ListNotes, and CreateNote (which always

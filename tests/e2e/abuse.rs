@@ -550,3 +550,76 @@ async fn a_caller_over_its_rate_is_refused_resource_exhausted_naming_the_limit()
     );
     assert!(health.is_ok(), "{health:?}");
 }
+
+/// The resident set size of process `pid`, in KiB.
+fn rss_of(pid: u32) -> u64 {
+    std::fs::read_to_string(format!("/proc/{pid}/status"))
+        .unwrap()
+        .lines()
+        .find_map(|l| l.strip_prefix("VmRSS:"))
+        .and_then(|v| v.split_whitespace().next()?.parse().ok())
+        .unwrap_or(0)
+}
+
+/// Opens an HTTP/2 connection (preface and SETTINGS) and waits for the
+/// server's first frame, so the server holds its connection state.
+async fn idle_h2_connection(addr: SocketAddr) -> TlsStream<TcpStream> {
+    let mut tls = tls_connect(addr, None).await;
+    let mut out = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n".to_vec();
+    out.extend(frame(0x4, 0, 0, &[]));
+    tls.write_all(&out).await.unwrap();
+    let mut header = [0u8; 9];
+    tls.read_exact(&mut header).await.unwrap();
+    tls
+}
+
+#[tokio::test]
+async fn memory_per_idle_connection_and_per_open_stream_is_measured_and_bounded() {
+    const CONNECTIONS: usize = 1_000;
+    const STREAM_CONNECTIONS: usize = 10;
+    let dir = tempfile::tempdir().unwrap();
+    crate::harness::pki::write_files(dir.path());
+    let (server, port) =
+        crate::binaries::start_serve(dir.path(), "unused", 0, &[("NOTES_STORE", "memory")]).await;
+    let pid = server.id().unwrap();
+    let addr = SocketAddr::from(([127, 0, 0, 1], port));
+    // Warm up: the first connection and call allocate what every later one shares.
+    drop(idle_h2_connection(addr).await);
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let base = rss_of(pid);
+
+    let mut connections = Vec::with_capacity(CONNECTIONS);
+    for _ in 0..CONNECTIONS {
+        connections.push(idle_h2_connection(addr).await);
+    }
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let with_connections = rss_of(pid);
+
+    let limit = Limits::default().max_concurrent_streams;
+    let headers = watch_headers();
+    for tls in connections.iter_mut().take(STREAM_CONNECTIONS) {
+        let mut out = Vec::new();
+        for i in 0..limit {
+            let id = 2 * i + 1;
+            out.extend(frame(0x1, 0x4, id, &headers));
+            out.extend(frame(0x0, 0x1, id, &[0u8; 5]));
+        }
+        tls.write_all(&out).await.unwrap();
+    }
+    tokio::time::sleep(Duration::from_millis(1000)).await;
+    let with_streams = rss_of(pid);
+    let streams = STREAM_CONNECTIONS as u64 * u64::from(limit);
+
+    let per_connection = (with_connections.saturating_sub(base)) as f64 / CONNECTIONS as f64;
+    let per_stream = (with_streams.saturating_sub(with_connections)) as f64 / streams as f64;
+    eprintln!(
+        "memory (notes-server serve --store memory, debug build): RSS {base} KiB idle, {with_connections} KiB with \
+         {CONNECTIONS} mTLS HTTP/2 connections ({per_connection:.1} KiB each), {with_streams} KiB \
+         with {streams} open Watch streams ({per_stream:.1} KiB each)"
+    );
+    assert!(
+        per_connection < 256.0,
+        "{per_connection:.1} KiB per connection"
+    );
+    assert!(per_stream < 64.0, "{per_stream:.1} KiB per stream");
+}

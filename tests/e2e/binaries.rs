@@ -17,7 +17,7 @@ use crate::harness::{
 
 /// A binary built next to this test executable (`scripts/test` builds them
 /// with `cargo build --workspace --bins` first).
-fn bin(name: &str) -> PathBuf {
+pub(crate) fn bin(name: &str) -> PathBuf {
     let exe = std::env::current_exe().unwrap();
     let dir = exe.parent().unwrap().parent().unwrap();
     let path = dir.join(name);
@@ -462,4 +462,231 @@ call GetNote "{{\"noteId\":\"$id\"}}" 2>&1 || echo "exit $?"
     assert!(stdout.contains(r#""content": "second""#), "{stdout}");
     assert!(stdout.contains(r#""version": "2""#), "{stdout}");
     assert!(stdout.contains("Code: NotFound"), "{stdout}");
+}
+
+/// Starts `serve` on `port` (0: any) with the files [`write_files`] wrote
+/// in `dir` and these extra variables, and returns it with the port it
+/// bound, read from its start-up log line.
+pub(crate) async fn start_serve(
+    dir: &Path,
+    table: &str,
+    port: u16,
+    env: &[(&str, &str)],
+) -> (Child, u16) {
+    use tokio::io::{AsyncBufReadExt, BufReader};
+    let mut child = server_command(dir, table, port)
+        .env("NOTES_LOG_JSON", "true")
+        .envs(env.iter().copied())
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut lines = BufReader::new(child.stderr.take().unwrap()).lines();
+    let bound = tokio::time::timeout(Duration::from_secs(30), async {
+        while let Some(line) = lines.next_line().await.unwrap() {
+            if line.contains("serving notes.v1.NotesService")
+                && let Some(at) = line.find("127.0.0.1:")
+            {
+                let digits: String = line[at + "127.0.0.1:".len()..]
+                    .chars()
+                    .take_while(char::is_ascii_digit)
+                    .collect();
+                return digits.parse::<u16>().unwrap();
+            }
+        }
+        panic!("notes-server serve exited before serving");
+    })
+    .await
+    .expect("notes-server serve did not start within 30 s");
+    tokio::spawn(async move { while let Ok(Some(_)) = lines.next_line().await {} });
+    (child, bound)
+}
+
+/// What one writer saw.
+#[derive(Default)]
+struct Outcomes {
+    attempted_creates: usize,
+    /// Content -> the note id the server acknowledged.
+    acknowledged: Vec<(String, String)>,
+    /// Note id -> (updates acknowledged, updates with an unknown outcome).
+    updates: std::collections::HashMap<String, (i64, i64)>,
+}
+
+#[tokio::test]
+async fn sigkill_under_load_loses_no_acknowledged_write_and_applies_none_twice() {
+    use notes_client::{NotesClient, RetryPolicy};
+    let dir = tempfile::tempdir().unwrap();
+    write_files(dir.path());
+    let table = dynamodb_config(dynamodb_endpoint()).table;
+    assert!(init_table(&table).await.status.success());
+    let (mut server, port) = start_serve(dir.path(), &table, 0, &[]).await;
+
+    let tls = notes_client::TlsFiles::new(
+        dir.path().join("ca.pem"),
+        dir.path().join("client.pem"),
+        dir.path().join("client.key"),
+    )
+    .load()
+    .unwrap();
+    let client = NotesClient::builder(format!("https://localhost:{port}"), tls)
+        .token(token_for("crash-test"))
+        .timeout(Duration::from_secs(2))
+        .connect_timeout(Duration::from_secs(1))
+        .retry(RetryPolicy {
+            max_attempts: 12,
+            initial_backoff: Duration::from_millis(100),
+            max_backoff: Duration::from_millis(800),
+        })
+        .connect_lazy()
+        .unwrap();
+
+    // Four writers for 7 s: creates with request ids (the client adds
+    // them), and updates at the version each writer last saw.
+    let stop = tokio_util_stop();
+    let writers: Vec<_> = (0..4)
+        .map(|w| {
+            let client = client.clone();
+            let stop = stop.clone();
+            tokio::spawn(async move {
+                let mut seen = Outcomes::default();
+                let mut versions: Vec<(String, i64)> = Vec::new();
+                let mut i = 0;
+                while !*stop.borrow() {
+                    i += 1;
+                    let content = format!("writer {w} note {i}");
+                    seen.attempted_creates += 1;
+                    if let Ok(note) = client.create(&content, None).await {
+                        seen.acknowledged.push((content, note.note_id.clone()));
+                        versions.push((note.note_id, note.version));
+                    }
+                    if let Some((id, version)) = versions.last_mut() {
+                        let counts = seen.updates.entry(id.clone()).or_default();
+                        match client.update(id, &format!("update {i}"), *version).await {
+                            Ok(note) => {
+                                counts.0 += 1;
+                                *version = note.version;
+                            }
+                            Err(
+                                notes_client::Error::Conflict(_) | notes_client::Error::NotFound(_),
+                            ) => {}
+                            // Sent, answer lost: applied or not, never twice.
+                            Err(_) => {
+                                counts.1 += 1;
+                                versions.pop();
+                            }
+                        }
+                    }
+                }
+                seen
+            })
+        })
+        .collect();
+
+    // SIGKILL three times, restarting on the same port each time.
+    for _ in 0..3 {
+        tokio::time::sleep(Duration::from_millis(1500)).await;
+        server.start_kill().unwrap();
+        server.wait().await.unwrap();
+        tokio::time::sleep(Duration::from_millis(200)).await;
+        server = start_serve(dir.path(), &table, port, &[]).await.0;
+    }
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    stop.send_replace(true);
+    let mut outcomes = Vec::new();
+    for writer in writers {
+        outcomes.push(
+            tokio::time::timeout(Duration::from_secs(60), writer)
+                .await
+                .unwrap()
+                .unwrap(),
+        );
+    }
+
+    use futures_util::TryStreamExt;
+    let stored: Vec<_> = client.list_all(100).try_collect().await.unwrap();
+    let attempted: usize = outcomes.iter().map(|o| o.attempted_creates).sum();
+    let acknowledged: Vec<_> = outcomes.iter().flat_map(|o| &o.acknowledged).collect();
+    let mut by_content = std::collections::HashMap::<&str, usize>::new();
+    for note in &stored {
+        *by_content.entry(&note.content).or_default() += 1;
+    }
+    let ids: std::collections::HashMap<&str, &notes_api::pb::Note> =
+        stored.iter().map(|n| (n.note_id.as_str(), n)).collect();
+    let (updates_acked, updates_unanswered) = outcomes
+        .iter()
+        .flat_map(|o| o.updates.values())
+        .fold((0, 0), |(a, u), (acked, unknown)| (a + acked, u + unknown));
+    eprintln!(
+        "crash test: 3 SIGKILLs; creates attempted {attempted}, acknowledged {}, retried attempts {}, \
+         notes present {}; updates acknowledged {updates_acked}, unanswered {updates_unanswered}",
+        acknowledged.len(),
+        client.retries(),
+        stored.len()
+    );
+
+    // Every acknowledged create is there, exactly once.
+    for (content, id) in &acknowledged {
+        assert!(
+            ids.contains_key(id.as_str()),
+            "acknowledged note {id} ({content}) is missing"
+        );
+    }
+    // No create made two notes: every create had content of its own, and a
+    // second note of one create would still carry it (only the first, whose
+    // id the writer knew, was ever updated).
+    for (content, count) in &by_content {
+        assert!(
+            !content.starts_with("writer ") || *count == 1,
+            "{count} notes hold {content:?}"
+        );
+    }
+    for (content, id) in &acknowledged {
+        let twins = stored
+            .iter()
+            .filter(|n| n.content == *content && n.note_id != *id)
+            .count();
+        assert_eq!(
+            twins, 0,
+            "acknowledged create {content:?} made a second note"
+        );
+    }
+    assert_eq!(ids.len(), stored.len(), "a note id is listed twice");
+    assert!(
+        stored.len() <= attempted,
+        "more notes than creates attempted"
+    );
+    let acked_ids: std::collections::HashSet<&str> =
+        acknowledged.iter().map(|(_, id)| id.as_str()).collect();
+    assert_eq!(
+        acked_ids.len(),
+        acknowledged.len(),
+        "two creates were answered with one note"
+    );
+    // No update was applied twice: each note's version is 1 plus at least
+    // the updates acknowledged and at most those plus the ones whose answer
+    // was lost.
+    for outcome in &outcomes {
+        for (id, (acked, unknown)) in &outcome.updates {
+            let Some(note) = ids.get(id.as_str()) else {
+                continue;
+            };
+            let applied = note.version - 1;
+            assert!(
+                applied >= *acked && applied <= acked + unknown,
+                "note {id}: version {} after {acked} acknowledged and {unknown} unanswered updates",
+                note.version
+            );
+        }
+    }
+    assert!(
+        acknowledged.len() > 10,
+        "the load barely ran: {}",
+        acknowledged.len()
+    );
+    server.start_kill().unwrap();
+}
+
+/// A flag the writers poll to stop.
+fn tokio_util_stop() -> std::sync::Arc<tokio::sync::watch::Sender<bool>> {
+    std::sync::Arc::new(tokio::sync::watch::channel(false).0)
 }
