@@ -276,6 +276,7 @@ async fn rapid_reset_gets_goaway_and_the_server_stays_responsive() {
 
 #[tokio::test]
 async fn idle_connections_beyond_the_connection_cap_are_closed_at_once() {
+    let rss_before = rss_kib();
     let app = TestApp::builder()
         .limits(Limits {
             max_connections: 20,
@@ -320,10 +321,15 @@ async fn idle_connections_beyond_the_connection_cap_are_closed_at_once() {
         closed, 10,
         "connections beyond the cap were not closed at once"
     );
+    eprintln!(
+        "idle connections: RSS {rss_before} KiB -> {} KiB",
+        rss_kib()
+    );
 }
 
 #[tokio::test]
 async fn stalled_handshakes_from_one_address_beyond_its_cap_are_closed_at_once() {
+    let rss_before = rss_kib();
     let app = TestApp::builder()
         .limits(Limits {
             max_handshakes_per_ip: 8,
@@ -377,10 +383,15 @@ async fn stalled_handshakes_from_one_address_beyond_its_cap_are_closed_at_once()
         closed, 12,
         "handshakes beyond the per-IP cap were not refused at once"
     );
+    eprintln!(
+        "stalled handshakes: RSS {rss_before} KiB -> {} KiB",
+        rss_kib()
+    );
 }
 
 #[tokio::test]
 async fn a_5_mb_message_is_refused_resource_exhausted_before_decoding() {
+    let rss_before = rss_kib();
     let app = TestApp::spawn().await;
     let mut stub = app.raw().await.max_encoding_message_size(16 * 1024 * 1024);
     let request = CreateNoteRequest {
@@ -396,10 +407,12 @@ async fn a_5_mb_message_is_refused_resource_exhausted_before_decoding() {
     assert_eq!(status.code(), Code::ResourceExhausted, "{status:?}");
     assert!(status.message().contains("too large"), "{status:?}");
     legit_client_is_served(&app, Duration::from_secs(5), "after a 5 MB message").await;
+    eprintln!("5 MB message: RSS {rss_before} KiB -> {} KiB", rss_kib());
 }
 
 #[tokio::test]
 async fn a_30_kb_token_is_unauthenticated_not_an_http_error() {
+    let rss_before = rss_kib();
     let app = TestApp::spawn().await;
     let mut padded = claims("alice");
     padded["pad"] = serde_json::json!("x".repeat(30 * 1024));
@@ -414,6 +427,7 @@ async fn a_30_kb_token_is_unauthenticated_not_an_http_error() {
 
     assert_eq!(status.code(), Code::Unauthenticated, "{status:?}");
     assert!(status.message().contains("too large"), "{status:?}");
+    eprintln!("30 KB token: RSS {rss_before} KiB -> {} KiB", rss_kib());
 }
 
 /// A memory store whose every call takes `delay`.
@@ -467,6 +481,7 @@ impl NoteStore for SlowStore {
 
 #[tokio::test]
 async fn calls_beyond_the_in_flight_bound_fail_fast_unavailable_and_health_still_answers() {
+    let rss_before = rss_kib();
     let app = TestApp::builder()
         .store_impl(Arc::new(SlowStore {
             inner: MemoryStore::new(),
@@ -515,6 +530,7 @@ async fn calls_beyond_the_in_flight_bound_fail_fast_unavailable_and_health_still
     // Refused at once: every refusal came back before the first served call.
     let first_served = served.iter().map(|(_, at)| *at).min().unwrap();
     assert!(refused.iter().all(|(_, at)| *at < first_served));
+    eprintln!("overload: RSS {rss_before} KiB -> {} KiB", rss_kib());
 }
 
 #[tokio::test]
