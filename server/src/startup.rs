@@ -21,7 +21,7 @@ use crate::{
     dev::{DEV_CLIENT_ID, DEV_ISSUER, DEV_READ_SCOPE, DEV_WRITE_SCOPE, DevMaterial},
     error::error_chain,
     store::{DynamoStore, MemoryStore, NoteStore},
-    tls::{ServerTls, TlsFiles},
+    tls::{Identity, ServerTls, TlsFiles},
 };
 
 /// How long `init-table` and `dev --store dynamodb` wait for a new table.
@@ -45,8 +45,17 @@ pub async fn serve_app(config: &ServeConfig) -> Result<App, ConfigError> {
         )
     })?;
     let limits = config.limits.limits()?;
-    let authenticator =
-        authenticator.with_allowed_identities(non_blank_set(&config.allowed_client_identities));
+    let allowed = non_blank_set(&config.allowed_client_identities)
+        .iter()
+        .map(|identity| Identity::parse(identity))
+        .collect::<Result<_, _>>()
+        .map_err(|e| {
+            config_err(
+                "--allowed-client-identities / NOTES_ALLOWED_CLIENT_IDENTITIES",
+                e,
+            )
+        })?;
+    let authenticator = authenticator.with_allowed_identities(allowed);
     let page_tokens = page_tokens(&config.page_token_key_file)?;
 
     let store: Arc<dyn NoteStore> = match config.store {
@@ -120,7 +129,9 @@ pub fn authenticator(settings: AuthSettings) -> Result<Authenticator, ConfigErro
     }
     let verifier =
         TokenVerifier::with_issuers(issuers, settings.max_token_bytes, settings.cache_capacity);
-    Ok(Authenticator::new(verifier).with_bindings(settings.bindings))
+    Ok(Authenticator::new(verifier)
+        .with_bindings(settings.bindings)
+        .with_namespaced_owners(settings.several_issuers))
 }
 
 /// The page-token sealer with the key in `path`.

@@ -10,7 +10,7 @@ use tonic::Code;
 
 use crate::harness::{
     CLIENT_ID, TestApp, claims,
-    cognito::{Pool, USER_SCOPE, authenticator},
+    cognito::{Pool, SERVICES_PREFIX, USER_SCOPE, authenticator},
     create_request as create, sign, with_token,
 };
 
@@ -101,6 +101,7 @@ async fn a_client_credentials_token_of_the_second_issuer_is_a_service_held_to_ma
         .await
         .unwrap_err();
 
-    assert_eq!(note.user_id, CLIENT_ID);
+    // The second pool's owners carry its prefix: pools never share an owner.
+    assert_eq!(note.user_id, format!("{SERVICES_PREFIX}{CLIENT_ID}"));
     assert_eq!(with_user_scope.code(), Code::PermissionDenied);
 }

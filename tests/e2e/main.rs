@@ -35,6 +35,7 @@ mod client;
 mod cognito;
 mod concurrency;
 mod crud;
+mod fail_closed;
 mod harness;
 mod isolation;
 mod jwks;

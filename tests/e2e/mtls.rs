@@ -12,7 +12,7 @@ use std::{
 use notes_api::pb::ListNotesRequest;
 use notes_server::{
     certs::authority::{CertifiedKey, Subject, Usage, Validity},
-    tls::{ServerTls, TlsFiles},
+    tls::{Identity, ServerTls, TlsFiles},
 };
 use rustls::{
     AlertDescription,
@@ -180,7 +180,8 @@ async fn the_callers_certificate_identity_reaches_the_handler() {
 #[tokio::test]
 async fn only_allow_listed_identities_may_call_even_with_a_valid_token() {
     let other = client("reports", Usage::Client, valid());
-    let auth = test_authenticator().with_allowed_identities([CLIENT_SPIFFE.to_owned()].into());
+    let auth = test_authenticator()
+        .with_allowed_identities([Identity::Uri(CLIENT_SPIFFE.to_owned())].into());
     let app = TestApp::builder().authenticator(auth).spawn().await;
     let token = token_for("alice");
 

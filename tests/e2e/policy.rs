@@ -18,7 +18,7 @@ use notes_server::{
         AccessScopes, Authenticator, ScopePolicy, TokenPolicy, TokenVerifier,
         keys::{KeyError, KeySource, VerifyKey},
     },
-    tls::PeerIdentity,
+    tls::{Identity, PeerIdentity},
 };
 use rustls::pki_types::{CertificateDer, pem::PemObject};
 use serde_json::{Value, json};
@@ -156,7 +156,11 @@ async fn a_certificate_bound_token_is_accepted_with_its_certificate() {
 #[tokio::test]
 async fn a_certificate_may_present_only_the_tokens_of_its_bound_clients() {
     let policy = TokenPolicy::new(ISSUER, [CLIENT_ID.to_owned(), "reports-client".to_owned()]);
-    let bindings = [(CLIENT_SPIFFE.to_owned(), set(&["reports-client"]))].into();
+    let bindings = [(
+        Identity::Uri(CLIENT_SPIFFE.to_owned()),
+        set(&["reports-client"]),
+    )]
+    .into();
     let auth = Authenticator::new(TokenVerifier::new(policy, test_keys())).with_bindings(bindings);
     let app = TestApp::builder().authenticator(auth).spawn().await;
     let mut reports = claims("alice");

@@ -5,8 +5,11 @@
 //! the [`AuthError`] that refuses the call. In order: the certificate
 //! identity allow-list, the path's access level (public paths stop here), the
 //! bearer token (verified by [`TokenVerifier`]), the RFC 8705 certificate
-//! binding, the certificate-to-client bindings, the required groups and the
-//! scopes of the access level.
+//! binding, the certificate-to-client bindings (both ways: a bound
+//! certificate presents only its clients' tokens, and a bound client's tokens
+//! come only over its certificates), the required groups and the scopes of
+//! the access level. The caller's owner is the token's `sub` under its
+//! issuer's owner prefix, so two pools never share an owner.
 
 use std::{
     collections::{BTreeMap, BTreeSet, HashMap},
@@ -16,16 +19,20 @@ use std::{
 use http::{HeaderMap, header::AUTHORIZATION};
 
 use super::{Access, AuthError, Caller, CallerKind, TokenVerifier};
-use crate::tls::ConnInfo;
+use crate::tls::{ConnInfo, Identity};
 
 /// Which app clients each client-certificate identity may present tokens of.
-pub type Bindings = HashMap<String, BTreeSet<String>>;
+pub type Bindings = HashMap<Identity, BTreeSet<String>>;
 
 /// Verifies tokens and applies the per-call policy for one deployment.
 pub struct Authenticator {
     verifier: TokenVerifier,
     bindings: Bindings,
-    allowed_identities: BTreeSet<String>,
+    /// Every client id some binding names: their tokens travel only over
+    /// the identities bound to them.
+    bound_clients: BTreeSet<String>,
+    allowed_identities: BTreeSet<Identity>,
+    namespaced_owners: bool,
     rejections: Mutex<BTreeMap<&'static str, u64>>,
 }
 
@@ -35,7 +42,9 @@ impl Authenticator {
         Self {
             verifier,
             bindings: Bindings::new(),
+            bound_clients: BTreeSet::new(),
             allowed_identities: BTreeSet::new(),
+            namespaced_owners: false,
             rejections: Mutex::default(),
         }
     }
@@ -43,16 +52,25 @@ impl Authenticator {
     /// Admits only callers whose certificate identity (URI SAN, else DNS
     /// SAN) is listed, on every path; an empty list admits any identity the
     /// TLS handshake verified.
-    pub fn with_allowed_identities(mut self, identities: BTreeSet<String>) -> Self {
+    pub fn with_allowed_identities(mut self, identities: BTreeSet<Identity>) -> Self {
         self.allowed_identities = identities;
         self
     }
 
     /// Restricts the listed certificate identities (URI SAN, else DNS SAN)
-    /// to tokens of the listed app clients; identities not listed are not
-    /// restricted.
+    /// to tokens of the listed app clients, and those app clients' tokens to
+    /// the identities bound to them; identities and clients that no binding
+    /// names are not restricted.
     pub fn with_bindings(mut self, bindings: Bindings) -> Self {
+        self.bound_clients = bindings.values().flatten().cloned().collect();
         self.bindings = bindings;
+        self
+    }
+
+    /// Several issuers share the table: a token whose issuer has no owner
+    /// prefix may not have a `sub` containing `:`, which prefixed owners use.
+    pub fn with_namespaced_owners(mut self, namespaced: bool) -> Self {
+        self.namespaced_owners = namespaced;
         self
     }
 
@@ -87,9 +105,8 @@ impl Authenticator {
         conn: Option<&ConnInfo>,
     ) -> Result<Option<Caller>, AuthError> {
         let conn = conn.ok_or(AuthError::NoPeerCertificate)?;
-        if !self.allowed_identities.is_empty()
-            && !self.allowed_identities.contains(conn.peer.name())
-        {
+        let identity = conn.peer.identity();
+        if !self.allowed_identities.is_empty() && !self.allowed_identities.contains(&identity) {
             return Err(AuthError::IdentityNotAllowed(conn.peer.name().to_owned()));
         }
         let access = Access::of_path(path);
@@ -108,9 +125,11 @@ impl Authenticator {
         {
             return Err(AuthError::CertificateMismatch);
         }
-        if let Some(allowed) = self.bindings.get(conn.peer.name())
-            && !allowed.contains(&verified.client_id)
-        {
+        let bound_here = self.bindings.get(&identity);
+        let allowed_here = bound_here.is_none_or(|clients| clients.contains(&verified.client_id));
+        let client_bound_elsewhere = self.bound_clients.contains(&verified.client_id)
+            && !bound_here.is_some_and(|clients| clients.contains(&verified.client_id));
+        if !allowed_here || client_bound_elsewhere {
             return Err(AuthError::ClientNotBound(conn.peer.name().to_owned()));
         }
         if verified.kind == CallerKind::User
@@ -125,8 +144,14 @@ impl Authenticator {
         {
             return Err(AuthError::MissingScope(scope.to_owned()));
         }
+        if policy.owner_prefix.is_empty()
+            && self.namespaced_owners
+            && verified.subject.contains(':')
+        {
+            return Err(AuthError::ReservedSubject);
+        }
         Ok(Some(Caller {
-            owner: verified.subject.clone(),
+            owner: format!("{}{}", policy.owner_prefix, verified.subject),
             subject: verified.subject.clone(),
             kind: verified.kind,
             issuer: verified.issuer.clone(),

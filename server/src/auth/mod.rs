@@ -48,8 +48,8 @@ pub enum CallerKind {
 /// [`AuthLayer`].
 #[derive(Debug, Clone)]
 pub struct Caller {
-    /// The owner of the notes this call may touch, derived from the token
-    /// (today its `sub`).
+    /// The owner of the notes this call may touch: the token's `sub` under
+    /// its issuer's owner prefix (none with a single pool).
     pub owner: String,
     /// The token's `sub` claim, for logs.
     pub subject: String,
@@ -161,9 +161,13 @@ pub enum AuthError {
     /// The client certificate's identity is not on the allow-list.
     #[error("client certificate identity '{0}' is not allowed to call this service")]
     IdentityNotAllowed(String),
-    /// This client certificate may not present tokens of this app client.
+    /// This client certificate may not present tokens of this app client
+    /// (or this app client's tokens are bound to other certificates).
     #[error("client certificate '{0}' may not present tokens of this client_id")]
     ClientNotBound(String),
+    /// With several pools, an unprefixed pool's `sub` may not contain `:`.
+    #[error("token subject contains ':', which this deployment reserves for other user pools")]
+    ReservedSubject,
 }
 
 impl AuthError {
@@ -196,6 +200,7 @@ impl AuthError {
             AuthError::MissingGroup => "missing_group",
             AuthError::ClientNotBound(_) => "client_not_bound",
             AuthError::IdentityNotAllowed(_) => "identity_not_allowed",
+            AuthError::ReservedSubject => "reserved_subject",
         }
     }
 }

@@ -53,11 +53,10 @@ impl Access {
 #[derive(Debug, Clone, Default, PartialEq, Eq, serde::Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct AccessScopes {
-    /// Required for [`Access::Read`].
-    #[serde(default)]
+    /// Required for [`Access::Read`] (both lists must be written out in a
+    /// file: an empty list is a decision, never an omission).
     pub read: BTreeSet<String>,
     /// Required for [`Access::Write`].
-    #[serde(default)]
     pub write: BTreeSet<String>,
 }
 

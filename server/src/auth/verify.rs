@@ -59,6 +59,8 @@ pub struct TokenPolicy {
     pub scopes: ScopePolicy,
     /// When not empty, user tokens must be in at least one of these `cognito:groups`.
     pub required_groups: BTreeSet<String>,
+    /// Put before `sub` to make the owner (empty: owner = `sub`).
+    pub owner_prefix: String,
 }
 
 impl TokenPolicy {
@@ -73,6 +75,7 @@ impl TokenPolicy {
             leeway: Duration::from_secs(60),
             scopes: ScopePolicy::default(),
             required_groups: BTreeSet::new(),
+            owner_prefix: String::new(),
         }
     }
 

@@ -32,10 +32,13 @@ use jsonwebtoken::Algorithm;
 use serde::Deserialize;
 
 use super::{ConfigError, config_err, non_blank_set};
-use crate::auth::{
-    AccessScopes, Bindings, ScopePolicy, TokenPolicy,
-    jwks::JwksSettings,
-    verify::{DEFAULT_CACHE_CAPACITY, DEFAULT_MAX_TOKEN_BYTES, MAX_LEEWAY},
+use crate::{
+    auth::{
+        AccessScopes, Bindings, ScopePolicy, TokenPolicy,
+        jwks::JwksSettings,
+        verify::{DEFAULT_CACHE_CAPACITY, DEFAULT_MAX_TOKEN_BYTES, MAX_LEEWAY},
+    },
+    tls::Identity,
 };
 
 /// Where an issuer's keys come from.
@@ -69,6 +72,21 @@ pub struct AuthSettings {
     pub cache_capacity: usize,
     /// Certificate identity to app clients whose tokens it may present.
     pub bindings: Bindings,
+    /// More than one issuer: owners are namespaced per issuer.
+    pub several_issuers: bool,
+}
+
+/// The scope GetNote and ListNotes require unless configured otherwise
+/// (the Cognito resource server `notes`, scope `read`).
+pub const DEFAULT_READ_SCOPE: &str = "notes/read";
+/// The scope CreateNote, UpdateNote and DeleteNote require by default.
+pub const DEFAULT_WRITE_SCOPE: &str = "notes/write";
+
+fn default_scopes() -> AccessScopes {
+    AccessScopes {
+        read: [DEFAULT_READ_SCOPE.to_owned()].into(),
+        write: [DEFAULT_WRITE_SCOPE.to_owned()].into(),
+    }
 }
 
 /// Token settings on the command line.
@@ -99,7 +117,7 @@ pub struct AuthArgs {
         long,
         env = "NOTES_READ_SCOPES",
         value_delimiter = ',',
-        default_value = "notes/read"
+        default_value = DEFAULT_READ_SCOPE
     )]
     pub read_scopes: Vec<String>,
     /// Scopes required by CreateNote, UpdateNote and DeleteNote.
@@ -107,7 +125,7 @@ pub struct AuthArgs {
         long,
         env = "NOTES_WRITE_SCOPES",
         value_delimiter = ',',
-        default_value = "notes/write"
+        default_value = DEFAULT_WRITE_SCOPE
     )]
     pub write_scopes: Vec<String>,
     /// Clock skew allowed on exp/nbf/iat, in seconds (at most 300).
@@ -164,12 +182,17 @@ pub struct IssuerFile {
     /// User tokens must be in one of these groups.
     #[serde(default)]
     pub required_groups: BTreeSet<String>,
-    /// Scopes required of user tokens.
-    #[serde(default)]
-    pub user_scopes: AccessScopes,
-    /// Scopes required of client-credentials (machine) tokens.
-    #[serde(default)]
-    pub machine_scopes: AccessScopes,
+    /// Scopes required of user tokens; omitted: the flags' defaults
+    /// (`notes/read`, `notes/write`). No scope at all must be written out:
+    /// `{ read = [], write = [] }`.
+    pub user_scopes: Option<AccessScopes>,
+    /// Scopes required of client-credentials (machine) tokens; as `user_scopes`.
+    pub machine_scopes: Option<AccessScopes>,
+    /// Prefix of this pool's note owners (`PREFIX` + `sub`): required, distinct
+    /// and of the form `name:` for every issuer after the first, so two pools
+    /// never share an owner. The first issuer may leave it out (owner = `sub`,
+    /// as with one pool), and then its tokens' `sub` may not contain `:`.
+    pub owner_prefix: Option<String>,
     /// Background JWKS refresh, in seconds.
     pub refresh_interval_secs: Option<u64>,
     /// Least time between refetches for unknown `kid`s, seconds.
@@ -182,7 +205,8 @@ pub struct IssuerFile {
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct BindingFile {
-    /// Certificate identity: URI SAN, else DNS SAN.
+    /// Certificate identity, typed: `uri:spiffe://...` or `dns:name` (a bare
+    /// value with `://` is a URI, otherwise a DNS name).
     pub identity: String,
     /// The app clients whose tokens it may present.
     pub client_ids: Vec<String>,
@@ -224,6 +248,12 @@ fn jwks_location(
     settings: JwksSettings,
 ) -> Result<JwksLocation, ConfigError> {
     if let Some(file) = file {
+        if url.is_some() {
+            return Err(config_err(
+                setting,
+                format!("issuer {issuer:?} names both a JWKS URL and a JWKS file; give one"),
+            ));
+        }
         return Ok(JwksLocation::File(file));
     }
     let url = match url {
@@ -308,6 +338,7 @@ impl AuthArgs {
             max_token_bytes: DEFAULT_MAX_TOKEN_BYTES,
             cache_capacity: DEFAULT_CACHE_CAPACITY,
             bindings: Bindings::new(),
+            several_issuers: false,
         })
     }
 }
@@ -319,24 +350,72 @@ impl AuthFile {
         if self.issuers.is_empty() {
             return Err(config_err(SETTING, "at least one [[issuer]] is required"));
         }
+        let several = self.issuers.len() > 1;
         let mut issuers = Vec::new();
-        for issuer in self.issuers {
+        let mut seen_issuers = BTreeSet::new();
+        let mut seen_prefixes = BTreeSet::new();
+        for (index, issuer) in self.issuers.into_iter().enumerate() {
+            let name = &issuer.issuer;
+            if !seen_issuers.insert(name.clone()) {
+                return Err(config_err(
+                    SETTING,
+                    format!("issuer {name:?} is listed twice; merge the two [[issuer]] entries"),
+                ));
+            }
             if issuer.client_ids.is_empty() {
                 return Err(config_err(
                     SETTING,
-                    format!("issuer {:?} lists no client_ids", issuer.issuer),
+                    format!("issuer {name:?} lists no client_ids"),
                 ));
             }
+            let owner_prefix = match issuer.owner_prefix.as_deref() {
+                None if index == 0 || !several => String::new(),
+                None => {
+                    return Err(config_err(
+                        SETTING,
+                        format!(
+                            "issuer {name:?} needs an owner_prefix such as \"pool{}:\": with several \
+                             issuers, every one after the first keeps its owners apart",
+                            index + 1
+                        ),
+                    ));
+                }
+                Some(prefix) => {
+                    let body = prefix.strip_suffix(':').unwrap_or_default();
+                    if body.is_empty() || body.contains(':') {
+                        return Err(config_err(
+                            SETTING,
+                            format!(
+                                "issuer {name:?}: owner_prefix {prefix:?} must be a name followed by one ':', e.g. \"pool2:\""
+                            ),
+                        ));
+                    }
+                    if !seen_prefixes.insert(prefix.to_owned()) {
+                        return Err(config_err(
+                            SETTING,
+                            format!("owner_prefix {prefix:?} is used by two issuers"),
+                        ));
+                    }
+                    prefix.to_owned()
+                }
+            };
+            let positive = |key: &str, value: Option<u64>| match value {
+                Some(0) => Err(config_err(
+                    SETTING,
+                    format!("issuer {name:?}: {key} must be at least 1"),
+                )),
+                other => Ok(other),
+            };
             let defaults = JwksSettings::default();
             let settings = JwksSettings {
-                refresh_interval: issuer
-                    .refresh_interval_secs
+                refresh_interval: positive("refresh_interval_secs", issuer.refresh_interval_secs)?
                     .map_or(defaults.refresh_interval, Duration::from_secs),
-                min_refetch_interval: issuer
-                    .min_refetch_interval_secs
-                    .map_or(defaults.min_refetch_interval, Duration::from_secs),
-                timeout: issuer
-                    .fetch_timeout_ms
+                min_refetch_interval: positive(
+                    "min_refetch_interval_secs",
+                    issuer.min_refetch_interval_secs,
+                )?
+                .map_or(defaults.min_refetch_interval, Duration::from_secs),
+                timeout: positive("fetch_timeout_ms", issuer.fetch_timeout_ms)?
                     .map_or(defaults.timeout, Duration::from_millis),
                 ..defaults
             };
@@ -353,25 +432,130 @@ impl AuthFile {
             policy.leeway = leeway(SETTING, issuer.leeway_secs.unwrap_or(60))?;
             policy.required_groups = issuer.required_groups;
             policy.scopes = ScopePolicy {
-                user: issuer.user_scopes,
-                machine: issuer.machine_scopes,
+                user: issuer.user_scopes.unwrap_or_else(default_scopes),
+                machine: issuer.machine_scopes.unwrap_or_else(default_scopes),
             };
+            policy.owner_prefix = owner_prefix;
             issuers.push(IssuerSettings {
                 setting: SETTING,
                 policy,
                 jwks,
             });
         }
-        let bindings: Bindings = self
-            .bindings
-            .into_iter()
-            .map(|b| (b.identity, b.client_ids.into_iter().collect()))
-            .collect();
+        let mut bindings = Bindings::new();
+        for binding in self.bindings {
+            let identity =
+                Identity::parse(&binding.identity).map_err(|e| config_err(SETTING, e))?;
+            if bindings.contains_key(&identity) {
+                return Err(config_err(
+                    SETTING,
+                    format!(
+                        "identity {:?} has two [[binding]] entries",
+                        binding.identity
+                    ),
+                ));
+            }
+            bindings.insert(identity, binding.client_ids.into_iter().collect());
+        }
         Ok(AuthSettings {
             issuers,
             max_token_bytes: self.max_token_bytes,
             cache_capacity: self.cache_capacity,
             bindings,
+            several_issuers: several,
         })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn settings(toml_text: &str) -> Result<AuthSettings, String> {
+        let file: AuthFile = toml::from_str(toml_text).map_err(|e| e.to_string())?;
+        file.settings().map_err(|e| e.to_string())
+    }
+
+    const ONE: &str = r#"
+[[issuer]]
+issuer = "https://cognito-idp.eu-west-1.amazonaws.com/eu-west-1_A"
+client_ids = ["app"]
+"#;
+
+    #[test]
+    fn omitted_scope_lists_get_the_flag_defaults() {
+        let settings = settings(ONE).unwrap();
+        let scopes = &settings.issuers[0].policy.scopes;
+        assert_eq!(scopes.user, default_scopes());
+        assert_eq!(scopes.machine, default_scopes());
+    }
+
+    #[test]
+    fn no_scope_at_all_must_be_written_out() {
+        let explicit = format!("{ONE}user_scopes = {{ read = [], write = [] }}\n");
+        let settings = settings(&explicit).unwrap();
+        assert!(settings.issuers[0].policy.scopes.user.read.is_empty());
+        let half = format!("{ONE}user_scopes = {{ read = [] }}\n");
+        assert!(self::settings(&half).unwrap_err().contains("write"));
+    }
+
+    #[test]
+    fn zero_intervals_and_timeouts_are_refused_naming_the_key() {
+        for key in [
+            "refresh_interval_secs",
+            "min_refetch_interval_secs",
+            "fetch_timeout_ms",
+        ] {
+            let err = settings(&format!("{ONE}{key} = 0\n")).unwrap_err();
+            assert!(err.contains(key), "{err}");
+        }
+    }
+
+    #[test]
+    fn an_issuer_listed_twice_is_refused() {
+        let err = settings(&format!("{ONE}{ONE}")).unwrap_err();
+        assert!(err.contains("listed twice"), "{err}");
+    }
+
+    #[test]
+    fn a_jwks_url_and_a_jwks_file_together_are_refused() {
+        let both = format!(
+            "{ONE}jwks_url = \"https://example.org/jwks.json\"\njwks_file = \"/tmp/jwks.json\"\n"
+        );
+        let err = settings(&both).unwrap_err();
+        assert!(err.contains("both"), "{err}");
+    }
+
+    #[test]
+    fn every_issuer_after_the_first_needs_its_own_owner_prefix() {
+        let second = r#"
+[[issuer]]
+issuer = "https://cognito-idp.eu-west-1.amazonaws.com/eu-west-1_B"
+client_ids = ["other"]
+"#;
+        let err = settings(&format!("{ONE}{second}")).unwrap_err();
+        assert!(err.contains("owner_prefix"), "{err}");
+        let prefixed = format!("{ONE}{second}owner_prefix = \"b:\"\n");
+        let ok = settings(&prefixed).unwrap();
+        assert!(ok.several_issuers);
+        assert_eq!(ok.issuers[1].policy.owner_prefix, "b:");
+        for bad in ["b", ":", "a:b:", ""] {
+            let err = settings(&format!("{ONE}{second}owner_prefix = \"{bad}\"\n")).unwrap_err();
+            assert!(err.contains("owner_prefix"), "{bad}: {err}");
+        }
+        let same = format!("{ONE}owner_prefix = \"b:\"\n{second}owner_prefix = \"b:\"\n");
+        assert!(settings(&same).unwrap_err().contains("two issuers"));
+    }
+
+    #[test]
+    fn bindings_name_typed_identities_once() {
+        let binding = "[[binding]]\nidentity = \"dns:billing.example\"\nclient_ids = [\"app\"]\n";
+        let ok = settings(&format!("{ONE}{binding}")).unwrap();
+        assert!(
+            ok.bindings
+                .contains_key(&Identity::Dns("billing.example".into()))
+        );
+        let err = settings(&format!("{ONE}{binding}{binding}")).unwrap_err();
+        assert!(err.contains("two [[binding]]"), "{err}");
     }
 }

@@ -56,6 +56,95 @@ impl PeerIdentity {
             .or(self.dns_names.first())
             .unwrap_or(&self.subject)
     }
+
+    /// [`name`](Self::name) with its kind, for allow-lists and bindings.
+    pub fn identity(&self) -> Identity {
+        match (self.uris.first(), self.dns_names.first()) {
+            (Some(uri), _) => Identity::Uri(uri.clone()),
+            (None, Some(dns)) => Identity::Dns(dns.clone()),
+            (None, None) => Identity::Subject(self.subject.clone()),
+        }
+    }
+}
+
+/// A certificate identity with its kind: a URI SAN and a DNS SAN that spell
+/// the same text are different identities.
+#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub enum Identity {
+    /// A URI SAN, e.g. `spiffe://example.org/billing`.
+    Uri(String),
+    /// A DNS SAN.
+    Dns(String),
+    /// The subject distinguished name (a certificate with neither SAN).
+    Subject(String),
+}
+
+impl Identity {
+    /// Reads a configured identity: `uri:VALUE`, `dns:VALUE` or
+    /// `subject:VALUE`; a bare value is a URI when it contains `://`, else a
+    /// DNS name.
+    pub fn parse(text: &str) -> Result<Self, String> {
+        let text = text.trim();
+        let identity = if let Some(uri) = text.strip_prefix("uri:") {
+            Identity::Uri(uri.to_owned())
+        } else if let Some(dns) = text.strip_prefix("dns:") {
+            Identity::Dns(dns.to_owned())
+        } else if let Some(subject) = text.strip_prefix("subject:") {
+            Identity::Subject(subject.to_owned())
+        } else if text.contains("://") {
+            Identity::Uri(text.to_owned())
+        } else {
+            Identity::Dns(text.to_owned())
+        };
+        match &identity {
+            Identity::Uri(v) | Identity::Dns(v) | Identity::Subject(v) if v.is_empty() => {
+                Err(format!("identity {text:?} is empty"))
+            }
+            Identity::Dns(v) if v.contains("://") => Err(format!(
+                "identity {text:?}: a DNS name cannot contain '://' (write uri:... for a URI SAN)"
+            )),
+            _ => Ok(identity),
+        }
+    }
+}
+
+impl fmt::Display for Identity {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Identity::Uri(v) | Identity::Dns(v) | Identity::Subject(v) => f.write_str(v),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn configured_identities_name_their_kind() {
+        assert_eq!(
+            Identity::parse("spiffe://a/b"),
+            Ok(Identity::Uri("spiffe://a/b".into()))
+        );
+        assert_eq!(
+            Identity::parse("uri:spiffe://a/b"),
+            Ok(Identity::Uri("spiffe://a/b".into()))
+        );
+        assert_eq!(
+            Identity::parse("dns:billing"),
+            Ok(Identity::Dns("billing".into()))
+        );
+        assert_eq!(
+            Identity::parse("billing"),
+            Ok(Identity::Dns("billing".into()))
+        );
+        assert!(Identity::parse("dns:spiffe://a/b").is_err());
+        assert!(Identity::parse("uri:").is_err());
+        assert_ne!(
+            Identity::Uri("spiffe://a/b".into()),
+            Identity::Dns("spiffe://a/b".into())
+        );
+    }
 }
 
 impl fmt::Display for PeerIdentity {

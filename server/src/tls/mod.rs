@@ -23,7 +23,7 @@ use rustls::{
 };
 
 pub use accept::{Admission, ConnInfo, TlsConn};
-pub use identity::{PeerIdentity, UnreadableCertificate};
+pub use identity::{Identity, PeerIdentity, UnreadableCertificate};
 pub use reload::{ServerTls, TlsFiles};
 
 /// Failures building the TLS configuration.

@@ -8,6 +8,9 @@ use serde_json::{Value, json};
 
 use super::{CLIENT_ID, ISSUER, dynamodb_endpoint, issuer};
 
+/// The owner prefix of the second issuer (the test issuer, for services).
+pub const SERVICES_PREFIX: &str = "services:";
+
 pub const USER_SCOPE: &str = "aws.cognito.signin.user.admin";
 pub const PASSWORD: &str = "Corr3ct-horse!battery";
 
@@ -145,6 +148,7 @@ machine_scopes = {{ read = ["notes/read"], write = ["notes/write"] }}
 
 [[issuer]]
 issuer = "{ISSUER}"
+owner_prefix = "{SERVICES_PREFIX}"
 jwks_file = "{jwks}"
 client_ids = ["{CLIENT_ID}"]
 user_scopes = {{ read = ["{USER_SCOPE}"], write = ["{USER_SCOPE}"] }}
