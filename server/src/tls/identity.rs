@@ -116,6 +116,12 @@ impl fmt::Display for Identity {
     }
 }
 
+impl fmt::Display for PeerIdentity {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.name())
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -144,11 +150,5 @@ mod tests {
             Identity::Uri("spiffe://a/b".into()),
             Identity::Dns("spiffe://a/b".into())
         );
-    }
-}
-
-impl fmt::Display for PeerIdentity {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(self.name())
     }
 }
