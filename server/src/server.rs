@@ -103,13 +103,18 @@ pub async fn run(
     let limits = app.limits;
 
     let local_addr = listener.local_addr().ok();
-    app.tls
-        .spawn_watch(limits.tls_reload_interval, stop.clone());
     let admission = Admission::new(
         limits.max_connections,
         limits.max_handshakes,
         limits.max_handshakes_per_ip,
         limits.handshake_timeout,
+    );
+    // Reloads the TLS files and closes connections whose certificate is
+    // revoked or expired, every reload interval and on SIGHUP.
+    app.tls.spawn_watch(
+        limits.tls_reload_interval,
+        admission.open.clone(),
+        stop.clone(),
     );
     let incoming = tls::accept::incoming(listener, app.tls, admission, stop.clone());
 

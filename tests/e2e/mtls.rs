@@ -345,3 +345,179 @@ async fn a_client_certificate_revoked_by_a_reloaded_crl_fails_its_next_connectio
     assert_eq!(verdict, Err(alert(AlertDescription::CertificateRevoked)));
     tls_probe(app.addr, Some(&pki().client)).await.unwrap();
 }
+
+/// A NotesService stub on one channel presenting `identity`.
+async fn stub_for(
+    app: &TestApp,
+    identity: &CertifiedKey,
+) -> notes_api::pb::notes_service_client::NotesServiceClient<tonic::transport::Channel> {
+    notes_api::pb::notes_service_client::NotesServiceClient::new(app.channel(Some(identity)).await)
+}
+
+#[tokio::test]
+async fn an_open_connection_whose_certificate_a_reload_revokes_is_closed() {
+    let files = TlsDir::new();
+    let app = TestApp::builder().tls(files.server_tls()).spawn().await;
+    let doomed = client("doomed-open", Usage::Client, valid());
+    let mut doomed_stub = stub_for(&app, &doomed).await;
+    let mut other_stub = stub_for(&app, &pki().client).await;
+    let token = token_for("alice");
+    let list = || with_token(ListNotesRequest::default(), &token);
+    doomed_stub.list_notes(list()).await.unwrap();
+    other_stub.list_notes(list()).await.unwrap();
+
+    let crl = pki()
+        .ca
+        .crl(std::slice::from_ref(&doomed.serial), 2, DAY)
+        .unwrap();
+    write(&files.path("crl.pem"), crl.as_bytes());
+    // One reload interval (100 ms here) plus one second.
+    tokio::time::sleep(Duration::from_millis(1100)).await;
+    let after = doomed_stub.list_notes(list()).await;
+
+    assert!(
+        after.is_err(),
+        "the revoked certificate's open connection still serves"
+    );
+    other_stub
+        .list_notes(list())
+        .await
+        .expect("other connections stay open");
+}
+
+#[tokio::test]
+async fn an_open_connection_whose_certificate_expires_is_closed() {
+    let files = TlsDir::new();
+    let app = TestApp::builder().tls(files.server_tls()).spawn().await;
+    let now = OffsetDateTime::now_utc();
+    let brief = client(
+        "brief",
+        Usage::Client,
+        Validity {
+            not_before: now - time::Duration::minutes(5),
+            not_after: now + time::Duration::seconds(2),
+        },
+    );
+    let mut stub = stub_for(&app, &brief).await;
+    let token = token_for("alice");
+    stub.list_notes(with_token(ListNotesRequest::default(), &token))
+        .await
+        .unwrap();
+
+    tokio::time::sleep(Duration::from_millis(3200)).await;
+    let after = stub
+        .list_notes(with_token(ListNotesRequest::default(), &token))
+        .await;
+
+    assert!(
+        after.is_err(),
+        "an expired certificate's open connection still serves"
+    );
+}
+
+#[tokio::test]
+async fn a_crl_file_without_a_crl_is_refused_at_start_and_at_reload() {
+    let files = TlsDir::new();
+    let tls = files.server_tls();
+    let revoked_before = tls.revoked();
+    let bad_files = |crl: &std::path::Path| TlsFiles {
+        cert: files.path("server.pem"),
+        key: files.path("server.key"),
+        client_ca: files.path("ca.pem"),
+        crls: vec![crl.to_path_buf()],
+    };
+    std::fs::write(files.path("empty.pem"), b"").unwrap();
+
+    let empty = ServerTls::from_files(bad_files(&files.path("empty.pem"))).err();
+    // A CA certificate given where a CRL belongs.
+    let wrong = ServerTls::from_files(bad_files(&files.path("ca.pem"))).err();
+    write(&files.path("crl.pem"), b"");
+    let reload = tls.reload();
+
+    for err in [&empty, &wrong] {
+        let text = notes_server::error::error_chain(err.as_ref().expect("refused"));
+        assert!(text.contains("holds no CRL"), "{text}");
+    }
+    assert!(
+        matches!(reload, Err(notes_server::tls::TlsError::NoCrl(ref p)) if p.ends_with("crl.pem"))
+    );
+    assert_eq!(
+        tls.revoked(),
+        revoked_before,
+        "the old revocations stay in force"
+    );
+}
+
+#[test]
+fn a_reload_racing_200_revocations_never_drops_the_revocation() {
+    use notes_server::certs::{CertsCommand, run};
+    notes_server::tls::install_crypto_provider();
+    let dir = tempfile::tempdir().unwrap();
+    let pki_dir = dir.path().to_path_buf();
+    let certs = |command| run(&pki_dir, command).unwrap();
+    certs(CertsCommand::InitCa {
+        name: "race CA".into(),
+        days: 2,
+    });
+    certs(CertsCommand::Server {
+        name: "server".into(),
+        dns: vec!["localhost".into()],
+        ips: vec![],
+        days: 2,
+    });
+    certs(CertsCommand::Client {
+        name: "victim".into(),
+        uris: vec!["spiffe://race/victim".into()],
+        dns: vec![],
+        days: 2,
+    });
+    let revoke = || CertsCommand::Revoke {
+        cert: pki_dir.join("victim.pem"),
+        crl_days: 1,
+    };
+    certs(revoke());
+    let tls = ServerTls::from_files(TlsFiles {
+        cert: pki_dir.join("server.pem"),
+        key: pki_dir.join("server.key"),
+        client_ca: pki_dir.join("ca.pem"),
+        crls: vec![pki_dir.join("crl.pem")],
+    })
+    .unwrap();
+    let victim = tls
+        .revoked()
+        .iter()
+        .next()
+        .cloned()
+        .expect("victim revoked");
+
+    let writer = std::thread::spawn({
+        let pki_dir = pki_dir.clone();
+        move || {
+            for _ in 0..200 {
+                run(
+                    &pki_dir,
+                    CertsCommand::Revoke {
+                        cert: pki_dir.join("victim.pem"),
+                        crl_days: 1,
+                    },
+                )
+                .unwrap();
+            }
+        }
+    });
+    let mut reloads = 0;
+    while !writer.is_finished() {
+        match tls.reload() {
+            Ok(true) => reloads += 1,
+            Ok(false) => {}
+            Err(err) => panic!("a reload read a half-written file: {err}"),
+        }
+        assert!(
+            tls.revoked().contains(&victim),
+            "a reload dropped the revocation"
+        );
+    }
+    writer.join().unwrap();
+
+    assert!(reloads > 0, "no reload happened during the race");
+}

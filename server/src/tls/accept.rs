@@ -31,12 +31,92 @@ use tokio::{
 use tokio_rustls::{TlsAcceptor, server::TlsStream};
 
 use super::ServerTls;
+use futures_util::task::AtomicWaker;
 use tokio_stream::wrappers::ReceiverStream;
 use tokio_util::sync::CancellationToken;
 use tonic::transport::server::Connected;
 
 use super::PeerIdentity;
 use crate::telemetry::LogEvery;
+
+/// Lets one open connection be closed from outside: its reads and writes
+/// fail from then on, which ends the HTTP/2 connection.
+#[derive(Debug, Default)]
+struct Closer {
+    closed: std::sync::atomic::AtomicBool,
+    waker: AtomicWaker,
+}
+
+impl Closer {
+    fn close(&self) {
+        self.closed.store(true, Ordering::Release);
+        self.waker.wake();
+    }
+
+    fn check(&self, cx: &Context<'_>) -> io::Result<()> {
+        self.waker.register(cx.waker());
+        if self.closed.load(Ordering::Acquire) {
+            return Err(io::Error::new(
+                io::ErrorKind::ConnectionAborted,
+                "closed by the server: client certificate revoked or expired",
+            ));
+        }
+        Ok(())
+    }
+}
+
+/// One open connection's peer and closer.
+type OpenConnection = (Arc<PeerIdentity>, Arc<Closer>);
+
+/// Every open mutual-TLS connection with its peer, so a CRL reload can
+/// close those whose certificate it revokes.
+#[derive(Debug, Default)]
+pub struct OpenConnections {
+    next_id: AtomicU64,
+    conns: Mutex<HashMap<u64, OpenConnection>>,
+}
+
+impl OpenConnections {
+    fn register(&self, peer: Arc<PeerIdentity>) -> (u64, Arc<Closer>) {
+        let id = self.next_id.fetch_add(1, Ordering::Relaxed);
+        let closer = Arc::new(Closer::default());
+        self.conns
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .insert(id, (peer, closer.clone()));
+        (id, closer)
+    }
+
+    fn remove(&self, id: u64) {
+        self.conns
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .remove(&id);
+    }
+
+    /// Closes every open connection whose peer matches; returns how many.
+    pub fn close_where(&self, doomed: impl Fn(&PeerIdentity) -> bool) -> usize {
+        let conns = self.conns.lock().unwrap_or_else(|e| e.into_inner());
+        let mut closed = 0;
+        for (peer, closer) in conns.values() {
+            if !closer.closed.load(Ordering::Acquire) && doomed(peer) {
+                closer.close();
+                closed += 1;
+            }
+        }
+        closed
+    }
+
+    /// How many mutual-TLS connections are open.
+    pub fn len(&self) -> usize {
+        self.conns.lock().unwrap_or_else(|e| e.into_inner()).len()
+    }
+
+    /// Whether none is.
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+}
 
 /// The caps on what connecting peers can hold, and what they refused.
 #[derive(Debug)]
@@ -49,6 +129,8 @@ pub struct Admission {
     handshake_timeout: Duration,
     /// What was refused, for tests and metrics.
     pub refused: AdmissionRefusals,
+    /// The established connections.
+    pub open: Arc<OpenConnections>,
     log: LogEvery,
 }
 
@@ -112,6 +194,7 @@ impl Admission {
             per_ip: Mutex::default(),
             handshake_timeout,
             refused: AdmissionRefusals::default(),
+            open: Arc::default(),
             log: LogEvery::new(Duration::from_secs(10)),
         })
     }
@@ -176,11 +259,21 @@ pub struct ConnInfo {
     pub peer: Arc<PeerIdentity>,
 }
 
-/// An established mutual-TLS connection; holds its connection slot.
+/// An established mutual-TLS connection; holds its connection slot and
+/// its place among the [`OpenConnections`].
 pub struct TlsConn {
     stream: TlsStream<TcpStream>,
     info: ConnInfo,
     _slot: OwnedSemaphorePermit,
+    id: u64,
+    closer: Arc<Closer>,
+    open: Arc<OpenConnections>,
+}
+
+impl Drop for TlsConn {
+    fn drop(&mut self) {
+        self.open.remove(self.id);
+    }
 }
 
 impl Connected for TlsConn {
@@ -197,6 +290,7 @@ impl AsyncRead for TlsConn {
         cx: &mut Context<'_>,
         buf: &mut ReadBuf<'_>,
     ) -> Poll<io::Result<()>> {
+        self.closer.check(cx)?;
         Pin::new(&mut self.stream).poll_read(cx, buf)
     }
 }
@@ -207,6 +301,7 @@ impl AsyncWrite for TlsConn {
         cx: &mut Context<'_>,
         buf: &[u8],
     ) -> Poll<io::Result<usize>> {
+        self.closer.check(cx)?;
         Pin::new(&mut self.stream).poll_write(cx, buf)
     }
 
@@ -223,6 +318,7 @@ impl AsyncWrite for TlsConn {
         cx: &mut Context<'_>,
         bufs: &[io::IoSlice<'_>],
     ) -> Poll<io::Result<usize>> {
+        self.closer.check(cx)?;
         Pin::new(&mut self.stream).poll_write_vectored(cx, bufs)
     }
 
@@ -273,20 +369,35 @@ pub fn incoming(
             let _ = tcp.set_nodelay(true);
             // The configuration in force now; a later reload does not touch this connection.
             let acceptor = TlsAcceptor::from(tls.current());
+            let tls = tls.clone();
             let tx = tx.clone();
             let admission = admission.clone();
             tokio::spawn(async move {
                 let Some(handshake_slot) = admission.admit_handshake(remote_addr) else {
                     return;
                 };
-                let conn = handshake(acceptor, tcp, remote_addr, admission.handshake_timeout).await;
+                let conn = handshake(acceptor, tcp, remote_addr, admission.handshake_timeout)
+                    .await
+                    .filter(|(_, info)| {
+                        // The verifier checked both already; this keeps them
+                        // true even if a session were ever resumed.
+                        let live = !tls.is_revoked(&info.peer) && info.peer.not_after >= now_unix();
+                        if !live {
+                            tracing::info!(%remote_addr, "client certificate revoked or expired; connection refused");
+                        }
+                        live
+                    });
                 drop(handshake_slot);
                 if let Some((stream, info)) = conn {
+                    let (id, closer) = admission.open.register(info.peer.clone());
                     let _ = tx
                         .send(Ok(TlsConn {
                             stream,
                             info,
                             _slot: slot,
+                            id,
+                            closer,
+                            open: admission.open.clone(),
                         }))
                         .await;
                 }
@@ -295,6 +406,12 @@ pub fn incoming(
         tracing::debug!("accept loop stopped");
     });
     ReceiverStream::new(rx)
+}
+
+fn now_unix() -> i64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| i64::try_from(d.as_secs()).unwrap_or(i64::MAX))
 }
 
 async fn handshake(

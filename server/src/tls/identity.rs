@@ -21,6 +21,10 @@ pub struct PeerIdentity {
     pub subject: String,
     /// SHA-256 of the certificate DER, base64url: the `x5t#S256` thumbprint of RFC 8705.
     pub x5t_s256: String,
+    /// The issuer's distinguished name (DER) and the serial number: what a CRL revokes.
+    pub issuer_and_serial: (Vec<u8>, Vec<u8>),
+    /// `notAfter`, Unix seconds.
+    pub not_after: i64,
 }
 
 impl PeerIdentity {
@@ -45,6 +49,8 @@ impl PeerIdentity {
             dns_names,
             subject: cert.subject().to_string(),
             x5t_s256: URL_SAFE_NO_PAD.encode(digest.as_ref()),
+            issuer_and_serial: (cert.issuer().as_raw().to_vec(), cert.raw_serial().to_vec()),
+            not_after: cert.validity().not_after.timestamp(),
         })
     }
 

@@ -13,7 +13,7 @@ pub mod identity;
 pub mod reload;
 pub mod verifier;
 
-use std::{path::Path, sync::Arc};
+use std::{collections::BTreeSet, path::Path, sync::Arc};
 
 use rustls::{
     RootCertStore, ServerConfig,
@@ -22,7 +22,7 @@ use rustls::{
     server::WebPkiClientVerifier,
 };
 
-pub use accept::{Admission, ConnInfo, TlsConn};
+pub use accept::{Admission, ConnInfo, OpenConnections, TlsConn};
 pub use identity::{Identity, PeerIdentity, UnreadableCertificate};
 pub use reload::{ServerTls, TlsFiles};
 
@@ -52,6 +52,21 @@ pub enum TlsError {
     /// PEM parsed but held nothing of the expected kind.
     #[error("{0} holds no certificate")]
     Empty(&'static str),
+    /// A configured CRL file holds no CRL (empty, or another kind of PEM):
+    /// refused, because it would silently turn revocation off.
+    #[error(
+        "client CRL file {0} holds no CRL (an empty CRL file is not 'nothing revoked': use the CRL the CA wrote)"
+    )]
+    NoCrl(String),
+    /// A CRL that does not parse.
+    #[error("client CRL file {path} holds a CRL that does not parse")]
+    BadCrl {
+        /// The file.
+        path: String,
+        /// The parse failure.
+        #[source]
+        source: x509_parser::nom::Err<x509_parser::error::X509Error>,
+    },
     /// rustls refused the material (key does not match certificate, bad CA, ...).
     #[error("TLS configuration rejected: {what}")]
     Rustls {
@@ -62,6 +77,9 @@ pub enum TlsError {
         source: Box<dyn std::error::Error + Send + Sync>,
     },
 }
+
+/// What CRLs revoke: (issuer name DER, serial) pairs.
+pub type Revoked = BTreeSet<(Vec<u8>, Vec<u8>)>;
 
 /// The PEM material a server needs for mutual TLS.
 #[derive(Debug, Clone)]
@@ -74,6 +92,11 @@ pub struct TlsMaterial {
     pub client_ca: Vec<CertificateDer<'static>>,
     /// Revocation lists of those CAs.
     pub crls: Vec<CertificateRevocationListDer<'static>>,
+    /// What the CRLs revoke: (issuer name DER, serial), for closing open
+    /// connections whose certificate a reload revoked.
+    pub revoked: Revoked,
+    /// Each CRL's file and `nextUpdate` (Unix seconds), when it has one.
+    pub crl_next_updates: Vec<(String, Option<i64>)>,
 }
 
 impl TlsMaterial {
@@ -93,16 +116,40 @@ impl TlsMaterial {
             })?),
             client_ca: certs(client_ca_pem, "client CA bundle")?,
             crls: Vec::new(),
+            revoked: BTreeSet::new(),
+            crl_next_updates: Vec::new(),
         })
     }
 
-    /// Adds CRLs (PEM, one or more per file).
-    pub fn with_crls_pem(mut self, crl_pem: &[u8]) -> Result<Self, TlsError> {
+    /// Adds the CRLs of the file `path` (PEM, one or more); a file with none
+    /// is refused.
+    pub fn with_crls_pem(mut self, crl_pem: &[u8], path: &str) -> Result<Self, TlsError> {
+        use x509_parser::prelude::FromDer;
+        let mut found = 0;
         for crl in CertificateRevocationListDer::pem_slice_iter(crl_pem) {
-            self.crls.push(crl.map_err(|source| TlsError::Pem {
+            let crl = crl.map_err(|source| TlsError::Pem {
                 what: "client CRL",
                 source,
-            })?);
+            })?;
+            let (_, parsed) = x509_parser::revocation_list::CertificateRevocationList::from_der(
+                &crl,
+            )
+            .map_err(|source| TlsError::BadCrl {
+                path: path.to_owned(),
+                source,
+            })?;
+            let issuer = parsed.issuer().as_raw().to_vec();
+            for revoked in parsed.iter_revoked_certificates() {
+                self.revoked
+                    .insert((issuer.clone(), revoked.raw_serial().to_vec()));
+            }
+            self.crl_next_updates
+                .push((path.to_owned(), parsed.next_update().map(|t| t.timestamp())));
+            self.crls.push(crl);
+            found += 1;
+        }
+        if found == 0 {
+            return Err(TlsError::NoCrl(path.to_owned()));
         }
         Ok(self)
     }
@@ -187,5 +234,10 @@ pub fn server_config(material: &TlsMaterial) -> Result<Arc<ServerConfig>, TlsErr
             source: Box::new(e),
         })?;
     config.alpn_protocols = vec![b"h2".to_vec()];
+    // No session resumption: a resumed TLS 1.3 session skips client
+    // certificate verification, so a revoked or expired certificate could
+    // reconnect on an old ticket. Every connection verifies afresh.
+    config.session_storage = Arc::new(rustls::server::NoServerSessionStorage {});
+    config.send_tls13_tickets = 0;
     Ok(Arc::new(config))
 }

@@ -2,19 +2,28 @@
 //!
 //! New connections take [`ServerTls::current`] at accept time; established
 //! connections keep the configuration they were made with, so a reload never
-//! drops them. A reload that fails (a file that does not parse, a key that
-//! does not match its certificate) is logged and changes nothing.
+//! drops them, except those whose client certificate the new CRLs revoke or
+//! that has expired: every check closes those ([`OpenConnections`]). A reload
+//! that fails (a file that does not parse, a CRL file with no CRL, a key that
+//! does not match its certificate) is logged and changes nothing. A CRL past
+//! its `nextUpdate` is warned about at every check.
 
 use std::{
     path::PathBuf,
     sync::{Arc, Mutex, RwLock},
-    time::Duration,
+    time::{Duration, SystemTime, UNIX_EPOCH},
 };
 
 use rustls::ServerConfig;
 use tokio_util::sync::CancellationToken;
 
-use super::{TlsError, TlsMaterial, read, server_config};
+use super::{OpenConnections, PeerIdentity, Revoked, TlsError, TlsMaterial, read, server_config};
+
+fn now_unix() -> i64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| i64::try_from(d.as_secs()).unwrap_or(i64::MAX))
+}
 
 /// The files the server's TLS configuration is made from.
 #[derive(Debug, Clone)]
@@ -45,7 +54,16 @@ impl TlsFiles {
             let crl = read(path, "client CRL")?;
             digest.update(&(crl.len() as u64).to_be_bytes());
             digest.update(&crl);
-            material = material.with_crls_pem(&crl)?;
+            material = material.with_crls_pem(&crl, &path.display().to_string())?;
+        }
+        let now = now_unix();
+        for (path, next_update) in &material.crl_next_updates {
+            if next_update.is_some_and(|at| at < now) {
+                tracing::warn!(
+                    crl = %path,
+                    "client CRL is past its nextUpdate: issue a fresh one (`notes-server certs revoke` rewrites it)"
+                );
+            }
         }
         Ok((material, digest.finish().as_ref().to_vec()))
     }
@@ -54,6 +72,7 @@ impl TlsFiles {
 /// The server's TLS configuration, reloadable when it came from files.
 pub struct ServerTls {
     current: RwLock<Arc<ServerConfig>>,
+    revoked: RwLock<Arc<Revoked>>,
     files: Option<TlsFiles>,
     loaded_digest: Mutex<Vec<u8>>,
 }
@@ -63,6 +82,7 @@ impl ServerTls {
     pub fn fixed(config: Arc<ServerConfig>) -> Arc<Self> {
         Arc::new(Self {
             current: RwLock::new(config),
+            revoked: RwLock::default(),
             files: None,
             loaded_digest: Mutex::default(),
         })
@@ -73,6 +93,7 @@ impl ServerTls {
         let (material, digest) = files.load()?;
         Ok(Arc::new(Self {
             current: RwLock::new(server_config(&material)?),
+            revoked: RwLock::new(Arc::new(material.revoked)),
             files: Some(files),
             loaded_digest: Mutex::new(digest),
         }))
@@ -99,8 +120,37 @@ impl ServerTls {
         }
         let config = server_config(&material)?;
         *self.current.write().unwrap_or_else(|e| e.into_inner()) = config;
+        *self.revoked.write().unwrap_or_else(|e| e.into_inner()) = Arc::new(material.revoked);
         *loaded = digest;
         Ok(true)
+    }
+
+    /// Whether the CRLs in force revoke `peer`'s certificate.
+    pub fn is_revoked(&self, peer: &PeerIdentity) -> bool {
+        self.revoked
+            .read()
+            .unwrap_or_else(|e| e.into_inner())
+            .contains(&peer.issuer_and_serial)
+    }
+
+    /// The (issuer, serial) pairs the CRLs in force revoke.
+    pub fn revoked(&self) -> Arc<Revoked> {
+        self.revoked
+            .read()
+            .unwrap_or_else(|e| e.into_inner())
+            .clone()
+    }
+
+    /// Closes the open connections whose certificate is now revoked or expired.
+    fn close_revoked(&self, open: &OpenConnections) {
+        let now = now_unix();
+        let closed = open.close_where(|peer| self.is_revoked(peer) || peer.not_after < now);
+        if closed > 0 {
+            tracing::warn!(
+                closed,
+                "closed connections whose client certificate is revoked or expired"
+            );
+        }
     }
 
     fn reload_logged(&self, trigger: &str) {
@@ -116,11 +166,14 @@ impl ServerTls {
     }
 
     /// Reloads when the files change (checked every `interval`) and on
-    /// SIGHUP, until `stop`.
-    pub fn spawn_watch(self: &Arc<Self>, interval: Duration, stop: CancellationToken) {
-        if self.files.is_none() {
-            return;
-        }
+    /// SIGHUP, until `stop`; after each check, closes the connections in
+    /// `open` whose certificate is revoked or expired.
+    pub fn spawn_watch(
+        self: &Arc<Self>,
+        interval: Duration,
+        open: Arc<OpenConnections>,
+        stop: CancellationToken,
+    ) {
         let this = self.clone();
         tokio::spawn(async move {
             let mut hup = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup())
@@ -133,9 +186,13 @@ impl ServerTls {
             loop {
                 tokio::select! {
                     _ = stop.cancelled() => break,
-                    _ = tick.tick() => this.reload_logged("file change"),
+                    _ = tick.tick() => {
+                        this.reload_logged("file change");
+                        this.close_revoked(&open);
+                    }
                     Some(()) = async { match hup.as_mut() { Some(h) => h.recv().await, None => std::future::pending().await } } => {
-                        this.reload_logged("SIGHUP")
+                        this.reload_logged("SIGHUP");
+                        this.close_revoked(&open);
                     }
                 }
             }
