@@ -59,17 +59,23 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
     telemetry::init(cli.log_json);
     tls::install_crypto_provider();
 
-    let (app, listen, dev) = match cli.command {
+    let (app, listener, dev) = match cli.command {
         Command::Dev(config) => {
+            config.check_listen()?;
+            // Bind before writing anything: a busy port leaves the files alone.
+            let listener = bind(config.listen).await?;
             let store: Arc<dyn NoteStore> = match config.store {
                 StoreKind::Memory => Arc::new(MemoryStore::new()),
-                StoreKind::Dynamodb => Arc::new(startup::init_table(&config.dynamodb).await?),
+                StoreKind::Dynamodb => Arc::new(startup::init_table(&config.dynamodb()).await?),
             };
             let material = DevMaterial::ensure(&config.dir)?;
             let app = startup::dev_app(&material, store)?;
-            (app, config.listen, Some(material))
+            (app, listener, Some(material))
         }
-        Command::Serve(config) => (startup::serve_app(&config).await?, config.listen, None),
+        Command::Serve(config) => {
+            let app = startup::serve_app(&config).await?;
+            (app, bind(config.listen).await?, None)
+        }
         Command::Certs { dir, command } => {
             println!("{}", notes_server::certs::run(&dir, command)?);
             return Ok(());
@@ -83,14 +89,17 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
             return Ok(());
         }
     };
-    let listener = TcpListener::bind(listen)
-        .await
-        .with_context(|| format!("binding {listen}"))?;
     if let Some(material) = dev {
         print_dev_instructions(&material, listener.local_addr()?);
     }
     notes_server::run(listener, shutdown_signal(), app).await?;
     Ok(())
+}
+
+async fn bind(addr: SocketAddr) -> anyhow::Result<TcpListener> {
+    TcpListener::bind(addr)
+        .await
+        .with_context(|| format!("binding {addr}"))
 }
 
 /// Resolves on SIGINT or SIGTERM.

@@ -690,3 +690,101 @@ async fn sigkill_under_load_loses_no_acknowledged_write_and_applies_none_twice()
 fn tokio_util_stop() -> std::sync::Arc<tokio::sync::watch::Sender<bool>> {
     std::sync::Arc::new(tokio::sync::watch::channel(false).0)
 }
+
+#[tokio::test]
+async fn dev_mode_refuses_a_non_loopback_address_without_the_unsafe_flag_and_writes_nothing() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut cmd = Command::new(bin("notes-server"));
+    cmd.current_dir(dir.path())
+        .env("NOTES_DEV_LISTEN", "0.0.0.0:0")
+        .arg("dev");
+
+    let out = run(cmd).await;
+
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success());
+    assert!(
+        stderr.contains("--unsafe-listen-beyond-loopback") && stderr.contains("NOTES_DEV_LISTEN"),
+        "{stderr}"
+    );
+    assert!(
+        !dir.path().join(".notes-dev").exists(),
+        "dev wrote material before refusing"
+    );
+}
+
+#[tokio::test]
+async fn dev_mode_on_a_busy_port_fails_before_writing_anything() {
+    let dir = tempfile::tempdir().unwrap();
+    let busy = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let mut cmd = Command::new(bin("notes-server"));
+    cmd.current_dir(dir.path())
+        .args(["dev", "--listen", &busy.local_addr().unwrap().to_string()]);
+
+    let out = run(cmd).await;
+
+    assert!(!out.status.success());
+    assert!(
+        String::from_utf8_lossy(&out.stderr).contains("binding"),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(
+        !dir.path().join(".notes-dev").exists(),
+        "dev wrote material before binding"
+    );
+}
+
+#[tokio::test]
+async fn dev_mode_uses_its_own_table_and_ignores_serves_variables() {
+    let dir = tempfile::tempdir().unwrap();
+    let production = dynamodb_config(dynamodb_endpoint()).table;
+    let mut server = Command::new(bin("notes-server"));
+    server
+        .kill_on_drop(true)
+        .current_dir(dir.path())
+        .env("NOTES_TABLE", &production)
+        .env("NOTES_LISTEN", "0.0.0.0:50051")
+        .env("NOTES_DEV_DYNAMODB_ENDPOINT", dynamodb_endpoint())
+        .args(["dev", "--listen", "127.0.0.1:0", "--store", "dynamodb"])
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null());
+    let mut child = server.spawn().unwrap();
+    let mut stdout = child.stdout.take().unwrap();
+    let mut banner = Vec::new();
+    let _ = tokio::time::timeout(Duration::from_secs(30), async {
+        let mut buf = [0u8; 4096];
+        while let Ok(n) = tokio::io::AsyncReadExt::read(&mut stdout, &mut buf).await {
+            if n == 0 {
+                break;
+            }
+            banner.extend_from_slice(&buf[..n]);
+            if String::from_utf8_lossy(&banner).contains("listening on") {
+                break;
+            }
+        }
+    })
+    .await;
+
+    let tables = |table: &str| {
+        let mut config = dynamodb_config(dynamodb_endpoint());
+        config.table = table.to_owned();
+        async move {
+            notes_server::startup::dynamodb_store(&config)
+                .await
+                .unwrap()
+                .check_table()
+                .await
+        }
+    };
+    assert!(String::from_utf8_lossy(&banner).contains("listening on 127.0.0.1:"));
+    assert!(
+        tables("notes-dev").await.is_ok(),
+        "dev did not create notes-dev"
+    );
+    assert!(
+        tables(&production).await.is_err(),
+        "dev created serve's table"
+    );
+    child.start_kill().unwrap();
+}

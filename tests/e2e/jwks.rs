@@ -317,3 +317,55 @@ async fn calls_are_refused_unavailable_while_no_keys_could_ever_be_loaded() {
         "{status:?}"
     );
 }
+
+#[tokio::test]
+async fn a_chunked_jwks_body_is_refused_at_the_cap_without_being_read_whole() {
+    use std::sync::atomic::{AtomicUsize, Ordering};
+    const CHUNK: usize = 64 * 1024;
+    const TOTAL: usize = 10 * 1024 * 1024;
+    let produced = Arc::new(AtomicUsize::new(0));
+    let counter = produced.clone();
+    // 10 MB without Content-Length, 64 KiB every 10 ms.
+    let app = Router::new().route(
+        "/jwks.json",
+        get(move || {
+            let counter = counter.clone();
+            async move {
+                let chunks = futures_util::stream::unfold(0usize, move |sent| {
+                    let counter = counter.clone();
+                    async move {
+                        if sent >= TOTAL {
+                            return None;
+                        }
+                        tokio::time::sleep(Duration::from_millis(10)).await;
+                        counter.fetch_add(CHUNK, Ordering::Relaxed);
+                        Some((Ok::<_, std::io::Error>(bytes_of(CHUNK)), sent + CHUNK))
+                    }
+                });
+                axum::body::Body::from_stream(chunks)
+            }
+        }),
+    );
+    let (addr, _stop) = serve_http(app).await;
+    let source = RemoteJwks::new(
+        format!("http://{addr}/jwks.json"),
+        JwksSettings {
+            timeout: Duration::from_secs(30),
+            ..settings()
+        },
+    )
+    .unwrap();
+
+    let err = source.refresh().await.unwrap_err();
+    let read = produced.load(Ordering::Relaxed);
+
+    assert!(err.to_string().contains("larger than"), "{err}");
+    assert!(
+        read < TOTAL / 4,
+        "{read} bytes were produced before the refusal: the body was read whole"
+    );
+}
+
+fn bytes_of(len: usize) -> Vec<u8> {
+    vec![b' '; len]
+}

@@ -129,12 +129,19 @@ impl RemoteJwks {
         {
             return Err(too_large());
         }
-        let body = response
-            .bytes()
+        // Read against a running cap: a body without Content-Length (chunked)
+        // is never buffered beyond the limit.
+        let mut response = response;
+        let mut body = Vec::new();
+        while let Some(chunk) = response
+            .chunk()
             .await
-            .map_err(|e| self.unavailable("reading the body failed", Some(e)))?;
-        if body.len() > self.settings.max_bytes {
-            return Err(too_large());
+            .map_err(|e| self.unavailable("reading the body failed", Some(e)))?
+        {
+            if body.len() + chunk.len() > self.settings.max_bytes {
+                return Err(too_large());
+            }
+            body.extend_from_slice(&chunk);
         }
         parse_jwks(&body)
     }

@@ -95,21 +95,61 @@ pub struct ServeConfig {
     pub limits: LimitArgs,
 }
 
-/// Settings of `notes-server dev`.
+/// Settings of `notes-server dev`. They read `NOTES_DEV_*` variables, not
+/// `serve`'s, so a shell set up for production cannot point dev mode at it.
 #[derive(Debug, Clone, clap::Args)]
 pub struct DevConfig {
     /// Folder for the generated dev material.
     #[arg(long, env = "NOTES_DEV_DIR", default_value = ".notes-dev")]
     pub dir: PathBuf,
-    /// Address to listen on.
-    #[arg(long, env = "NOTES_LISTEN", default_value = "127.0.0.1:50051")]
+    /// Address to listen on; loopback only unless --unsafe-listen-beyond-loopback.
+    #[arg(long, env = "NOTES_DEV_LISTEN", default_value = "127.0.0.1:50051")]
     pub listen: SocketAddr,
+    /// Listen on a non-loopback address although anyone holding the dev
+    /// signing key (a file in --dir) can mint tokens for any user.
+    #[arg(long)]
+    pub unsafe_listen_beyond_loopback: bool,
     /// Where notes live; `dynamodb` creates the table if it is missing.
     #[arg(long, value_enum, default_value_t = StoreKind::Memory)]
     pub store: StoreKind,
-    /// DynamoDB settings, with `--store dynamodb`.
-    #[command(flatten)]
-    pub dynamodb: DynamoConfig,
+    /// DynamoDB table of dev mode, with `--store dynamodb`.
+    #[arg(long, env = "NOTES_DEV_TABLE", default_value = "notes-dev")]
+    pub table: String,
+    /// DynamoDB endpoint URL, for DynamoDB Local, moto or LocalStack.
+    #[arg(long, env = "NOTES_DEV_DYNAMODB_ENDPOINT")]
+    pub dynamodb_endpoint: Option<String>,
+    /// AWS region (default: the AWS chain, e.g. AWS_REGION).
+    #[arg(long, env = "NOTES_DEV_AWS_REGION")]
+    pub aws_region: Option<String>,
+}
+
+impl DevConfig {
+    /// Refuses a listen address beyond loopback unless the unsafe flag says so.
+    pub fn check_listen(&self) -> Result<(), ConfigError> {
+        if !self.listen.ip().is_loopback() && !self.unsafe_listen_beyond_loopback {
+            return Err(config_err(
+                "--listen / NOTES_DEV_LISTEN",
+                format!(
+                    "{} is not a loopback address: dev mode's tokens are signed by a key on disk, \
+                     so it listens on 127.0.0.1 or ::1 unless given --unsafe-listen-beyond-loopback",
+                    self.listen
+                ),
+            ));
+        }
+        Ok(())
+    }
+
+    /// Dev mode's DynamoDB settings, with `serve`'s timeouts and retries.
+    pub fn dynamodb(&self) -> DynamoConfig {
+        DynamoConfig {
+            table: self.table.clone(),
+            dynamodb_endpoint: self.dynamodb_endpoint.clone(),
+            aws_region: self.aws_region.clone(),
+            dynamodb_timeout_ms: 3000,
+            dynamodb_attempt_timeout_ms: 1000,
+            dynamodb_max_attempts: 3,
+        }
+    }
 }
 
 /// The note store backends.
