@@ -1,5 +1,6 @@
 //! The API contract for a single caller.
 
+use futures_util::TryStreamExt;
 use notes_client::Error;
 use tonic::Code;
 use uuid::Uuid;
@@ -286,3 +287,28 @@ conformance!(
     page_size_defaults_to_50_and_is_capped_at_100,
     a_garbage_or_tampered_page_token_is_invalid_argument,
 );
+
+#[tokio::test]
+async fn a_page_of_large_notes_fits_a_default_grpc_client_and_continues() {
+    let app = TestApp::spawn().await;
+    let client = app.client_as("hoarder").await;
+    let big = "n".repeat(65_536);
+    for i in 0..100 {
+        client
+            .create(&format!("{i:03}{}", &big[3..]), None)
+            .await
+            .unwrap();
+    }
+
+    // The project's client receives at most tonic's default 4 MiB per message.
+    let page = client.list(100, "").await.expect("a full page fits 4 MiB");
+    let all: Vec<_> = client.list_all(100).try_collect().await.unwrap();
+
+    assert!(
+        page.notes.len() < 100,
+        "{} notes in one page",
+        page.notes.len()
+    );
+    assert!(!page.next_page_token.is_empty());
+    assert_eq!(all.len(), 100);
+}

@@ -30,6 +30,10 @@ pub const MAX_REQUEST_ID_BYTES: usize = 128;
 pub const DEFAULT_PAGE_SIZE: usize = 50;
 /// Largest ListNotes page; larger requests are clamped to it.
 pub const MAX_PAGE_SIZE: usize = 100;
+/// Largest encoded ListNotes page: under the 4 MiB every gRPC client
+/// receives by default, with room for headers. A page that would pass it ends
+/// early with a `next_page_token` (100 notes of 64 KiB would be 6.5 MB).
+pub const MAX_PAGE_BYTES: usize = 3 * 1024 * 1024;
 
 /// The service implementation.
 pub struct NotesApi {
@@ -138,6 +142,28 @@ fn to_pb(note: Note) -> pb::Note {
     }
 }
 
+/// The notes of a page that fit in [`MAX_PAGE_BYTES`] (at least one), and
+/// the id to continue after when some did not.
+fn within_page_bytes(notes: Vec<Note>) -> (Vec<pb::Note>, Option<Uuid>) {
+    use prost::Message;
+    let mut page = Vec::with_capacity(notes.len());
+    let mut bytes = 0;
+    let mut last_id = None;
+    for note in notes {
+        let note_id = note.note_id;
+        let note = to_pb(note);
+        // The field's tag and length prefix take at most 1 + 5 bytes.
+        let len = note.encoded_len() + 6;
+        if !page.is_empty() && bytes + len > MAX_PAGE_BYTES {
+            return (page, last_id);
+        }
+        bytes += len;
+        last_id = Some(note_id);
+        page.push(note);
+    }
+    (page, None)
+}
+
 /// The owner of the notes this request may touch, as the auth layer
 /// established it.
 fn owner<T>(request: &Request<T>, method: &'static str) -> Result<String, Status> {
@@ -199,12 +225,13 @@ impl NotesService for NotesApi {
             ),
         };
         let page = self.store.list(&owner, limit, after).await?;
+        let (notes, cut_after) = within_page_bytes(page.notes);
         Ok(Response::new(ListNotesResponse {
-            next_page_token: page
-                .next_after
+            next_page_token: cut_after
+                .or(page.next_after)
                 .map(|id| self.pages.seal(&owner, id))
                 .unwrap_or_default(),
-            notes: page.notes.into_iter().map(to_pb).collect(),
+            notes,
         }))
     }
 
