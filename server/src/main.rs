@@ -10,16 +10,17 @@ use notes_server::{
     dev::DevMaterial,
     startup,
     store::{MemoryStore, NoteStore},
-    telemetry, tls,
+    telemetry::{self, LogFormat},
+    tls,
 };
 use tokio::net::TcpListener;
 
 #[derive(Parser)]
 #[command(name = "notes-server", version, about = "The notes.v1 gRPC service")]
 struct Cli {
-    /// Log as JSON lines (for log shippers).
-    #[arg(long, env = "NOTES_LOG_JSON", global = true)]
-    log_json: bool,
+    /// Log format [default: json for serve, text otherwise].
+    #[arg(long, env = "NOTES_LOG_FORMAT", value_enum, global = true)]
+    log_format: Option<LogFormat>,
     #[command(subcommand)]
     command: Command,
 }
@@ -56,7 +57,11 @@ async fn main() -> ExitCode {
 }
 
 async fn run(cli: Cli) -> anyhow::Result<()> {
-    telemetry::init(cli.log_json);
+    let format = cli.log_format.unwrap_or(match cli.command {
+        Command::Serve(_) => LogFormat::Json,
+        _ => LogFormat::Text,
+    });
+    telemetry::init(format == LogFormat::Json);
     tls::install_crypto_provider();
 
     let (app, listener, dev) = match cli.command {

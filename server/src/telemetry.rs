@@ -1,7 +1,27 @@
-//! Tracing set-up shared by the binary and the tests, and [`LogEvery`],
-//! which keeps a flood of one event to one log line per interval.
+//! Tracing set-up shared by the binary and the tests; [`LogEvery`], which
+//! keeps a flood of one event to one log line per interval; and [`escape`],
+//! for every string an outsider chose (certificate names, token claims)
+//! before it reaches a log line.
 
 use tracing_subscriber::{EnvFilter, fmt};
+
+/// How log lines are written.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum LogFormat {
+    /// One JSON object per line (for log shippers; `serve`'s default).
+    Json,
+    /// Human-readable lines (`dev`'s default).
+    Text,
+}
+
+/// `text` with every control character (CR, LF, ESC, ...) written as an
+/// escape, so an outsider's string can never start a line of its own.
+pub fn escape(text: &str) -> std::borrow::Cow<'_, str> {
+    if !text.chars().any(char::is_control) {
+        return std::borrow::Cow::Borrowed(text);
+    }
+    std::borrow::Cow::Owned(text.chars().flat_map(char::escape_default).collect())
+}
 
 /// Installs a global subscriber that writes to stderr, filtered by `RUST_LOG`
 /// (default `info`), as JSON when `json` is set. Calling it twice is harmless.
@@ -60,6 +80,13 @@ impl LogEvery {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn control_characters_are_escaped() {
+        assert_eq!(escape("plain spiffe://a/b"), "plain spiffe://a/b");
+        assert_eq!(escape("a\nINFO fake"), "a\\nINFO fake");
+        assert!(!escape("x\r\n\u{1b}[31m").contains(['\r', '\n', '\u{1b}']));
+    }
 
     #[test]
     fn lets_one_event_through_per_interval_and_counts_the_rest() {

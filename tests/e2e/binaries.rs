@@ -475,7 +475,7 @@ pub(crate) async fn start_serve(
 ) -> (Child, u16) {
     use tokio::io::{AsyncBufReadExt, BufReader};
     let mut child = server_command(dir, table, port)
-        .env("NOTES_LOG_JSON", "true")
+        .env("NOTES_LOG_FORMAT", "json")
         .envs(env.iter().copied())
         .stdout(Stdio::null())
         .stderr(Stdio::piped())

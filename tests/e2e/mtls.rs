@@ -521,3 +521,39 @@ fn a_reload_racing_200_revocations_never_drops_the_revocation() {
 
     assert!(reloads > 0, "no reload happened during the race");
 }
+
+#[tokio::test]
+async fn a_certificate_name_with_a_newline_cannot_forge_a_log_line() {
+    let logs = capture_logs("notes_server=info,notes::audit=info");
+    let app = TestApp::spawn().await;
+    let forged = "evil\nFORGED 2026-01-01T00:00:00Z INFO notes::audit: decision=\"allow\"";
+    let subject = notes_server::certs::authority::Subject {
+        common_name: forged.into(),
+        ..Default::default()
+    };
+    // Trusted (no SANs: its name in logs is its subject) and untrusted.
+    let trusted = pki().ca.issue_client(&subject, DAY).unwrap();
+    let stranger = notes_server::certs::authority::CertificateAuthority::generate(forged, DAY)
+        .unwrap()
+        .issue_client(&subject, DAY)
+        .unwrap();
+
+    let call = notes_api::pb::notes_service_client::NotesServiceClient::new(
+        app.channel(Some(&trusted)).await,
+    )
+    .list_notes(with_token(ListNotesRequest::default(), &token_for("alice")))
+    .await;
+    let refused = tls_probe(app.addr, Some(&stranger)).await;
+
+    let logs = text(&logs);
+    assert!(call.is_ok(), "{call:?}");
+    assert!(refused.is_err());
+    assert!(
+        logs.contains("evil\\nFORGED"),
+        "the name is logged, escaped: {logs}"
+    );
+    assert!(
+        logs.lines().all(|line| !line.starts_with("FORGED")),
+        "a forged line: {logs}"
+    );
+}

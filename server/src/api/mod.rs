@@ -170,8 +170,8 @@ fn owner<T>(request: &Request<T>, method: &'static str) -> Result<String, Status
     let caller = Caller::of(request)?;
     tracing::debug!(
         method,
-        owner = %caller.owner,
-        subject = %caller.subject,
+        owner = %crate::telemetry::escape(&caller.owner),
+        subject = %crate::telemetry::escape(&caller.subject),
         kind = ?caller.kind,
         peer = %caller.peer,
         "handling"

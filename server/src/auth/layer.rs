@@ -17,7 +17,7 @@ use tonic::{Status, body::Body};
 use tower::{Layer, Service};
 
 use super::Authenticator;
-use crate::tls::ConnInfo;
+use crate::{telemetry::escape, tls::ConnInfo};
 
 /// Adds [`AuthService`] around the router.
 #[derive(Clone)]
@@ -78,10 +78,11 @@ where
             let decision = auth
                 .authorize(&path, req.headers(), req.extensions().get::<ConnInfo>())
                 .await;
+            // Names the peer and the token chose: escaped.
             let peer = req
                 .extensions()
                 .get::<ConnInfo>()
-                .map(|c| c.peer.name().to_owned())
+                .map(|c| c.peer.to_string())
                 .unwrap_or_default();
             match decision {
                 Ok(caller) => {
@@ -89,8 +90,8 @@ where
                         tracing::info!(
                             target: "notes::audit",
                             method = %path,
-                            subject = %caller.subject,
-                            client_id = %caller.client_id,
+                            subject = %escape(&caller.subject),
+                            client_id = %escape(&caller.client_id),
                             kind = ?caller.kind,
                             peer = %peer,
                             decision = "allow",

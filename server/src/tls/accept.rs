@@ -37,7 +37,7 @@ use tokio_util::sync::CancellationToken;
 use tonic::transport::server::Connected;
 
 use super::PeerIdentity;
-use crate::telemetry::LogEvery;
+use crate::telemetry::{LogEvery, escape};
 
 /// Lets one open connection be closed from outside: its reads and writes
 /// fail from then on, which ends the HTTP/2 connection.
@@ -420,14 +420,21 @@ async fn handshake(
     remote_addr: SocketAddr,
     timeout: Duration,
 ) -> Option<(TlsStream<TcpStream>, ConnInfo)> {
+    // Before authentication anyone can make these happen: one line per 10 s.
+    static REFUSED: std::sync::LazyLock<LogEvery> =
+        std::sync::LazyLock::new(|| LogEvery::new(Duration::from_secs(10)));
     let stream = match tokio::time::timeout(timeout, acceptor.accept(tcp)).await {
         Ok(Ok(stream)) => stream,
         Ok(Err(err)) => {
-            tracing::info!(%remote_addr, error = %err, "TLS handshake refused");
+            if let Some(suppressed) = REFUSED.check() {
+                tracing::info!(%remote_addr, error = %escape(&err.to_string()), suppressed, "TLS handshake refused");
+            }
             return None;
         }
         Err(_) => {
-            tracing::info!(%remote_addr, ?timeout, "TLS handshake timed out");
+            if let Some(suppressed) = REFUSED.check() {
+                tracing::info!(%remote_addr, ?timeout, suppressed, "TLS handshake timed out");
+            }
             return None;
         }
     };

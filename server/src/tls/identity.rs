@@ -117,14 +117,17 @@ impl Identity {
 impl fmt::Display for Identity {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self {
-            Identity::Uri(v) | Identity::Dns(v) | Identity::Subject(v) => f.write_str(v),
+            Identity::Uri(v) | Identity::Dns(v) | Identity::Subject(v) => {
+                f.write_str(&crate::telemetry::escape(v))
+            }
         }
     }
 }
 
+/// The name, with control characters escaped: it is the peer's choice.
 impl fmt::Display for PeerIdentity {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(self.name())
+        f.write_str(&crate::telemetry::escape(self.name()))
     }
 }
 

@@ -14,16 +14,24 @@ use rustls::{
 };
 use x509_parser::prelude::FromDer;
 
-/// Wraps a verifier and logs its refusals.
+use crate::telemetry::{LogEvery, escape};
+
+/// Wraps a verifier and logs its refusals: at most one line per 10 s with
+/// the count held back (anyone can connect with any certificate), every
+/// name in it escaped (its subject and SANs are the peer's choice).
 #[derive(Debug)]
 pub struct LoggingVerifier {
     inner: Arc<dyn ClientCertVerifier>,
+    log: LogEvery,
 }
 
 impl LoggingVerifier {
     /// Logs the refusals of `inner`.
     pub fn new(inner: Arc<dyn ClientCertVerifier>) -> Self {
-        Self { inner }
+        Self {
+            inner,
+            log: LogEvery::new(std::time::Duration::from_secs(10)),
+        }
     }
 }
 
@@ -44,11 +52,12 @@ pub fn describe(der: &[u8]) -> String {
                         .join(", ")
                 })
                 .unwrap_or_default();
-            format!(
+            let text = format!(
                 "{} (serial {}, SANs [{sans}])",
                 cert.subject(),
                 cert.raw_serial_as_string()
-            )
+            );
+            escape(&text).into_owned()
         }
         Err(_) => "an unparseable certificate".to_owned(),
     }
@@ -76,10 +85,13 @@ impl ClientCertVerifier for LoggingVerifier {
         let result = self
             .inner
             .verify_client_cert(end_entity, intermediates, now);
-        if let Err(err) = &result {
+        if let Err(err) = &result
+            && let Some(suppressed) = self.log.check()
+        {
             tracing::warn!(
                 certificate = %describe(end_entity),
                 error = %err,
+                suppressed,
                 "client certificate refused"
             );
         }
