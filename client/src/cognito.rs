@@ -22,17 +22,44 @@ use crate::{Error, tokens::TokenProvider};
 /// Refresh this long before expiry (or at half the lifetime, if shorter).
 const REFRESH_MARGIN: Duration = Duration::from_secs(60);
 
+/// The longest a token is kept before it is fetched again, whatever its
+/// `expires_in` says (an absurd value must not overflow the clock).
+const MAX_LIFETIME: Duration = Duration::from_secs(24 * 3600);
+
 fn refresh_at(expires_in: u64) -> Instant {
-    let lifetime = Duration::from_secs(expires_in);
-    Instant::now() + lifetime - REFRESH_MARGIN.min(lifetime / 2)
+    let lifetime = Duration::from_secs(expires_in).min(MAX_LIFETIME);
+    let now = Instant::now();
+    now.checked_add(lifetime - REFRESH_MARGIN.min(lifetime / 2))
+        .unwrap_or(now)
 }
 
+/// An HTTP client for token endpoints: no redirects (a redirect would send
+/// the client secret or the password to another address), bounded timeouts.
 fn http_client() -> Result<reqwest::Client, Error> {
     reqwest::Client::builder()
         .connect_timeout(Duration::from_secs(5))
         .timeout(Duration::from_secs(15))
+        .redirect(reqwest::redirect::Policy::none())
         .build()
         .map_err(|e| Error::config_from("cannot build an HTTP client", e))
+}
+
+/// A token or Cognito endpoint must be https://, except on loopback (local
+/// test servers): secrets and passwords are sent to it.
+fn check_endpoint(what: &str, url: &str) -> Result<(), Error> {
+    let parsed = reqwest::Url::parse(url)
+        .map_err(|e| Error::config_from(format!("{what} {url:?} is not a URL"), e))?;
+    let loopback = matches!(
+        parsed.host_str(),
+        Some("localhost" | "127.0.0.1" | "[::1]" | "::1")
+    );
+    match parsed.scheme() {
+        "https" => Ok(()),
+        "http" if loopback => Ok(()),
+        _ => Err(Error::config(format!(
+            "{what} {url:?} must be an https:// URL (http:// only on loopback)"
+        ))),
+    }
 }
 
 struct Cached {
@@ -68,8 +95,10 @@ impl ClientCredentials {
         client_id: impl Into<String>,
         client_secret: impl Into<String>,
     ) -> Result<Self, Error> {
+        let token_url = token_url.into();
+        check_endpoint("token endpoint", &token_url)?;
         Ok(Self {
-            token_url: token_url.into(),
+            token_url,
             client_id: client_id.into(),
             client_secret: client_secret.into(),
             scopes: Vec::new(),
@@ -142,8 +171,8 @@ impl TokenProvider for ClientCredentials {
     }
 }
 
-/// Tokens a user pool issued to a signed-in user.
-#[derive(Debug, Clone)]
+/// Tokens a user pool issued to a signed-in user. Its `Debug` shows no token.
+#[derive(Clone)]
 pub struct UserTokens {
     /// The access token (what the service accepts).
     pub access_token: String,
@@ -153,6 +182,20 @@ pub struct UserTokens {
     pub refresh_token: Option<String>,
     /// Seconds the access token is valid.
     pub expires_in: u64,
+}
+
+impl std::fmt::Debug for UserTokens {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("UserTokens")
+            .field("access_token", &"[redacted]")
+            .field("id_token", &self.id_token.as_ref().map(|_| "[redacted]"))
+            .field(
+                "refresh_token",
+                &self.refresh_token.as_ref().map(|_| "[redacted]"),
+            )
+            .field("expires_in", &self.expires_in)
+            .finish()
+    }
 }
 
 struct Session {
@@ -182,8 +225,10 @@ impl UserSignIn {
         username: impl Into<String>,
         password: impl Into<String>,
     ) -> Result<Self, Error> {
+        let endpoint = endpoint.into();
+        check_endpoint("Cognito endpoint", &endpoint)?;
         Ok(Self {
-            endpoint: endpoint.into(),
+            endpoint,
             client_id: client_id.into(),
             client_secret: None,
             username: username.into(),

@@ -184,6 +184,18 @@ impl ClientBuilder {
     }
 
     fn channel(&self) -> Result<Endpoint, Error> {
+        // tonic sends in clear over http:// whatever TLS says: refuse it.
+        let scheme = self
+            .endpoint
+            .parse::<http::Uri>()
+            .ok()
+            .and_then(|uri| uri.scheme_str().map(str::to_owned));
+        if scheme.as_deref() != Some("https") {
+            return Err(Error::config(format!(
+                "endpoint {:?}: use https://HOST:PORT (the service speaks only mutual TLS, and a token is never sent in clear)",
+                self.endpoint
+            )));
+        }
         let mut tls = ClientTlsConfig::new()
             .ca_certificate(Certificate::from_pem(&self.tls.ca_pem))
             .identity(Identity::from_pem(&self.tls.cert_pem, &self.tls.key_pem));

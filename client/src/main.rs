@@ -383,10 +383,15 @@ async fn login(
     )?;
     let client_id = need(client_id, &settings.file.client_id, "client-id")?;
     let username = need(username, &settings.file.username, "username")?;
+    // Never from an argument (it would show in `ps` and shell history); at a
+    // terminal, read without echo.
     let password = match std::env::var("NOTES_PASSWORD") {
         Ok(password) => password,
+        Err(_) if std::io::IsTerminal::is_terminal(&std::io::stdin()) => {
+            rpassword::prompt_password(format!("password for {username}: "))
+                .map_err(|e| Error::config_from("reading the password", e))?
+        }
         Err(_) => {
-            eprint!("password for {username}: ");
             let mut line = String::new();
             std::io::stdin()
                 .read_line(&mut line)

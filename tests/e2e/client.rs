@@ -332,3 +332,91 @@ async fn a_wrong_password_is_reported_as_cognito_refused_it() {
         "{err}"
     );
 }
+
+#[tokio::test]
+async fn an_http_endpoint_is_refused_before_any_token_is_sent() {
+    let app = TestApp::spawn().await;
+    let http = format!("http://localhost:{}", app.addr.port());
+
+    for endpoint in [http.as_str(), "localhost:50051"] {
+        let err = NotesClient::builder(endpoint, app.tls())
+            .token(token_for("alice"))
+            .connect_lazy()
+            .err()
+            .unwrap_or_else(|| panic!("{endpoint} was accepted"));
+        assert!(
+            matches!(&err, Error::Config { message, .. } if message.contains("https://HOST:PORT")),
+            "{endpoint}: {err}"
+        );
+    }
+}
+
+#[tokio::test]
+async fn token_and_cognito_endpoints_must_be_https_beyond_loopback() {
+    let refused =
+        ClientCredentials::new("http://auth.example.com/oauth2/token", CLIENT_ID, "s3cret")
+            .err()
+            .expect("http token endpoint accepted");
+    let refused_cognito = UserSignIn::new("http://cognito.example.com/", CLIENT_ID, "u", "p")
+        .err()
+        .expect("http Cognito endpoint accepted");
+    let loopback = ClientCredentials::new("http://127.0.0.1:9/oauth2/token", CLIENT_ID, "s3cret");
+
+    assert!(refused.to_string().contains("https://"), "{refused}");
+    assert!(
+        refused_cognito.to_string().contains("https://"),
+        "{refused_cognito}"
+    );
+    assert!(loopback.is_ok());
+}
+
+#[tokio::test]
+async fn a_token_endpoint_redirect_is_not_followed() {
+    let followed = Arc::new(AtomicUsize::new(0));
+    let counter = followed.clone();
+    let app = Router::new()
+        .route(
+            "/oauth2/token",
+            post(|| async { (StatusCode::TEMPORARY_REDIRECT, [("location", "/elsewhere")]) }),
+        )
+        .route(
+            "/elsewhere",
+            post(move || {
+                counter.fetch_add(1, Ordering::SeqCst);
+                async { StatusCode::OK }
+            }),
+        );
+    let (addr, _stop) = serve_http(app).await;
+    let provider =
+        ClientCredentials::new(format!("http://{addr}/oauth2/token"), CLIENT_ID, "s3cret").unwrap();
+
+    let err = provider.token().await.unwrap_err();
+
+    assert!(err.to_string().contains("307"), "{err}");
+    assert_eq!(followed.load(Ordering::SeqCst), 0, "the secret was re-sent");
+}
+
+#[tokio::test]
+async fn an_absurd_expires_in_neither_panics_nor_keeps_the_token_forever() {
+    let endpoint = TokenEndpoint::start(TokenMode::Issue(u64::MAX)).await;
+    let provider = endpoint.provider();
+
+    let token = provider.token().await;
+
+    assert!(token.is_ok(), "{token:?}");
+}
+
+#[test]
+fn user_tokens_do_not_print_their_tokens() {
+    let tokens = notes_client::cognito::UserTokens {
+        access_token: "eyJaccess.secret.sig".into(),
+        id_token: Some("eyJid.secret.sig".into()),
+        refresh_token: Some("refresh-secret".into()),
+        expires_in: 3600,
+    };
+
+    let printed = format!("{tokens:?}");
+
+    assert!(!printed.contains("secret"), "{printed}");
+    assert!(printed.contains("3600"), "{printed}");
+}

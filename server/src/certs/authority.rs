@@ -65,13 +65,23 @@ pub struct Validity {
     pub not_after: OffsetDateTime,
 }
 
+/// `now + valid_for`, never past the end of 9999 (the last instant X.509
+/// can write), whatever `valid_for` is.
+fn until(now: OffsetDateTime, valid_for: Duration) -> OffsetDateTime {
+    let last = time::macros::datetime!(9999-12-31 23:59:59 UTC);
+    time::Duration::try_from(valid_for)
+        .ok()
+        .and_then(|d| now.checked_add(d))
+        .map_or(last, |t| t.min(last))
+}
+
 impl Validity {
     /// From five minutes ago (a peer's slightly slow clock) for `valid_for`.
     pub fn starting_now(valid_for: Duration) -> Self {
         let now = OffsetDateTime::now_utc();
         Self {
             not_before: now - time::Duration::minutes(5),
-            not_after: now + valid_for,
+            not_after: until(now, valid_for),
         }
     }
 }
@@ -203,7 +213,7 @@ impl CertificateAuthority {
         let now = OffsetDateTime::now_utc();
         let params = CertificateRevocationListParams {
             this_update: now - time::Duration::minutes(5),
-            next_update: now + valid_for,
+            next_update: until(now, valid_for),
             crl_number: SerialNumber::from(crl_number),
             issuing_distribution_point: None,
             revoked_certs: serials

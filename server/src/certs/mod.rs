@@ -37,8 +37,8 @@ pub enum CertsCommand {
         /// Common name of the CA.
         #[arg(long, default_value = "notes CA")]
         name: String,
-        /// Validity in days.
-        #[arg(long, default_value_t = 3650)]
+        /// Validity in days (1 to 36,500).
+        #[arg(long, default_value_t = 3650, value_parser = clap::value_parser!(u64).range(1..=36_500))]
         days: u64,
     },
     /// Issue a server certificate (serverAuth) with DNS and IP SANs.
@@ -51,8 +51,8 @@ pub enum CertsCommand {
         /// IP SANs.
         #[arg(long = "ip")]
         ips: Vec<IpAddr>,
-        /// Validity in days.
-        #[arg(long, default_value_t = 90)]
+        /// Validity in days (1 to 36,500).
+        #[arg(long, default_value_t = 90, value_parser = clap::value_parser!(u64).range(1..=36_500))]
         days: u64,
     },
     /// Issue a client certificate (clientAuth) with URI and/or DNS SANs.
@@ -65,16 +65,16 @@ pub enum CertsCommand {
         /// DNS SANs.
         #[arg(long = "dns")]
         dns: Vec<String>,
-        /// Validity in days.
-        #[arg(long, default_value_t = 30)]
+        /// Validity in days (1 to 36,500).
+        #[arg(long, default_value_t = 30, value_parser = clap::value_parser!(u64).range(1..=36_500))]
         days: u64,
     },
     /// Revoke a certificate and rewrite crl.pem.
     Revoke {
         /// The certificate (PEM) to revoke.
         cert: PathBuf,
-        /// Days until the CRL's nextUpdate.
-        #[arg(long, default_value_t = 7)]
+        /// Days until the CRL's nextUpdate (1 to 36,500).
+        #[arg(long, default_value_t = 7, value_parser = clap::value_parser!(u64).range(1..=36_500))]
         crl_days: u64,
     },
 }
@@ -109,13 +109,33 @@ fn hex(bytes: &[u8]) -> String {
 }
 
 fn unhex(s: &str) -> anyhow::Result<Vec<u8>> {
-    if !s.len().is_multiple_of(2) {
-        bail!("odd-length serial {s:?}");
+    let digits = s.as_bytes();
+    if digits.is_empty() || !digits.len().is_multiple_of(2) {
+        bail!("serial {s:?} is not an even number of hex digits");
     }
-    (0..s.len())
-        .step_by(2)
-        .map(|i| u8::from_str_radix(&s[i..i + 2], 16).with_context(|| format!("bad serial {s:?}")))
+    let nibble = |d: u8| (d as char).to_digit(16).map(|n| n as u8);
+    digits
+        .chunks(2)
+        .map(|pair| match (nibble(pair[0]), nibble(pair[1])) {
+            (Some(high), Some(low)) => Ok(high << 4 | low),
+            _ => bail!("serial {s:?} is not hex"),
+        })
         .collect()
+}
+
+/// The serials of a `revoked.txt` (one hex serial a line, blank lines
+/// ignored); any other line is an error naming it.
+pub fn parse_revoked(text: &str) -> anyhow::Result<Vec<Vec<u8>>> {
+    text.lines()
+        .map(str::trim)
+        .filter(|line| !line.is_empty())
+        .map(unhex)
+        .collect()
+}
+
+/// Days of validity as a duration: 1 to 36,500 (clap checks the range).
+fn days_of(days: u64) -> Duration {
+    Duration::from_secs(days.saturating_mul(DAY))
 }
 
 /// Issues `NAME.pem`/`NAME.key` in `dir`, signed by the CA there.
@@ -127,7 +147,7 @@ fn issue(
     days: u64,
 ) -> anyhow::Result<String> {
     check_name(name)?;
-    let validity = Validity::starting_now(Duration::from_secs(days * DAY));
+    let validity = Validity::starting_now(days_of(days));
     let issued = load_ca(dir)?.issue(subject, usage, validity)?;
     write_file(
         &dir.join(format!("{name}.pem")),
@@ -165,7 +185,7 @@ pub fn run(dir: &Path, command: CertsCommand) -> anyhow::Result<String> {
                     dir.display()
                 );
             }
-            let ca = CertificateAuthority::generate(&name, Duration::from_secs(days * DAY))?;
+            let ca = CertificateAuthority::generate(&name, days_of(days))?;
             write_file(&dir.join("ca.pem"), ca.cert_pem().as_bytes(), 0o644)?;
             write_file(&dir.join("ca.key"), ca.key_pem().as_bytes(), 0o600)?;
             write_file(
@@ -219,12 +239,15 @@ pub fn run(dir: &Path, command: CertsCommand) -> anyhow::Result<String> {
                 fs::read_to_string(&cert).with_context(|| format!("reading {}", cert.display()))?;
             let serial = serial_of(&pem).with_context(|| cert.display().to_string())?;
             let revoked_path = dir.join("revoked.txt");
-            let mut serials: Vec<Vec<u8>> = fs::read_to_string(&revoked_path)
-                .unwrap_or_default()
-                .lines()
-                .filter(|l| !l.trim().is_empty())
-                .map(|l| unhex(l.trim()))
-                .collect::<anyhow::Result<_>>()?;
+            let listing = match fs::read_to_string(&revoked_path) {
+                Ok(text) => text,
+                Err(e) if e.kind() == std::io::ErrorKind::NotFound => String::new(),
+                Err(e) => {
+                    return Err(e).with_context(|| format!("reading {}", revoked_path.display()));
+                }
+            };
+            let mut serials =
+                parse_revoked(&listing).with_context(|| revoked_path.display().to_string())?;
             if !serials.contains(&serial) {
                 serials.push(serial.clone());
             }
@@ -233,7 +256,7 @@ pub fn run(dir: &Path, command: CertsCommand) -> anyhow::Result<String> {
                 .and_then(|n| n.trim().parse().ok())
                 .unwrap_or(0)
                 + 1;
-            let crl = ca.crl(&serials, number, Duration::from_secs(crl_days * DAY))?;
+            let crl = ca.crl(&serials, number, days_of(crl_days))?;
             let listing: String = serials.iter().map(|s| hex(s) + "\n").collect();
             write_file(&revoked_path, listing.as_bytes(), 0o644)?;
             write_file(&dir.join("crl.pem"), crl.as_bytes(), 0o644)?;
@@ -249,5 +272,28 @@ pub fn run(dir: &Path, command: CertsCommand) -> anyhow::Result<String> {
                 serials.len()
             ))
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn revoked_listings_parse_or_say_what_is_wrong_without_panicking() {
+        assert_eq!(
+            parse_revoked("0a1b\n\nFF\n").unwrap(),
+            vec![vec![0x0a, 0x1b], vec![0xff]]
+        );
+        for bad in ["0a1", "zz", "é1", "1é", "0xff", "\u{1F600}"] {
+            assert!(parse_revoked(bad).is_err(), "{bad:?}");
+        }
+    }
+
+    #[test]
+    fn an_absurd_validity_is_clamped_not_a_panic() {
+        let ca = CertificateAuthority::generate("far", Duration::from_secs(u64::MAX)).unwrap();
+        assert!(ca.crl(&[], 1, Duration::from_secs(u64::MAX)).is_ok());
+        assert_eq!(days_of(u64::MAX), Duration::from_secs(u64::MAX));
     }
 }
