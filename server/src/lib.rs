@@ -15,6 +15,7 @@
 //! - [`auth`]: one file per step: the tower layer, the per-call decision, the policy table, token verification, JWKS, the cache.
 //! - [`api`]: the gRPC handlers: validate, call the store, map errors; sealed page tokens.
 //! - [`store`]: the [`store::NoteStore`] trait and one module per backend (memory, DynamoDB).
+//! - [`check`]: `notes-server check`, the pre-flight: every setting, key set, TLS file and the table, one line each.
 //! - [`certs`]: `notes-server certs` and the certificate-authority toolkit behind it.
 //! - [`dev`]: dev-mode material (PKI, signing key, ready token) on embedded defaults.
 //! - [`error`]: the cause-chain helper for logs and start-up messages.
@@ -29,6 +30,7 @@
 pub mod api;
 pub mod auth;
 pub mod certs;
+pub mod check;
 pub mod config;
 pub mod dev;
 pub mod error;

@@ -31,6 +31,16 @@ enum Command {
     Dev(DevConfig),
     /// Run with explicit configuration (flags or NOTES_* variables).
     Serve(Box<ServeConfig>),
+    /// Check serve's settings without serving: key sets, TLS files and dates,
+    /// the table; one line per check, non-zero exit on any failure.
+    Check {
+        /// Certificates and CRLs with fewer days left fail the check.
+        #[arg(long, env = "NOTES_MIN_DAYS_LEFT", default_value_t = notes_server::check::MIN_DAYS_LEFT)]
+        min_days_left: i64,
+        /// The settings of `serve`.
+        #[command(flatten)]
+        serve: Box<ServeConfig>,
+    },
     /// Create the DynamoDB table if it is missing and wait until it is ACTIVE.
     InitTable(DynamoConfig),
     /// Create a CA, issue server and client certificates, revoke them.
@@ -83,6 +93,21 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
         }
         Command::Certs { dir, command } => {
             println!("{}", notes_server::certs::run(&dir, command)?);
+            return Ok(());
+        }
+        Command::Check {
+            min_days_left,
+            serve,
+        } => {
+            let checks = notes_server::check::run(&serve, min_days_left).await;
+            for check in &checks {
+                println!("{check}");
+            }
+            let failed = checks.iter().filter(|c| c.outcome.is_err()).count();
+            if failed > 0 {
+                anyhow::bail!("{failed} of {} checks failed", checks.len());
+            }
+            println!("all {} checks passed", checks.len());
             return Ok(());
         }
         Command::InitTable(config) => {

@@ -135,7 +135,7 @@ pub fn authenticator(settings: AuthSettings) -> Result<Authenticator, ConfigErro
 }
 
 /// The page-token sealer with the key in `path`.
-fn page_tokens(path: &Path) -> Result<PageTokens, ConfigError> {
+pub fn page_tokens(path: &Path) -> Result<PageTokens, ConfigError> {
     let key = std::fs::read(path)
         .map_err(|e| config_err(PAGE_TOKEN_KEY_SETTING, format!("{}: {e}", path.display())))?;
     PageTokens::new(&key)

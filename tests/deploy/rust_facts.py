@@ -33,6 +33,7 @@ OP_ACTIONS: dict[str, frozenset[str] | None] = {
     "delete_item": frozenset({"dynamodb:DeleteItem"}),
     "query": frozenset({"dynamodb:Query"}),
     "describe_table": frozenset({"dynamodb:DescribeTable"}),
+    "describe_time_to_live": frozenset({"dynamodb:DescribeTimeToLive"}),
     "create_table": frozenset({"dynamodb:CreateTable"}),
     "update_time_to_live": frozenset({"dynamodb:UpdateTimeToLive"}),
     "transact_write_items": None,  # derived from the items built

@@ -38,9 +38,15 @@ fn free_port() -> u16 {
 }
 
 fn server_command(dir: &Path, table: &str, port: u16) -> Command {
+    configured("serve", dir, table, port)
+}
+
+/// `notes-server SUBCOMMAND` with serve's settings from `NOTES_*` variables,
+/// using the files [`write_files`] wrote in `dir`.
+fn configured(subcommand: &str, dir: &Path, table: &str, port: u16) -> Command {
     let mut cmd = Command::new(bin("notes-server"));
     cmd.kill_on_drop(true)
-        .arg("serve")
+        .arg(subcommand)
         .env("NOTES_LISTEN", format!("127.0.0.1:{port}"))
         .env("NOTES_TLS_CERT", dir.join("server.pem"))
         .env("NOTES_TLS_KEY", dir.join("server.key"))
@@ -787,4 +793,161 @@ async fn dev_mode_uses_its_own_table_and_ignores_serves_variables() {
         "dev created serve's table"
     );
     child.start_kill().unwrap();
+}
+
+/// A failure case of `check`: its name, the variables that cause it, the
+/// line that must name it.
+type Case<'a> = (&'a str, &'a [(&'a str, &'a str)], &'a str);
+
+/// Runs `notes-server check` with serve's settings plus `env`.
+async fn check(dir: &Path, table: &str, env: &[(&str, &str)]) -> (bool, String) {
+    let mut cmd = configured("check", dir, table, 0);
+    // The test PKI lives a day: only an expired date fails here.
+    cmd.env("NOTES_MIN_DAYS_LEFT", "0")
+        .env("NOTES_CLIENT_CRLS", dir.join("crl.pem"));
+    // An empty value removes the variable.
+    for (key, value) in env {
+        if value.is_empty() {
+            cmd.env_remove(key);
+        } else {
+            cmd.env(key, value);
+        }
+    }
+    let out = run(cmd).await;
+    let text = format!(
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    (out.status.success(), text)
+}
+
+#[tokio::test]
+async fn check_passes_on_a_ready_deployment_and_names_every_failure() {
+    let dir = tempfile::tempdir().unwrap();
+    write_files(dir.path());
+    let table = dynamodb_config(dynamodb_endpoint()).table;
+    assert!(init_table(&table).await.status.success());
+
+    let (ok, text) = check(dir.path(), &table, &[]).await;
+    assert!(ok, "{text}");
+    for line in [
+        "ok    keys of",
+        "ok    TLS configuration",
+        "ok    client CRL",
+        "TTL: enabled on expiresAt",
+        "all ",
+    ] {
+        assert!(text.contains(line), "{line:?} missing:\n{text}");
+    }
+
+    // Each failure, one at a time, named on its own line with a non-zero exit.
+    let other_key = crate::harness::pki()
+        .ca
+        .issue_server(
+            &crate::harness::pki::localhost(),
+            std::time::Duration::from_secs(3600),
+        )
+        .unwrap();
+    std::fs::write(dir.path().join("other.key"), other_key.key_pem).unwrap();
+    let stale_crl = crate::harness::pki()
+        .ca
+        .crl(&[], 9, std::time::Duration::ZERO)
+        .unwrap();
+    std::fs::write(dir.path().join("stale-crl.pem"), stale_crl).unwrap();
+    std::fs::write(dir.path().join("empty-crl.pem"), "").unwrap();
+    let no_ttl_table = dynamodb_config(dynamodb_endpoint()).table;
+    create_table_without_ttl(&no_ttl_table).await;
+    let cases: [Case; 5] = [
+        (
+            "no such table",
+            &[("NOTES_TABLE", "no-such-table")],
+            "FAIL  table no-such-table",
+        ),
+        (
+            "unreachable JWKS",
+            &[
+                ("NOTES_JWKS_FILE", ""),
+                ("NOTES_JWKS_URL", "http://127.0.0.1:9/jwks.json"),
+            ],
+            "FAIL  keys of",
+        ),
+        (
+            "key of another certificate",
+            &[("NOTES_TLS_KEY", "other.key")],
+            "FAIL  TLS configuration",
+        ),
+        (
+            "empty CRL file",
+            &[("NOTES_CLIENT_CRLS", "empty-crl.pem")],
+            "holds no CRL",
+        ),
+        (
+            "CRL past nextUpdate",
+            &[("NOTES_CLIENT_CRLS", "stale-crl.pem")],
+            "FAIL  client CRL",
+        ),
+    ];
+    for (case, env, expected) in cases {
+        let env: Vec<(&str, String)> = env
+            .iter()
+            .map(|(k, v)| {
+                let v = if v.ends_with(".key") || v.ends_with(".pem") {
+                    dir.path().join(v).display().to_string()
+                } else {
+                    (*v).to_owned()
+                };
+                (*k, v)
+            })
+            .collect();
+        let env: Vec<(&str, &str)> = env.iter().map(|(k, v)| (*k, v.as_str())).collect();
+        let (ok, text) = check(dir.path(), &table, &env).await;
+        assert!(!ok, "{case}: passed\n{text}");
+        assert!(
+            text.contains(expected),
+            "{case}: {expected:?} missing\n{text}"
+        );
+    }
+    let (ok, text) = check(dir.path(), &no_ttl_table, &[]).await;
+    assert!(
+        !ok && text.contains("FAIL  table") && text.contains("TTL"),
+        "{text}"
+    );
+}
+
+/// A table with the right keys but TTL never enabled.
+async fn create_table_without_ttl(table: &str) {
+    use aws_sdk_dynamodb::types::{
+        AttributeDefinition, BillingMode, KeySchemaElement, KeyType, ScalarAttributeType,
+    };
+    let mut config = dynamodb_config(dynamodb_endpoint());
+    config.table = table.to_owned();
+    let client = notes_server::startup::dynamodb_client(&config)
+        .await
+        .unwrap();
+    let attr = |name: &str| {
+        AttributeDefinition::builder()
+            .attribute_name(name)
+            .attribute_type(ScalarAttributeType::S)
+            .build()
+            .unwrap()
+    };
+    let key = |name: &str, kind| {
+        KeySchemaElement::builder()
+            .attribute_name(name)
+            .key_type(kind)
+            .build()
+            .unwrap()
+    };
+    client
+        .create_table()
+        .table_name(table)
+        .billing_mode(BillingMode::PayPerRequest)
+        .attribute_definitions(attr("userId"))
+        .attribute_definitions(attr("noteId"))
+        .key_schema(key("userId", KeyType::Hash))
+        .key_schema(key("noteId", KeyType::Range))
+        .send()
+        .await
+        .unwrap();
 }

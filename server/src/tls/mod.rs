@@ -124,33 +124,15 @@ impl TlsMaterial {
     /// Adds the CRLs of the file `path` (PEM, one or more); a file with none
     /// is refused.
     pub fn with_crls_pem(mut self, crl_pem: &[u8], path: &str) -> Result<Self, TlsError> {
-        use x509_parser::prelude::FromDer;
-        let mut found = 0;
-        for crl in CertificateRevocationListDer::pem_slice_iter(crl_pem) {
-            let crl = crl.map_err(|source| TlsError::Pem {
-                what: "client CRL",
-                source,
-            })?;
-            let (_, parsed) = x509_parser::revocation_list::CertificateRevocationList::from_der(
-                &crl,
-            )
-            .map_err(|source| TlsError::BadCrl {
-                path: path.to_owned(),
-                source,
-            })?;
-            let issuer = parsed.issuer().as_raw().to_vec();
-            for revoked in parsed.iter_revoked_certificates() {
-                self.revoked
-                    .insert((issuer.clone(), revoked.raw_serial().to_vec()));
-            }
-            self.crl_next_updates
-                .push((path.to_owned(), parsed.next_update().map(|t| t.timestamp())));
-            self.crls.push(crl);
-            found += 1;
-        }
-        if found == 0 {
-            return Err(TlsError::NoCrl(path.to_owned()));
-        }
+        let parsed = parse_crls(crl_pem, path)?;
+        self.crls.extend(parsed.crls);
+        self.revoked.extend(parsed.revoked);
+        self.crl_next_updates.extend(
+            parsed
+                .next_updates
+                .into_iter()
+                .map(|at| (path.to_owned(), at)),
+        );
         Ok(self)
     }
 
@@ -162,6 +144,49 @@ impl TlsMaterial {
             &read(client_ca, "client CA bundle")?,
         )
     }
+}
+
+/// The CRLs of one file.
+#[derive(Debug, Default)]
+pub struct ParsedCrls {
+    /// Each CRL, DER.
+    pub crls: Vec<CertificateRevocationListDer<'static>>,
+    /// What they revoke.
+    pub revoked: Revoked,
+    /// Each CRL's `nextUpdate` (Unix seconds), when it has one.
+    pub next_updates: Vec<Option<i64>>,
+}
+
+/// Parses the CRLs (PEM) of the file `path`; a file with none is refused,
+/// because it would silently turn revocation off.
+pub fn parse_crls(crl_pem: &[u8], path: &str) -> Result<ParsedCrls, TlsError> {
+    use x509_parser::prelude::FromDer;
+    let mut parsed = ParsedCrls::default();
+    for crl in CertificateRevocationListDer::pem_slice_iter(crl_pem) {
+        let crl = crl.map_err(|source| TlsError::Pem {
+            what: "client CRL",
+            source,
+        })?;
+        let (_, list) = x509_parser::revocation_list::CertificateRevocationList::from_der(&crl)
+            .map_err(|source| TlsError::BadCrl {
+                path: path.to_owned(),
+                source,
+            })?;
+        let issuer = list.issuer().as_raw().to_vec();
+        for revoked in list.iter_revoked_certificates() {
+            parsed
+                .revoked
+                .insert((issuer.clone(), revoked.raw_serial().to_vec()));
+        }
+        parsed
+            .next_updates
+            .push(list.next_update().map(|t| t.timestamp()));
+        parsed.crls.push(crl);
+    }
+    if parsed.crls.is_empty() {
+        return Err(TlsError::NoCrl(path.to_owned()));
+    }
+    Ok(parsed)
 }
 
 pub(crate) fn read(path: &Path, what: &'static str) -> Result<Vec<u8>, TlsError> {

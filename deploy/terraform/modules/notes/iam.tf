@@ -3,7 +3,8 @@
 # tests/deploy/test_consistency.py derives that list from the Rust code
 # (server/src/store/dynamodb/) and compares. CreateNote with a request_id is a
 # TransactWriteItems of two puts: IAM has no action of its own for it and
-# authorises each put as dynamodb:PutItem.
+# authorises each put as dynamodb:PutItem. DescribeTimeToLive is for
+# `notes-server check`, the pre-flight run with the task's role.
 
 data "aws_iam_policy_document" "ecs_tasks_assume" {
   statement {
@@ -45,6 +46,7 @@ data "aws_iam_policy_document" "task_dynamodb" {
     actions = [
       "dynamodb:DeleteItem",
       "dynamodb:DescribeTable",
+      "dynamodb:DescribeTimeToLive", # notes-server check, run as the task
       "dynamodb:GetItem",
       "dynamodb:PutItem",
       "dynamodb:Query",

@@ -9,7 +9,7 @@ use aws_sdk_dynamodb::{
     error::ProvideErrorMetadata,
     types::{
         AttributeDefinition, BillingMode, KeySchemaElement, KeyType, ScalarAttributeType,
-        TableDescription, TableStatus, TimeToLiveSpecification,
+        TableDescription, TableStatus, TimeToLiveSpecification, TimeToLiveStatus,
     },
 };
 
@@ -99,6 +99,35 @@ impl DynamoStore {
             }
             tokio::time::sleep(Duration::from_millis(500)).await;
         }
+    }
+
+    /// Checks that TTL is enabled (or being enabled) on `expiresAt`, so
+    /// idempotency records expire.
+    pub async fn check_ttl(&self) -> Result<(), StoreError> {
+        let out = self
+            .client
+            .describe_time_to_live()
+            .table_name(&self.table)
+            .send()
+            .await
+            .map_err(|e| map_sdk_error(e, &self.table))?;
+        let ttl = out.time_to_live_description();
+        let status = ttl.and_then(|t| t.time_to_live_status());
+        let attribute = ttl.and_then(|t| t.attribute_name());
+        let enabled = matches!(
+            status,
+            Some(TimeToLiveStatus::Enabled | TimeToLiveStatus::Enabling)
+        );
+        if !enabled || attribute != Some(EXPIRES_AT_ATTR) {
+            return Err(StoreError::Internal(
+                format!(
+                    "table {:?} has TTL {status:?} on {attribute:?}; expected it enabled on {EXPIRES_AT_ATTR:?} (run `notes-server init-table`)",
+                    self.table
+                ),
+                None,
+            ));
+        }
+        Ok(())
     }
 
     /// DescribeTable of the table.
