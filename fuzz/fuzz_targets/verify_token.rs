@@ -53,6 +53,8 @@ fn world() -> &'static World {
                     dns_names: vec![],
                     subject: "CN=fuzz".into(),
                     x5t_s256: "fuzz-thumbprint".into(),
+                    issuer_and_serial: (Vec::new(), vec![1]),
+                    not_after: i64::MAX,
                 }),
             },
         }

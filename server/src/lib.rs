@@ -10,6 +10,8 @@
 //! - [`startup`]: assembles the [`App`] from settings or dev material (the only module that sees them all).
 //! - [`server`]: [`run`] serves a bound listener until a shutdown future resolves; the tower stack is built here.
 //! - [`limits`]: every bound on what a peer can make the server hold, with its default and reason.
+//! - [`metrics`]: Prometheus metrics: go-grpc-middleware's RPC metrics and the service's `notes_*`.
+//! - [`admin`]: the admin listener: `/metrics`, `/livez`, `/readyz`, apart from the data plane.
 //! - [`overload`]: the in-flight bound (UNAVAILABLE) and the per-caller rate limit (RESOURCE_EXHAUSTED).
 //! - [`tls`]: rustls server configuration, the mTLS accept loop, certificate identities, reload.
 //! - [`auth`]: one file per step: the tower layer, the per-call decision, the policy table, token verification, JWKS, the cache.
@@ -27,6 +29,7 @@
 
 #![forbid(unsafe_code)]
 
+pub mod admin;
 pub mod api;
 pub mod auth;
 pub mod certs;
@@ -35,6 +38,7 @@ pub mod config;
 pub mod dev;
 pub mod error;
 pub mod limits;
+pub mod metrics;
 pub mod overload;
 pub mod server;
 pub mod startup;

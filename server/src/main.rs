@@ -88,8 +88,10 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
             (app, listener, Some(material))
         }
         Command::Serve(config) => {
-            let app = startup::serve_app(&config).await?;
-            (app, bind(config.listen).await?, None)
+            let mut app = startup::serve_app(&config).await?;
+            let listener = bind(config.listen).await?;
+            app.admin = Some(bind(config.admin_listen).await?);
+            (app, listener, None)
         }
         Command::Certs { dir, command } => {
             println!("{}", notes_server::certs::run(&dir, command)?);

@@ -101,6 +101,10 @@ where
         }
         let Ok(permit) = self.limit.permits.clone().try_acquire_owned() else {
             self.limit.shed.fetch_add(1, Ordering::Relaxed);
+            crate::metrics::metrics()
+                .requests_shed
+                .with_label_values(&["in_flight"])
+                .inc();
             let status = Status::unavailable(format!(
                 "server is overloaded: more than {} calls in flight; retry with backoff",
                 self.limit.max
@@ -229,6 +233,10 @@ where
                 },
             };
             if !self.buckets.take(&caller, Instant::now()) {
+                crate::metrics::metrics()
+                    .requests_shed
+                    .with_label_values(&["rate_limit"])
+                    .inc();
                 let limit = self.buckets.limit;
                 let status = Status::resource_exhausted(format!(
                     "rate limit exceeded: at most {} calls per second per caller (bursts of {})",

@@ -10,10 +10,14 @@ use tokio_util::sync::CancellationToken;
 use tonic::{server::NamedService, transport::Server};
 use tonic_health::{ServingStatus, server::HealthReporter};
 
+use std::sync::atomic::Ordering;
+
 use crate::{
+    admin::{self, Readiness},
     api::{NotesApi, PageTokens},
     auth::{AuthLayer, Authenticator, jwks},
     limits::{Limits, MAX_NOTES_MESSAGE_BYTES, MAX_SMALL_MESSAGE_BYTES},
+    metrics::RpcMetricsLayer,
     overload::{InFlightLimitLayer, OversizeAsResourceExhausted, RateLimitLayer},
     store::NoteStore,
     tls::{self, Admission, ServerTls},
@@ -31,6 +35,8 @@ pub struct App {
     pub page_tokens: PageTokens,
     /// Timeouts and bounds.
     pub limits: Limits,
+    /// Where the admin endpoints (`/metrics`, `/livez`, `/readyz`) listen, if anywhere.
+    pub admin: Option<TcpListener>,
 }
 
 /// Failures of the serving loop.
@@ -56,12 +62,40 @@ async fn set_health(health: &HealthReporter, status: ServingStatus) {
 async fn become_ready(
     authenticator: Arc<Authenticator>,
     health: HealthReporter,
+    readiness: Arc<Readiness>,
     stop: CancellationToken,
 ) {
     if jwks::load_until_ready(authenticator.verifier(), &stop).await {
+        readiness.keys.store(true, Ordering::Release);
+        readiness.publish();
         set_health(&health, ServingStatus::Serving).await;
         tracing::info!("token keys loaded; ready");
     }
+}
+
+/// Probes the store every few seconds for readiness.
+fn spawn_store_probe(
+    store: Arc<dyn NoteStore>,
+    readiness: Arc<Readiness>,
+    stop: CancellationToken,
+) {
+    tokio::spawn(async move {
+        let mut tick = tokio::time::interval(std::time::Duration::from_secs(5));
+        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        loop {
+            tokio::select! {
+                _ = stop.cancelled() => break,
+                _ = tick.tick() => {
+                    let answered = store.ping().await;
+                    if let Err(err) = &answered {
+                        tracing::warn!(error = %crate::error::error_chain(err), "store probe failed; not ready");
+                    }
+                    readiness.store.store(answered.is_ok(), Ordering::Release);
+                    readiness.publish();
+                }
+            }
+        }
+    });
 }
 
 /// Serves NotesService, health and reflection on `listener` over mutual TLS
@@ -74,12 +108,23 @@ pub async fn run(
 ) -> Result<(), ServeError> {
     let (health, health_service) = tonic_health::server::health_reporter();
     let stop = CancellationToken::new();
+    let readiness = Arc::new(Readiness::default());
+    readiness.publish();
+    let admin_stop = CancellationToken::new();
+    // The admin endpoints outlive the drain (503 throughout), then stop.
+    let _admin_guard = admin_stop.clone().drop_guard();
+    if let Some(listener) = app.admin {
+        tracing::info!(addr = ?listener.local_addr().ok(), "admin endpoints: /metrics /livez /readyz");
+        admin::spawn(listener, readiness.clone(), admin_stop.clone());
+    }
+    spawn_store_probe(app.store.clone(), readiness.clone(), stop.clone());
     // Not ready until every issuer's keys are loaded: until then health says
     // NOT_SERVING (load balancers route elsewhere) while loading is retried.
     set_health(&health, ServingStatus::NotServing).await;
     tokio::spawn(become_ready(
         app.authenticator.clone(),
         health.clone(),
+        readiness.clone(),
         stop.clone(),
     ));
     jwks::spawn_refresh(app.authenticator.verifier(), &stop);
@@ -120,8 +165,12 @@ pub async fn run(
 
     let signal = {
         let stop = stop.clone();
+        let readiness = readiness.clone();
         async move {
             shutdown.await;
+            // Not ready first: load balancers stop sending before the listener closes.
+            readiness.draining.store(true, Ordering::Release);
+            readiness.publish();
             tracing::info!("shutting down: refusing new connections, draining calls");
             set_health(&health, ServingStatus::NotServing).await;
             stop.cancel();
@@ -130,6 +179,7 @@ pub async fn run(
 
     let router = Server::builder()
         .timeout(limits.request_timeout)
+        // Counts every call, with the code any later layer answered.
         // HTTP/2 bounds per connection (see crate::limits for each reason).
         .max_concurrent_streams(limits.max_concurrent_streams)
         .http2_max_local_error_reset_streams(Some(limits.max_local_error_resets))
@@ -141,6 +191,7 @@ pub async fn run(
         // Long-lived connections re-handshake (new certificates, CRLs).
         .max_connection_age(limits.max_connection_age)
         .max_connection_age_grace(limits.max_connection_age_grace)
+        .layer(RpcMetricsLayer)
         // Shedding comes first: an overloaded server spends nothing on a call
         // it cannot take, not even RSA.
         .layer(InFlightLimitLayer::new(limits.max_requests_in_flight))

@@ -80,6 +80,7 @@ pub async fn serve_app(config: &ServeConfig) -> Result<App, ConfigError> {
         tls,
         page_tokens,
         limits,
+        admin: None,
     })
 }
 
@@ -107,6 +108,7 @@ pub fn dev_app(material: &DevMaterial, store: Arc<dyn NoteStore>) -> anyhow::Res
         tls,
         page_tokens: page_tokens(&material.path("page-token.key"))?,
         limits: Limits::default(),
+        admin: None,
     })
 }
 
@@ -122,7 +124,8 @@ pub fn authenticator(settings: AuthSettings) -> Result<Authenticator, ConfigErro
             ),
             JwksLocation::Url(url, jwks) => Arc::new(
                 RemoteJwks::new(url, jwks)
-                    .map_err(|e| config_err(issuer.setting, error_chain(&e)))?,
+                    .map_err(|e| config_err(issuer.setting, error_chain(&e)))?
+                    .for_issuer(&issuer.policy.issuer),
             ),
         };
         issuers.push((issuer.policy, keys));

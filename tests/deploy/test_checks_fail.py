@@ -80,10 +80,10 @@ def test_init_table_policy_check_fails(tmp_path, actions):
 SERVER_MUTANTS = {
     # A new kind of call the mapping does not know.
     "scan instead of query": {"store/dynamodb/mod.rs": [(".query()", ".scan()")]},
-    "batch write": {"store/dynamodb/mod.rs": [("self.client\n            .put_item()", "self.client.batch_write_item();\n        self.client\n            .put_item()")]},
-    "unknown client method": {"store/dynamodb/mod.rs": [("self.client\n            .put_item()", "self.client.new_api_call();\n        self.client\n            .put_item()")]},
+    "batch write": {"store/dynamodb/mod.rs": [("self.client\n                .put_item()", "self.client.batch_write_item();\n        self.client\n                .put_item()")]},
+    "unknown client method": {"store/dynamodb/mod.rs": [("self.client\n                .put_item()", "self.client.new_api_call();\n        self.client\n                .put_item()")]},
     # A known call, in a new place or a new kind of transaction item.
-    "TTL update while serving": {"store/dynamodb/mod.rs": [("self.client\n            .put_item()", "let _ = self.client.update_time_to_live();\n        self.client\n            .put_item()")]},
+    "TTL update while serving": {"store/dynamodb/mod.rs": [("self.client\n                .put_item()", "let _ = self.client.update_time_to_live();\n        self.client\n                .put_item()")]},
     "condition check in the transaction": {"store/dynamodb/mod.rs": [("TransactWriteItem::builder().put(put)", "TransactWriteItem::builder().condition_check(put)")]},
     "unknown transaction item": {"store/dynamodb/mod.rs": [("TransactWriteItem::builder().put(put)", "TransactWriteItem::builder().frobnicate(put)")]},
 }

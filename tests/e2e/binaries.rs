@@ -48,6 +48,7 @@ fn configured(subcommand: &str, dir: &Path, table: &str, port: u16) -> Command {
     cmd.kill_on_drop(true)
         .arg(subcommand)
         .env("NOTES_LISTEN", format!("127.0.0.1:{port}"))
+        .env("NOTES_ADMIN_LISTEN", "127.0.0.1:0")
         .env("NOTES_TLS_CERT", dir.join("server.pem"))
         .env("NOTES_TLS_KEY", dir.join("server.key"))
         .env("NOTES_CLIENT_CA", dir.join("ca.pem"))
@@ -304,6 +305,7 @@ async fn the_certs_tool_stands_up_a_pki_that_serves_and_revokes() {
         .kill_on_drop(true)
         .arg("serve")
         .env("NOTES_LISTEN", format!("127.0.0.1:{port}"))
+        .env("NOTES_ADMIN_LISTEN", "127.0.0.1:0")
         .env("NOTES_TLS_CERT", pki_dir.join("notes.pem"))
         .env("NOTES_TLS_KEY", pki_dir.join("notes.key"))
         .env("NOTES_CLIENT_CA", pki_dir.join("ca.pem"))
@@ -479,25 +481,55 @@ pub(crate) async fn start_serve(
     port: u16,
     env: &[(&str, &str)],
 ) -> (Child, u16) {
+    let (child, port, _) = start_serve_with_admin(dir, table, port, env).await;
+    (child, port)
+}
+
+/// The port in a JSON log line's `addr` field, e.g. `Some(127.0.0.1:4567)`.
+fn logged_port(line: &str) -> Option<u16> {
+    let at = line.find("127.0.0.1:")?;
+    line[at + "127.0.0.1:".len()..]
+        .chars()
+        .take_while(char::is_ascii_digit)
+        .collect::<String>()
+        .parse()
+        .ok()
+}
+
+/// Like [`start_serve`], also returning the admin listener's port.
+pub(crate) async fn start_serve_with_admin(
+    dir: &Path,
+    table: &str,
+    port: u16,
+    env: &[(&str, &str)],
+) -> (Child, u16, u16) {
     use tokio::io::{AsyncBufReadExt, BufReader};
-    let mut child = server_command(dir, table, port)
-        .env("NOTES_LOG_FORMAT", "json")
-        .envs(env.iter().copied())
+    let mut cmd = server_command(dir, table, port);
+    cmd.env("NOTES_LOG_FORMAT", "json");
+    // An empty value removes the variable.
+    for (key, value) in env {
+        if value.is_empty() {
+            cmd.env_remove(key);
+        } else {
+            cmd.env(key, value);
+        }
+    }
+    let mut child = cmd
         .stdout(Stdio::null())
         .stderr(Stdio::piped())
         .spawn()
         .unwrap();
     let mut lines = BufReader::new(child.stderr.take().unwrap()).lines();
-    let bound = tokio::time::timeout(Duration::from_secs(30), async {
+    let (bound, admin) = tokio::time::timeout(Duration::from_secs(30), async {
+        let mut admin = 0;
         while let Some(line) = lines.next_line().await.unwrap() {
+            if line.contains("admin endpoints") {
+                admin = logged_port(&line).unwrap_or(0);
+            }
             if line.contains("serving notes.v1.NotesService")
-                && let Some(at) = line.find("127.0.0.1:")
+                && let Some(port) = logged_port(&line)
             {
-                let digits: String = line[at + "127.0.0.1:".len()..]
-                    .chars()
-                    .take_while(char::is_ascii_digit)
-                    .collect();
-                return digits.parse::<u16>().unwrap();
+                return (port, admin);
             }
         }
         panic!("notes-server serve exited before serving");
@@ -505,7 +537,7 @@ pub(crate) async fn start_serve(
     .await
     .expect("notes-server serve did not start within 30 s");
     tokio::spawn(async move { while let Ok(Some(_)) = lines.next_line().await {} });
-    (child, bound)
+    (child, bound, admin)
 }
 
 /// What one writer saw.

@@ -40,6 +40,7 @@ mod harness;
 mod isolation;
 mod jwks;
 mod mtls;
+mod observability;
 mod outage;
 mod policy;
 mod public_services;

@@ -58,6 +58,8 @@ type KeyMap = HashMap<String, Arc<VerifyKey>>;
 /// The JWKS at one URL.
 pub struct RemoteJwks {
     url: String,
+    /// The metrics label: the issuer (the URL until told).
+    label: String,
     http: reqwest::Client,
     settings: JwksSettings,
     keys: RwLock<Arc<KeyMap>>,
@@ -82,12 +84,24 @@ impl RemoteJwks {
                 source: Some(Box::new(e)),
             })?;
         Ok(Self {
+            label: url.clone(),
             url,
             http,
             settings,
             keys: RwLock::new(Arc::default()),
             last_miss_fetch: Mutex::new(None),
         })
+    }
+
+    /// Labels this source's metrics with `issuer` instead of its URL.
+    pub fn for_issuer(mut self, issuer: &str) -> Self {
+        self.label = issuer.to_owned();
+        // Published from the start: keys that never load read as infinitely stale.
+        crate::metrics::metrics()
+            .jwks_last_refresh
+            .with_label_values(&[issuer])
+            .set(0);
+        self
     }
 
     /// The JWKS URL.
@@ -107,7 +121,19 @@ impl RemoteJwks {
         }
     }
 
+    /// One fetch; a failure is counted in the metrics (a success when stored).
     async fn fetch(&self) -> Result<KeyMap, KeyError> {
+        let fetched = self.fetch_once().await;
+        if fetched.is_err() {
+            crate::metrics::metrics()
+                .jwks_fetches
+                .with_label_values(&[&self.label, "error"])
+                .inc();
+        }
+        fetched
+    }
+
+    async fn fetch_once(&self) -> Result<KeyMap, KeyError> {
         let response = self
             .http
             .get(&self.url)
@@ -148,6 +174,23 @@ impl RemoteJwks {
 
     fn store(&self, keys: KeyMap) {
         let count = keys.len();
+        let metrics = crate::metrics::metrics();
+        metrics
+            .jwks_fetches
+            .with_label_values(&[&self.label, "ok"])
+            .inc();
+        metrics
+            .jwks_keys
+            .with_label_values(&[&self.label])
+            .set(i64::try_from(count).unwrap_or(i64::MAX));
+        metrics
+            .jwks_last_refresh
+            .with_label_values(&[&self.label])
+            .set(
+                std::time::SystemTime::now()
+                    .duration_since(std::time::UNIX_EPOCH)
+                    .map_or(0, |d| i64::try_from(d.as_secs()).unwrap_or(0)),
+            );
         *self.keys.write().unwrap_or_else(|e| e.into_inner()) = Arc::new(keys);
         tracing::info!(url = %self.url, keys = count, "JWKS loaded");
     }

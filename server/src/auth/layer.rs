@@ -87,6 +87,14 @@ where
             match decision {
                 Ok(caller) => {
                     if let Some(caller) = caller {
+                        let kind = match caller.kind {
+                            super::CallerKind::User => "user",
+                            super::CallerKind::Machine => "machine",
+                        };
+                        crate::metrics::metrics()
+                            .auth_decisions
+                            .with_label_values(&["allow", "ok", kind])
+                            .inc();
                         tracing::info!(
                             target: "notes::audit",
                             method = %path,
@@ -105,6 +113,10 @@ where
                 }
                 Err(err) => {
                     auth.count_refusal(err.reason());
+                    crate::metrics::metrics()
+                        .auth_decisions
+                        .with_label_values(&["deny", err.reason(), "none"])
+                        .inc();
                     tracing::info!(
                         target: "notes::audit",
                         method = %path,

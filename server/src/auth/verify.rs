@@ -390,10 +390,12 @@ impl TokenVerifier {
                 .get(&cached.issuer)
                 .is_some_and(|i| i.keys.cached_key(&cached.kid).is_some());
             if key_known {
+                crate::metrics::metrics().token_cache_hits.inc();
                 return Ok(cached);
             }
             self.cache.remove(&cache_key);
         }
+        crate::metrics::metrics().token_cache_misses.inc();
         let verified = Arc::new(self.verify_uncached(token).await?);
         self.cache.insert(cache_key, verified.clone(), now_secs());
         Ok(verified)

@@ -128,4 +128,10 @@ pub trait NoteStore: Send + Sync + 'static {
         note_id: Uuid,
         expected_version: Option<i64>,
     ) -> Result<(), StoreError>;
+
+    /// Answers when the backend does (readiness probes); in-process stores
+    /// always do.
+    async fn ping(&self) -> Result<(), StoreError> {
+        Ok(())
+    }
 }

@@ -80,6 +80,7 @@ impl OpenConnections {
     fn register(&self, peer: Arc<PeerIdentity>) -> (u64, Arc<Closer>) {
         let id = self.next_id.fetch_add(1, Ordering::Relaxed);
         let closer = Arc::new(Closer::default());
+        crate::metrics::metrics().connections_open.inc();
         self.conns
             .lock()
             .unwrap_or_else(|e| e.into_inner())
@@ -88,6 +89,7 @@ impl OpenConnections {
     }
 
     fn remove(&self, id: u64) {
+        crate::metrics::metrics().connections_open.dec();
         self.conns
             .lock()
             .unwrap_or_else(|e| e.into_inner())
@@ -212,6 +214,15 @@ impl Admission {
             Refusal::HandshakesPerIp => &self.refused.handshakes_per_ip,
         };
         counter.fetch_add(1, Ordering::Relaxed);
+        let cap = match why {
+            Refusal::Connections => "connections",
+            Refusal::Handshakes => "handshakes",
+            Refusal::HandshakesPerIp => "handshakes_per_ip",
+        };
+        crate::metrics::metrics()
+            .connections_refused
+            .with_label_values(&[cap])
+            .inc();
         if let Some(suppressed) = self.log.check() {
             tracing::warn!(%remote_addr, cap = ?why, suppressed, "connection refused: at capacity");
         }
@@ -423,15 +434,21 @@ async fn handshake(
     // Before authentication anyone can make these happen: one line per 10 s.
     static REFUSED: std::sync::LazyLock<LogEvery> =
         std::sync::LazyLock::new(|| LogEvery::new(Duration::from_secs(10)));
+    let handshakes = &crate::metrics::metrics().tls_handshakes;
     let stream = match tokio::time::timeout(timeout, acceptor.accept(tcp)).await {
-        Ok(Ok(stream)) => stream,
+        Ok(Ok(stream)) => {
+            handshakes.with_label_values(&["ok"]).inc();
+            stream
+        }
         Ok(Err(err)) => {
+            handshakes.with_label_values(&["refused"]).inc();
             if let Some(suppressed) = REFUSED.check() {
                 tracing::info!(%remote_addr, error = %escape(&err.to_string()), suppressed, "TLS handshake refused");
             }
             return None;
         }
         Err(_) => {
+            handshakes.with_label_values(&["timeout"]).inc();
             if let Some(suppressed) = REFUSED.check() {
                 tracing::info!(%remote_addr, ?timeout, suppressed, "TLS handshake timed out");
             }

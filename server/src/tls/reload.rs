@@ -56,6 +56,7 @@ impl TlsFiles {
             digest.update(&crl);
             material = material.with_crls_pem(&crl, &path.display().to_string())?;
         }
+        publish_dates(&material);
         let now = now_unix();
         for (path, next_update) in &material.crl_next_updates {
             if next_update.is_some_and(|at| at < now) {
@@ -66,6 +67,28 @@ impl TlsFiles {
             }
         }
         Ok((material, digest.finish().as_ref().to_vec()))
+    }
+}
+
+/// Sets the certificate and CRL date gauges from `material`.
+fn publish_dates(material: &TlsMaterial) {
+    use x509_parser::prelude::FromDer;
+    let not_after = |der: &[u8]| {
+        x509_parser::certificate::X509Certificate::from_der(der)
+            .ok()
+            .map(|(_, cert)| cert.validity().not_after.timestamp())
+    };
+    let metrics = crate::metrics::metrics();
+    if let Some(at) = material.cert_chain.first().and_then(|c| not_after(c)) {
+        metrics.server_certificate_not_after.set(at);
+    }
+    if let Some(at) = material.client_ca.iter().filter_map(|c| not_after(c)).min() {
+        metrics.client_ca_not_after.set(at);
+    }
+    for (path, next_update) in &material.crl_next_updates {
+        if let Some(at) = next_update {
+            metrics.crl_next_update.with_label_values(&[path]).set(*at);
+        }
     }
 }
 

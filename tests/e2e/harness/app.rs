@@ -143,6 +143,7 @@ impl TestAppBuilder {
             tls: self.tls.unwrap_or_else(test_tls),
             page_tokens: PageTokens::new(b"0123456789abcdef0123456789abcdef").unwrap(),
             limits: self.limits,
+            admin: None,
         };
         let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
         let addr = listener.local_addr().unwrap();

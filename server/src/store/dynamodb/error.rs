@@ -27,6 +27,53 @@ const ACCESS_DENIED_CODES: [&str; 5] = [
     "MissingAuthenticationTokenException",
 ];
 
+/// Awaits one DynamoDB call (`operation` as IAM and the API name it) and
+/// records it: outcome (ok, condition_failed, throttled, error) and latency
+/// (retries included) in the process's metrics.
+pub(super) async fn observed<T, E, R>(
+    operation: &'static str,
+    call: impl std::future::Future<Output = Result<T, SdkError<E, R>>>,
+) -> Result<T, SdkError<E, R>>
+where
+    E: ProvideErrorMetadata,
+{
+    let started = std::time::Instant::now();
+    let result = call.await;
+    let metrics = crate::metrics::metrics();
+    let outcome = match &result {
+        Ok(_) => "ok",
+        Err(err) => match err.code() {
+            Some("ConditionalCheckFailedException" | "TransactionCanceledException") => {
+                "condition_failed"
+            }
+            Some(code) if THROTTLING_CODES.contains(&code) => {
+                metrics
+                    .dynamodb_throttles
+                    .with_label_values(&[operation])
+                    .inc();
+                "throttled"
+            }
+            _ => "error",
+        },
+    };
+    metrics
+        .dynamodb_requests
+        .with_label_values(&[operation, outcome])
+        .inc();
+    metrics
+        .dynamodb_seconds
+        .with_label_values(&[operation])
+        .observe(started.elapsed().as_secs_f64());
+    result
+}
+
+/// DynamoDB's throttling error codes.
+const THROTTLING_CODES: [&str; 3] = [
+    "ProvisionedThroughputExceededException",
+    "RequestLimitExceeded",
+    "ThrottlingException",
+];
+
 /// Maps an SDK failure that is not an expected condition of the operation.
 pub(super) fn map_sdk_error<E>(
     err: SdkError<E, aws_sdk_dynamodb::config::http::HttpResponse>,

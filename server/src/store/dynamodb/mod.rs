@@ -27,7 +27,7 @@ use uuid::Uuid;
 pub use item::{EXPIRES_AT_ATTR, NOTE_ID_ATTR, OWNER_ATTR};
 
 use self::{
-    error::map_sdk_error,
+    error::{map_sdk_error, observed},
     item::{
         Item, corrupt, note_from_item, note_key, note_of_record, note_to_item, number_attr,
         number_of_nanos, read_number, request_key, request_record, string_attr,
@@ -104,15 +104,17 @@ impl DynamoStore {
 
     /// A strongly consistent GetItem of `key`.
     async fn read_item(&self, key: Item) -> Result<Option<Item>, StoreError> {
-        let out = self
-            .client
-            .get_item()
-            .table_name(&self.table)
-            .set_key(Some(key))
-            .consistent_read(true)
-            .send()
-            .await
-            .map_err(|e| map_sdk_error(e, &self.table))?;
+        let out = observed(
+            "GetItem",
+            self.client
+                .get_item()
+                .table_name(&self.table)
+                .set_key(Some(key))
+                .consistent_read(true)
+                .send(),
+        )
+        .await
+        .map_err(|e| map_sdk_error(e, &self.table))?;
         Ok(out.item)
     }
 
@@ -136,13 +138,15 @@ impl DynamoStore {
         note: Note,
     ) -> Result<Note, StoreError> {
         for attempt in 0..CREATE_RACE_ATTEMPTS {
-            let sent = self
-                .client
-                .transact_write_items()
-                .transact_items(self.put_if_absent(note_to_item(&note))?)
-                .transact_items(self.put_if_absent(request_record(owner, request_id, &note))?)
-                .send()
-                .await;
+            let sent = observed(
+                "TransactWriteItems",
+                self.client
+                    .transact_write_items()
+                    .transact_items(self.put_if_absent(note_to_item(&note))?)
+                    .transact_items(self.put_if_absent(request_record(owner, request_id, &note))?)
+                    .send(),
+            )
+            .await;
             let err = match sent {
                 Ok(_) => return Ok(note),
                 Err(err) => err,
@@ -212,6 +216,10 @@ impl DynamoStore {
 
 #[async_trait]
 impl NoteStore for DynamoStore {
+    async fn ping(&self) -> Result<(), StoreError> {
+        self.check_table().await
+    }
+
     async fn create(&self, owner: &str, new: NewNote) -> Result<Note, StoreError> {
         let note = Note {
             note_id: new.note_id,
@@ -224,14 +232,17 @@ impl NoteStore for DynamoStore {
         if let Some(request_id) = &new.request_id {
             return self.create_idempotent(owner, request_id, note).await;
         }
-        self.client
-            .put_item()
-            .table_name(&self.table)
-            .set_item(Some(note_to_item(&note)))
-            .condition_expression("attribute_not_exists(noteId)")
-            .send()
-            .await
-            .map_err(|e| map_sdk_error(e, &self.table))?;
+        observed(
+            "PutItem",
+            self.client
+                .put_item()
+                .table_name(&self.table)
+                .set_item(Some(note_to_item(&note)))
+                .condition_expression("attribute_not_exists(noteId)")
+                .send(),
+        )
+        .await
+        .map_err(|e| map_sdk_error(e, &self.table))?;
         Ok(note)
     }
 
@@ -255,23 +266,25 @@ impl NoteStore for DynamoStore {
         // an empty page with a continuation key.
         loop {
             let want = limit + 1 - notes.len();
-            let out = self
-                .client
-                .query()
-                .table_name(&self.table)
-                .key_condition_expression("#u = :u AND #n >= :floor")
-                .expression_attribute_names("#u", OWNER_ATTR)
-                .expression_attribute_names("#n", NOTE_ID_ATTR)
-                .expression_attribute_values(":u", string_attr(owner))
-                // Idempotency records sort under "#req#", before every UUID.
-                .expression_attribute_values(":floor", string_attr("0"))
-                .scan_index_forward(false)
-                .consistent_read(true)
-                .limit(i32::try_from(want).unwrap_or(i32::MAX))
-                .set_exclusive_start_key(start.take())
-                .send()
-                .await
-                .map_err(|e| map_sdk_error(e, &self.table))?;
+            let out = observed(
+                "Query",
+                self.client
+                    .query()
+                    .table_name(&self.table)
+                    .key_condition_expression("#u = :u AND #n >= :floor")
+                    .expression_attribute_names("#u", OWNER_ATTR)
+                    .expression_attribute_names("#n", NOTE_ID_ATTR)
+                    .expression_attribute_values(":u", string_attr(owner))
+                    // Idempotency records sort under "#req#", before every UUID.
+                    .expression_attribute_values(":floor", string_attr("0"))
+                    .scan_index_forward(false)
+                    .consistent_read(true)
+                    .limit(i32::try_from(want).unwrap_or(i32::MAX))
+                    .set_exclusive_start_key(start.take())
+                    .send(),
+            )
+            .await
+            .map_err(|e| map_sdk_error(e, &self.table))?;
             for item in out.items() {
                 notes.push(note_from_item(item)?);
             }
@@ -318,8 +331,9 @@ impl NoteStore for DynamoStore {
         if let Some(expected) = expected_version {
             request = request.expression_attribute_values(":expected", number_attr(expected));
         }
+        let sent = observed("UpdateItem", request.send()).await;
         let out = self
-            .conditional_write(request.send().await, owner, note_id, expected_version)
+            .conditional_write(sent, owner, note_id, expected_version)
             .await?;
         note_from_item(
             out.attributes()
@@ -345,7 +359,8 @@ impl NoteStore for DynamoStore {
                 .expression_attribute_names("#v", "version")
                 .expression_attribute_values(":expected", number_attr(expected));
         }
-        self.conditional_write(request.send().await, owner, note_id, expected_version)
+        let sent = observed("DeleteItem", request.send()).await;
+        self.conditional_write(sent, owner, note_id, expected_version)
             .await?;
         Ok(())
     }

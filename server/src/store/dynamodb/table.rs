@@ -15,7 +15,7 @@ use aws_sdk_dynamodb::{
 
 use super::{
     DynamoStore,
-    error::map_sdk_error,
+    error::{map_sdk_error, observed},
     item::{EXPIRES_AT_ATTR, NOTE_ID_ATTR, OWNER_ATTR},
 };
 use crate::store::StoreError;
@@ -40,17 +40,19 @@ impl DynamoStore {
     /// Creates the table if it is missing (on-demand billing, TTL on
     /// `expiresAt`) and waits until it is ACTIVE. Safe to run twice.
     pub async fn init_table(&self, wait: Duration) -> Result<(), StoreError> {
-        let created = self
-            .client
-            .create_table()
-            .table_name(&self.table)
-            .billing_mode(BillingMode::PayPerRequest)
-            .attribute_definitions(string_attribute(OWNER_ATTR))
-            .attribute_definitions(string_attribute(NOTE_ID_ATTR))
-            .key_schema(key_element(OWNER_ATTR, KeyType::Hash))
-            .key_schema(key_element(NOTE_ID_ATTR, KeyType::Range))
-            .send()
-            .await;
+        let created = observed(
+            "CreateTable",
+            self.client
+                .create_table()
+                .table_name(&self.table)
+                .billing_mode(BillingMode::PayPerRequest)
+                .attribute_definitions(string_attribute(OWNER_ATTR))
+                .attribute_definitions(string_attribute(NOTE_ID_ATTR))
+                .key_schema(key_element(OWNER_ATTR, KeyType::Hash))
+                .key_schema(key_element(NOTE_ID_ATTR, KeyType::Range))
+                .send(),
+        )
+        .await;
         match created {
             Ok(_) => tracing::info!(table = %self.table, "table created"),
             Err(err) if err.code() == Some("ResourceInUseException") => {
@@ -59,21 +61,23 @@ impl DynamoStore {
             Err(err) => return Err(map_sdk_error(err, &self.table)),
         }
         self.wait_until_active(wait).await?;
-        let ttl = self
-            .client
-            .update_time_to_live()
-            .table_name(&self.table)
-            .time_to_live_specification(
-                TimeToLiveSpecification::builder()
-                    .attribute_name(EXPIRES_AT_ATTR)
-                    .enabled(true)
-                    .build()
-                    .map_err(|e| {
-                        StoreError::Internal("TTL specification".into(), Some(Box::new(e)))
-                    })?,
-            )
-            .send()
-            .await;
+        let ttl = observed(
+            "UpdateTimeToLive",
+            self.client
+                .update_time_to_live()
+                .table_name(&self.table)
+                .time_to_live_specification(
+                    TimeToLiveSpecification::builder()
+                        .attribute_name(EXPIRES_AT_ATTR)
+                        .enabled(true)
+                        .build()
+                        .map_err(|e| {
+                            StoreError::Internal("TTL specification".into(), Some(Box::new(e)))
+                        })?,
+                )
+                .send(),
+        )
+        .await;
         if let Err(err) = ttl {
             // Already enabled answers ValidationException; either way notes work without it.
             tracing::info!(table = %self.table, code = ?err.code(), "TTL on expiresAt not changed");
@@ -104,13 +108,15 @@ impl DynamoStore {
     /// Checks that TTL is enabled (or being enabled) on `expiresAt`, so
     /// idempotency records expire.
     pub async fn check_ttl(&self) -> Result<(), StoreError> {
-        let out = self
-            .client
-            .describe_time_to_live()
-            .table_name(&self.table)
-            .send()
-            .await
-            .map_err(|e| map_sdk_error(e, &self.table))?;
+        let out = observed(
+            "DescribeTimeToLive",
+            self.client
+                .describe_time_to_live()
+                .table_name(&self.table)
+                .send(),
+        )
+        .await
+        .map_err(|e| map_sdk_error(e, &self.table))?;
         let ttl = out.time_to_live_description();
         let status = ttl.and_then(|t| t.time_to_live_status());
         let attribute = ttl.and_then(|t| t.attribute_name());
@@ -132,14 +138,14 @@ impl DynamoStore {
 
     /// DescribeTable of the table.
     async fn describe(&self) -> Result<TableDescription, StoreError> {
-        self.client
-            .describe_table()
-            .table_name(&self.table)
-            .send()
-            .await
-            .map_err(|e| map_sdk_error(e, &self.table))?
-            .table
-            .ok_or_else(|| StoreError::Internal("DescribeTable returned no table".into(), None))
+        observed(
+            "DescribeTable",
+            self.client.describe_table().table_name(&self.table).send(),
+        )
+        .await
+        .map_err(|e| map_sdk_error(e, &self.table))?
+        .table
+        .ok_or_else(|| StoreError::Internal("DescribeTable returned no table".into(), None))
     }
 
     /// Checks that the table exists with the expected key schema.

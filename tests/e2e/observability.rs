@@ -1,0 +1,288 @@
+//! The admin listener of the real `serve` binary: `/livez`, `/readyz`
+//! through its states (keys not loaded, ready, draining), `/metrics` checked
+//! by `promtool check metrics`, and a real Prometheus server scraping it
+//! whose query API must count every call by method and code.
+
+use std::{
+    path::Path,
+    process::Stdio,
+    time::{Duration, Instant},
+};
+
+use notes_api::pb::{GetNoteRequest, ListNotesRequest, notes_service_client::NotesServiceClient};
+use serde_json::{Value, json};
+use tokio::process::Command;
+use tonic_health::pb::{HealthCheckRequest, health_client::HealthClient};
+
+use crate::{
+    binaries::start_serve_with_admin,
+    harness::{TestApp, claims, create_as, pki, pki::write_files, sign, token_for, with_token},
+};
+
+async fn get(port: u16, path: &str) -> (u16, String) {
+    let response = reqwest::get(format!("http://127.0.0.1:{port}{path}"))
+        .await
+        .unwrap();
+    (response.status().as_u16(), response.text().await.unwrap())
+}
+
+/// A stub over mutual TLS to the `serve` on `port`.
+async fn stub(port: u16) -> NotesServiceClient<tonic::transport::Channel> {
+    NotesServiceClient::new(channel(port).await)
+}
+
+async fn channel(port: u16) -> tonic::transport::Channel {
+    let pki = pki();
+    tonic::transport::Endpoint::from_shared(format!("https://localhost:{port}"))
+        .unwrap()
+        .tls_config(
+            tonic::transport::ClientTlsConfig::new()
+                .ca_certificate(tonic::transport::Certificate::from_pem(&pki.ca_pem))
+                .identity(tonic::transport::Identity::from_pem(
+                    &pki.client.cert_pem,
+                    &pki.client.key_pem,
+                )),
+        )
+        .unwrap()
+        .connect()
+        .await
+        .unwrap()
+}
+
+/// Polls `/readyz` until it answers `status` (30 s at most).
+async fn wait_ready(admin: u16, status: u16) -> String {
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        let (got, body) = get(admin, "/readyz").await;
+        if got == status || Instant::now() > deadline {
+            assert_eq!(got, status, "{body}");
+            return body;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+#[tokio::test]
+async fn readyz_is_503_until_keys_load_200_when_ready_and_503_while_draining() {
+    let dir = tempfile::tempdir().unwrap();
+    write_files(dir.path());
+    let memory = [("NOTES_STORE", "memory")];
+    // Keys that can never load: a JWKS URL nobody serves.
+    let (_unready, _, admin) = start_serve_with_admin(
+        dir.path(),
+        "unused",
+        0,
+        &[
+            ("NOTES_STORE", "memory"),
+            ("NOTES_JWKS_FILE", ""),
+            ("NOTES_JWKS_URL", "http://127.0.0.1:9/jwks.json"),
+        ],
+    )
+    .await;
+    let (live, _) = get(admin, "/livez").await;
+    let not_ready = wait_ready(admin, 503).await;
+    assert_eq!(live, 200);
+    assert!(not_ready.contains("token keys"), "{not_ready}");
+
+    let (mut server, port, admin) = start_serve_with_admin(dir.path(), "unused", 0, &memory).await;
+    wait_ready(admin, 200).await;
+    // An open stream keeps the drain going for the grace period.
+    let mut watch = HealthClient::new(channel(port).await)
+        .watch(HealthCheckRequest::default())
+        .await
+        .unwrap()
+        .into_inner();
+    watch.message().await.unwrap();
+    let pid = server.id().unwrap().to_string();
+    std::process::Command::new("kill")
+        .args(["-TERM", &pid])
+        .status()
+        .unwrap();
+    let draining = wait_ready(admin, 503).await;
+    let exited = tokio::time::timeout(Duration::from_secs(30), server.wait())
+        .await
+        .unwrap()
+        .unwrap();
+
+    assert!(draining.contains("draining"), "{draining}");
+    assert!(exited.success());
+}
+
+/// `promtool` and `prometheus`, installed by the test command.
+fn tool(name: &str) -> String {
+    std::env::var(format!("NOTES_TEST_{}", name.to_uppercase()))
+        .unwrap_or_else(|_| panic!("{name} missing: run ./scripts/test, which installs it"))
+}
+
+/// Starts a Prometheus server on 127.0.0.1 scraping `target` every second.
+async fn start_prometheus(dir: &Path, target: u16) -> (tokio::process::Child, u16) {
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    let config = dir.join("prometheus.yml");
+    std::fs::write(
+        &config,
+        format!(
+            "global:\n  scrape_interval: 1s\nscrape_configs:\n  - job_name: notes\n    static_configs:\n      - targets: ['127.0.0.1:{target}']\n"
+        ),
+    )
+    .unwrap();
+    let child = Command::new(tool("prometheus"))
+        .kill_on_drop(true)
+        .arg(format!("--config.file={}", config.display()))
+        .arg(format!("--web.listen-address=127.0.0.1:{port}"))
+        .arg(format!(
+            "--storage.tsdb.path={}",
+            dir.join("tsdb").display()
+        ))
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    (child, port)
+}
+
+/// `sum by (grpc_method, grpc_code)` of NotesService's handled calls, as
+/// Prometheus's query API answers it.
+async fn handled(prometheus: u16) -> Vec<(String, String, f64)> {
+    let query = "sum by (grpc_method, grpc_code) (grpc_server_handled_total{grpc_service=\"notes.v1.NotesService\"})";
+    let Ok(response) = reqwest::Client::new()
+        .post(format!("http://127.0.0.1:{prometheus}/api/v1/query"))
+        .form(&[("query", query)])
+        .send()
+        .await
+    else {
+        return Vec::new();
+    };
+    let body: Value = response.json().await.unwrap_or(json!({}));
+    let mut rows: Vec<_> = body["data"]["result"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .map(|r| {
+            (
+                r["metric"]["grpc_method"].as_str().unwrap_or("").to_owned(),
+                r["metric"]["grpc_code"].as_str().unwrap_or("").to_owned(),
+                r["value"][1].as_str().unwrap_or("0").parse().unwrap_or(0.0),
+            )
+        })
+        .filter(|(_, _, v)| *v > 0.0)
+        .collect();
+    rows.sort_by(|a, b| (&a.0, &a.1).cmp(&(&b.0, &b.1)));
+    rows
+}
+
+#[tokio::test]
+async fn a_real_prometheus_counts_every_call_by_method_and_code() {
+    let dir = tempfile::tempdir().unwrap();
+    write_files(dir.path());
+    let crl = dir.path().join("crl.pem").display().to_string();
+    let (_server, port, admin) = start_serve_with_admin(
+        dir.path(),
+        "unused",
+        0,
+        &[("NOTES_STORE", "memory"), ("NOTES_CLIENT_CRLS", &crl)],
+    )
+    .await;
+    let (_prometheus, prometheus) = start_prometheus(dir.path(), admin).await;
+    let mut notes = stub(port).await;
+    let token = token_for("alice");
+    let mut read_only = claims("alice");
+    read_only["scope"] = json!("notes/read");
+    let read_only = sign(&read_only);
+
+    for i in 0..3 {
+        notes
+            .create_note(with_token(
+                crate::harness::create_request(&format!("n{i}")),
+                &token,
+            ))
+            .await
+            .unwrap();
+    }
+    for _ in 0..2 {
+        let missing = GetNoteRequest {
+            note_id: uuid::Uuid::now_v7().to_string(),
+        };
+        notes
+            .get_note(with_token(missing, &token))
+            .await
+            .unwrap_err();
+    }
+    notes
+        .list_notes(ListNotesRequest::default())
+        .await
+        .unwrap_err();
+    notes
+        .create_note(with_token(crate::harness::create_request("no"), &read_only))
+        .await
+        .unwrap_err();
+
+    let expected = vec![
+        ("CreateNote".to_owned(), "OK".to_owned(), 3.0),
+        ("CreateNote".to_owned(), "PermissionDenied".to_owned(), 1.0),
+        ("GetNote".to_owned(), "NotFound".to_owned(), 2.0),
+        ("ListNotes".to_owned(), "Unauthenticated".to_owned(), 1.0),
+    ];
+    let deadline = Instant::now() + Duration::from_secs(60);
+    let mut seen = handled(prometheus).await;
+    while seen != expected && Instant::now() < deadline {
+        tokio::time::sleep(Duration::from_millis(500)).await;
+        seen = handled(prometheus).await;
+    }
+    assert_eq!(seen, expected);
+
+    // The exposition itself passes promtool's checks.
+    let (_, exposition) = get(admin, "/metrics").await;
+    let mut promtool = Command::new(tool("promtool"))
+        .args(["check", "metrics"])
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    use tokio::io::AsyncWriteExt;
+    let mut stdin = promtool.stdin.take().unwrap();
+    stdin.write_all(exposition.as_bytes()).await.unwrap();
+    drop(stdin);
+    let checked = promtool.wait_with_output().await.unwrap();
+    assert!(
+        checked.status.success(),
+        "promtool check metrics: {}{}",
+        String::from_utf8_lossy(&checked.stdout),
+        String::from_utf8_lossy(&checked.stderr)
+    );
+    for name in [
+        "grpc_server_started_total",
+        "grpc_server_handling_seconds_bucket",
+        "grpc_server_msg_received_total",
+        "grpc_server_msg_sent_total",
+        "notes_auth_decisions_total",
+        "notes_tls_handshakes_total",
+        "notes_server_certificate_not_after_timestamp_seconds",
+        "notes_crl_next_update_timestamp_seconds",
+        "notes_ready 1",
+    ] {
+        assert!(exposition.contains(name), "{name} missing:\n{exposition}");
+    }
+}
+
+#[tokio::test]
+async fn refusals_by_the_auth_layer_are_counted_with_their_code_in_process() {
+    let app = TestApp::spawn().await;
+    create_as(&app, &token_for("alice")).await.unwrap();
+    crate::harness::list_as(&app, "not-a-token")
+        .await
+        .unwrap_err();
+
+    let text = notes_server::metrics::metrics().render();
+    assert!(
+        text.contains(
+            "grpc_server_handled_total{grpc_code=\"Unauthenticated\",grpc_method=\"ListNotes\",grpc_service=\"notes.v1.NotesService\",grpc_type=\"unary\"} 1"
+        ),
+        "{text}"
+    );
+    assert!(text.contains("notes_auth_decisions_total{caller_kind=\"none\",reason=\"malformed\",result=\"deny\"} 1"), "{text}");
+}
