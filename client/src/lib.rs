@@ -237,6 +237,30 @@ impl ClientBuilder {
     }
 }
 
+/// Writes the current `tracing` span's OpenTelemetry context into the call's
+/// metadata (W3C `traceparent`) through the global propagator, so a calling
+/// service's trace continues into the notes service. Without a propagator
+/// installed (`opentelemetry::global::set_text_map_propagator`) nothing is
+/// written.
+fn inject_trace_context(metadata: &mut tonic::metadata::MetadataMap) {
+    use tracing_opentelemetry::OpenTelemetrySpanExt;
+    struct Injector<'a>(&'a mut tonic::metadata::MetadataMap);
+    impl opentelemetry::propagation::Injector for Injector<'_> {
+        fn set(&mut self, key: &str, value: String) {
+            if let (Ok(key), Ok(value)) = (
+                tonic::metadata::MetadataKey::from_bytes(key.as_bytes()),
+                value.parse(),
+            ) {
+                self.0.insert(key, value);
+            }
+        }
+    }
+    let context = tracing::Span::current().context();
+    opentelemetry::global::get_text_map_propagator(|propagator| {
+        propagator.inject_context(&context, &mut Injector(metadata));
+    });
+}
+
 /// A connection to the notes service. Cheap to clone: clones share one
 /// HTTP/2 channel and can be used from many tasks at once.
 #[derive(Clone)]
@@ -277,6 +301,7 @@ impl NotesClient {
         value.set_sensitive(true);
         let mut request = tonic::Request::new(message);
         request.metadata_mut().insert("authorization", value);
+        inject_trace_context(request.metadata_mut());
         Ok(request)
     }
 

@@ -71,7 +71,8 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Serve(_) => LogFormat::Json,
         _ => LogFormat::Text,
     });
-    telemetry::init(format == LogFormat::Json);
+    let otlp = matches!(&cli.command, Command::Serve(config) if config.otlp);
+    let _telemetry = telemetry::init(format == LogFormat::Json, otlp);
     tls::install_crypto_provider();
 
     let (app, listener, dev) = match cli.command {

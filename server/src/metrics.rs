@@ -6,6 +6,11 @@
 //!
 //! Cheap on the request path: the RPC layer finds each call's precomputed
 //! counters by its path, once; counters are atomics.
+//!
+//! The same layer opens each call's server span, following OpenTelemetry's
+//! RPC conventions (`rpc.system`, `rpc.service`, `rpc.method`,
+//! `rpc.grpc.status_code`) and continuing the caller's W3C `traceparent`;
+//! every log line of the call carries its `trace_id`.
 
 use std::{
     pin::Pin,
@@ -22,6 +27,7 @@ use prometheus::{
 };
 use tonic::{Status, body::Body};
 use tower::{Layer, Service};
+use tracing::Instrument;
 
 /// gRPC code names as go-grpc-middleware writes them, by code number.
 pub const CODE_NAMES: [&str; 17] = [
@@ -70,6 +76,8 @@ const RPCS: [(&str, &str, &str); 10] = [
 /// The precomputed counters of one RPC.
 struct Rpc {
     path: String,
+    service: &'static str,
+    method: &'static str,
     unary: bool,
     started: IntCounter,
     received: IntCounter,
@@ -192,6 +200,8 @@ impl Metrics {
                 let labels = [*kind, *service, *method];
                 Rpc {
                     path: format!("/{service}/{method}"),
+                    service,
+                    method,
                     unary: *kind == "unary",
                     started: started.with_label_values(&labels),
                     received: received.with_label_values(&labels),
@@ -323,11 +333,12 @@ fn header_code(headers: &HeaderMap) -> Option<usize> {
         .map(|code| code.min(CODE_NAMES.len() - 1))
 }
 
-/// Records one call's outcome once.
+/// Records one call's outcome once; ends its span when dropped.
 struct Outcome {
     rpc: &'static Rpc,
     started: Instant,
     done: bool,
+    span: tracing::Span,
 }
 
 impl Outcome {
@@ -336,6 +347,10 @@ impl Outcome {
             return;
         }
         self.done = true;
+        self.span.record("rpc.grpc.status_code", code);
+        if matches!(code, 2 | 4 | 12 | 13 | 14 | 15) {
+            self.span.record("otel.status_code", "error");
+        }
         self.rpc.handled[code.min(CODE_NAMES.len() - 1)].inc();
         self.rpc
             .seconds
@@ -390,6 +405,46 @@ impl http_body::Body for Recorded {
     }
 }
 
+/// Reads W3C trace context from request headers.
+struct HeaderExtractor<'a>(&'a HeaderMap);
+
+impl opentelemetry::propagation::Extractor for HeaderExtractor<'_> {
+    fn get(&self, key: &str) -> Option<&str> {
+        self.0.get(key).and_then(|v| v.to_str().ok())
+    }
+
+    fn keys(&self) -> Vec<&str> {
+        self.0.keys().map(http::HeaderName::as_str).collect()
+    }
+}
+
+/// The server span of a call: a child of the caller's `traceparent`, if
+/// any, with the RPC attributes and the trace id as a field of its own.
+fn server_span(rpc: &Rpc, headers: &HeaderMap) -> tracing::Span {
+    use opentelemetry::trace::TraceContextExt;
+    use tracing_opentelemetry::OpenTelemetrySpanExt;
+    let span = tracing::info_span!(
+        "grpc",
+        otel.name = %rpc.path.trim_start_matches('/'),
+        otel.kind = "server",
+        otel.status_code = tracing::field::Empty,
+        rpc.system = "grpc",
+        rpc.service = rpc.service,
+        rpc.method = rpc.method,
+        rpc.grpc.status_code = tracing::field::Empty,
+        trace_id = tracing::field::Empty,
+    );
+    let parent = opentelemetry::global::get_text_map_propagator(|propagator| {
+        propagator.extract(&HeaderExtractor(headers))
+    });
+    let _ = span.set_parent(parent);
+    let trace_id = span.context().span().span_context().trace_id();
+    if trace_id != opentelemetry::trace::TraceId::INVALID {
+        span.record("trace_id", tracing::field::display(trace_id));
+    }
+    span
+}
+
 /// Counts every call with go-grpc-middleware's metrics. Outermost in the
 /// stack, so calls refused by any later layer are counted with their code.
 #[derive(Clone, Copy, Default)]
@@ -433,13 +488,15 @@ where
         if rpc.unary || rpc.path.ends_with("/Watch") {
             rpc.received.inc();
         }
+        let span = server_span(rpc, req.headers());
         let mut outcome = Outcome {
             rpc,
             started: Instant::now(),
             done: false,
+            span: span.clone(),
         };
         Box::pin(async move {
-            let response = inner.call(req).await?;
+            let response = inner.call(req).instrument(span).await?;
             if let Some(code) = header_code(response.headers()) {
                 outcome.record(code);
             }

@@ -23,21 +23,76 @@ pub fn escape(text: &str) -> std::borrow::Cow<'_, str> {
     std::borrow::Cow::Owned(text.chars().flat_map(char::escape_default).collect())
 }
 
+/// Keeps the trace exporter alive; dropped, it flushes the spans not yet
+/// sent.
+pub struct TelemetryGuard(Option<opentelemetry_sdk::trace::SdkTracerProvider>);
+
+impl Drop for TelemetryGuard {
+    fn drop(&mut self) {
+        if let Some(provider) = self.0.take() {
+            let _ = provider.shutdown();
+        }
+    }
+}
+
 /// Installs a global subscriber that writes to stderr, filtered by `RUST_LOG`
-/// (default `info`), as JSON when `json` is set. Calling it twice is harmless.
-pub fn init(json: bool) {
+/// (default `info`), as JSON when `json` is set. Every call's span carries
+/// an OpenTelemetry trace (continuing the caller's W3C `traceparent`), so
+/// its trace id is in every log line of the call; with `otlp`, spans are
+/// exported over OTLP/gRPC to `OTEL_EXPORTER_OTLP_ENDPOINT` (default
+/// `http://localhost:4317`). Calling it twice is harmless.
+pub fn init(json: bool, otlp: bool) -> TelemetryGuard {
+    init_with_writer(json, otlp, std::io::stderr)
+}
+
+/// [`init`], writing log lines to `writer` (tests capture them).
+pub fn init_with_writer<W>(json: bool, otlp: bool, writer: W) -> TelemetryGuard
+where
+    W: for<'a> fmt::MakeWriter<'a> + Send + Sync + 'static,
+{
+    use opentelemetry::trace::TracerProvider as _;
+    use tracing_subscriber::{Layer, layer::SubscriberExt, util::SubscriberInitExt};
+
+    opentelemetry::global::set_text_map_propagator(
+        opentelemetry_sdk::propagation::TraceContextPropagator::new(),
+    );
+    let mut provider = opentelemetry_sdk::trace::SdkTracerProvider::builder().with_resource(
+        opentelemetry_sdk::Resource::builder()
+            .with_service_name("notes-server")
+            .build(),
+    );
+    if otlp {
+        match opentelemetry_otlp::SpanExporter::builder()
+            .with_tonic()
+            .build()
+        {
+            Ok(exporter) => provider = provider.with_batch_exporter(exporter),
+            Err(err) => eprintln!("notes-server: OTLP export is off: {err}"),
+        }
+    }
+    let provider = provider.build();
+    let tracer = provider.tracer("notes-server");
     let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info"));
     // Colours only for a person at a terminal, never in a file or a pipe.
     let ansi = std::io::IsTerminal::is_terminal(&std::io::stderr());
-    let builder = fmt()
-        .with_env_filter(filter)
-        .with_writer(std::io::stderr)
-        .with_ansi(ansi);
-    let _ = if json {
-        builder.json().try_init()
+    let logs = if json {
+        fmt::layer().json().with_writer(writer).boxed()
     } else {
-        builder.try_init()
+        fmt::layer().with_writer(writer).with_ansi(ansi).boxed()
     };
+    // Log lines as RUST_LOG says; spans of this crate always, whatever the
+    // log level, so traces and trace ids never depend on it.
+    let spans = tracing_subscriber::filter::Targets::new()
+        .with_target("notes_server", tracing::Level::INFO);
+    let installed = tracing_subscriber::registry()
+        .with(logs.with_filter(filter))
+        .with(
+            tracing_opentelemetry::layer()
+                .with_tracer(tracer)
+                .with_filter(spans),
+        )
+        .try_init();
+    TelemetryGuard(installed.is_ok().then_some(provider))
 }
 
 /// Lets a repeated event through at most once per interval and counts what

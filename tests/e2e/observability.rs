@@ -286,3 +286,214 @@ async fn refusals_by_the_auth_layer_are_counted_with_their_code_in_process() {
     );
     assert!(text.contains("notes_auth_decisions_total{caller_kind=\"none\",reason=\"malformed\",result=\"deny\"} 1"), "{text}");
 }
+
+const TRACE_ID: &str = "4bf92f3577b34da6a3ce929d0e0e4736";
+const CALLER_SPAN: &str = "00f067aa0ba902b7";
+
+fn traceparent() -> String {
+    format!("00-{TRACE_ID}-{CALLER_SPAN}-01")
+}
+
+/// An OTLP/gRPC trace collector on 127.0.0.1 that keeps every span.
+#[derive(Clone, Default)]
+struct Collector {
+    spans: std::sync::Arc<std::sync::Mutex<Vec<opentelemetry_proto::tonic::trace::v1::Span>>>,
+}
+
+#[tonic::async_trait]
+impl opentelemetry_proto::tonic::collector::trace::v1::trace_service_server::TraceService
+    for Collector
+{
+    async fn export(
+        &self,
+        request: tonic::Request<
+            opentelemetry_proto::tonic::collector::trace::v1::ExportTraceServiceRequest,
+        >,
+    ) -> Result<
+        tonic::Response<
+            opentelemetry_proto::tonic::collector::trace::v1::ExportTraceServiceResponse,
+        >,
+        tonic::Status,
+    > {
+        let mut spans = self.spans.lock().unwrap();
+        for resource in request.into_inner().resource_spans {
+            for scope in resource.scope_spans {
+                spans.extend(scope.spans);
+            }
+        }
+        Ok(tonic::Response::new(Default::default()))
+    }
+}
+
+fn hex(bytes: &[u8]) -> String {
+    bytes.iter().map(|b| format!("{b:02x}")).collect()
+}
+
+fn attribute(span: &opentelemetry_proto::tonic::trace::v1::Span, key: &str) -> String {
+    use opentelemetry_proto::tonic::common::v1::any_value::Value as V;
+    span.attributes
+        .iter()
+        .find(|a| a.key == key)
+        .and_then(|a| a.value.as_ref()?.value.as_ref())
+        .map(|v| match v {
+            V::StringValue(s) => s.clone(),
+            V::IntValue(i) => i.to_string(),
+            other => format!("{other:?}"),
+        })
+        .unwrap_or_default()
+}
+
+#[tokio::test]
+async fn the_server_span_continues_the_callers_trace_and_reaches_an_otlp_collector() {
+    let collector = Collector::default();
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let otlp = listener.local_addr().unwrap().port();
+    let service = opentelemetry_proto::tonic::collector::trace::v1::trace_service_server::TraceServiceServer::new(collector.clone());
+    tokio::spawn(
+        tonic::transport::Server::builder()
+            .add_service(service)
+            .serve_with_incoming(tokio_stream::wrappers::TcpListenerStream::new(listener)),
+    );
+    let dir = tempfile::tempdir().unwrap();
+    write_files(dir.path());
+    let table = crate::harness::dynamodb_config(crate::harness::dynamodb_endpoint()).table;
+    let endpoint = format!("http://127.0.0.1:{otlp}");
+    let mut init = Command::new(crate::binaries::bin("notes-server"));
+    init.args(["init-table", "--table", &table, "--dynamodb-endpoint"])
+        .arg(crate::harness::dynamodb_endpoint());
+    assert!(init.status().await.unwrap().success());
+    let (_server, port, _) = start_serve_with_admin(
+        dir.path(),
+        &table,
+        0,
+        &[
+            ("NOTES_OTLP", "true"),
+            ("OTEL_EXPORTER_OTLP_ENDPOINT", &endpoint),
+            ("OTEL_BSP_SCHEDULE_DELAY", "100"),
+        ],
+    )
+    .await;
+
+    let mut request = with_token(ListNotesRequest::default(), &token_for("alice"));
+    request
+        .metadata_mut()
+        .insert("traceparent", traceparent().parse().unwrap());
+    stub(port).await.list_notes(request).await.unwrap();
+
+    let deadline = Instant::now() + Duration::from_secs(30);
+    let (server, query) = loop {
+        let spans = collector.spans.lock().unwrap().clone();
+        let server = spans
+            .iter()
+            .find(|s| s.name == "notes.v1.NotesService/ListNotes")
+            .cloned();
+        let query = spans.iter().find(|s| s.name == "Query").cloned();
+        if let (Some(server), Some(query)) = (&server, &query) {
+            break (server.clone(), query.clone());
+        }
+        assert!(Instant::now() < deadline, "spans received: {spans:#?}");
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    };
+
+    assert_eq!(hex(&server.trace_id), TRACE_ID);
+    assert_eq!(hex(&server.parent_span_id), CALLER_SPAN);
+    assert_eq!(server.kind, 2, "SPAN_KIND_SERVER");
+    assert_eq!(attribute(&server, "rpc.system"), "grpc");
+    assert_eq!(attribute(&server, "rpc.service"), "notes.v1.NotesService");
+    assert_eq!(attribute(&server, "rpc.method"), "ListNotes");
+    assert_eq!(attribute(&server, "rpc.grpc.status_code"), "0");
+    assert_eq!(
+        hex(&query.trace_id),
+        TRACE_ID,
+        "the DynamoDB call is in the trace"
+    );
+    assert_eq!(
+        query.parent_span_id, server.span_id,
+        "a child of the server span"
+    );
+    assert_eq!(attribute(&query, "db.system"), "dynamodb");
+}
+
+#[tokio::test]
+async fn every_log_line_of_a_call_carries_its_trace_id() {
+    #[derive(Clone)]
+    struct Sink(std::sync::Arc<std::sync::Mutex<Vec<u8>>>);
+    impl std::io::Write for Sink {
+        fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+            self.0.lock().unwrap().extend_from_slice(buf);
+            Ok(buf.len())
+        }
+        fn flush(&mut self) -> std::io::Result<()> {
+            Ok(())
+        }
+    }
+    let logs = Sink(Default::default());
+    let writer = logs.clone();
+    std::mem::forget(notes_server::telemetry::init_with_writer(
+        false,
+        false,
+        move || writer.clone(),
+    ));
+    let app = TestApp::spawn().await;
+    let mut request = with_token(ListNotesRequest::default(), &token_for("alice"));
+    request
+        .metadata_mut()
+        .insert("traceparent", traceparent().parse().unwrap());
+    app.raw().await.list_notes(request).await.unwrap();
+
+    let text = String::from_utf8_lossy(&logs.0.lock().unwrap()).into_owned();
+    let audit = text
+        .lines()
+        .find(|l| l.contains("notes::audit"))
+        .unwrap_or_else(|| panic!("no audit line: {text}"));
+    assert!(audit.contains(&format!("trace_id={TRACE_ID}")), "{audit}");
+}
+
+#[tokio::test]
+async fn the_client_continues_the_callers_trace_into_the_server() {
+    use opentelemetry::trace::TraceContextExt;
+    use tracing::Instrument;
+    use tracing_opentelemetry::OpenTelemetrySpanExt;
+    #[derive(Clone)]
+    struct Sink(std::sync::Arc<std::sync::Mutex<Vec<u8>>>);
+    impl std::io::Write for Sink {
+        fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+            self.0.lock().unwrap().extend_from_slice(buf);
+            Ok(buf.len())
+        }
+        fn flush(&mut self) -> std::io::Result<()> {
+            Ok(())
+        }
+    }
+    let logs = Sink(Default::default());
+    let writer = logs.clone();
+    // Installs the W3C propagator and the OpenTelemetry layer, as a calling
+    // service instrumented with OpenTelemetry has them.
+    std::mem::forget(notes_server::telemetry::init_with_writer(
+        false,
+        false,
+        move || writer.clone(),
+    ));
+    let app = TestApp::spawn().await;
+    let client = app.client_as("alice").await;
+    let caller = tracing::info_span!(target: "notes_server", "billing job");
+    let trace_id = caller
+        .context()
+        .span()
+        .span_context()
+        .trace_id()
+        .to_string();
+
+    client.list(0, "").instrument(caller).await.unwrap();
+
+    let text = String::from_utf8_lossy(&logs.0.lock().unwrap()).into_owned();
+    let audit = text
+        .lines()
+        .find(|l| l.contains("notes::audit"))
+        .unwrap_or_else(|| panic!("no audit line: {text}"));
+    assert_ne!(trace_id, "00000000000000000000000000000000");
+    assert!(
+        audit.contains(&format!("trace_id={trace_id}")),
+        "{trace_id}: {audit}"
+    );
+}

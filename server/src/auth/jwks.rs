@@ -123,7 +123,14 @@ impl RemoteJwks {
 
     /// One fetch; a failure is counted in the metrics (a success when stored).
     async fn fetch(&self) -> Result<KeyMap, KeyError> {
-        let fetched = self.fetch_once().await;
+        use tracing::Instrument;
+        let span = tracing::info_span!(
+            "jwks fetch",
+            otel.kind = "client",
+            url.full = %self.url,
+            issuer = %self.label,
+        );
+        let fetched = self.fetch_once().instrument(span).await;
         if fetched.is_err() {
             crate::metrics::metrics()
                 .jwks_fetches

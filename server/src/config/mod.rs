@@ -63,6 +63,10 @@ pub struct ServeConfig {
     /// Address to listen on.
     #[arg(long, env = "NOTES_LISTEN", default_value = "0.0.0.0:50051")]
     pub listen: SocketAddr,
+    /// Export traces over OTLP/gRPC to OTEL_EXPORTER_OTLP_ENDPOINT
+    /// (default http://localhost:4317).
+    #[arg(long, env = "NOTES_OTLP")]
+    pub otlp: bool,
     /// Plain-HTTP address of /metrics, /livez and /readyz (no notes, no
     /// tokens; keep it off the public network).
     #[arg(long, env = "NOTES_ADMIN_LISTEN", default_value = "127.0.0.1:9464")]

@@ -37,8 +37,16 @@ pub(super) async fn observed<T, E, R>(
 where
     E: ProvideErrorMetadata,
 {
+    use tracing::Instrument;
     let started = std::time::Instant::now();
-    let result = call.await;
+    let span = tracing::info_span!(
+        "dynamodb",
+        otel.name = operation,
+        otel.kind = "client",
+        db.system = "dynamodb",
+        db.operation = operation,
+    );
+    let result = call.instrument(span).await;
     let metrics = crate::metrics::metrics();
     let outcome = match &result {
         Ok(_) => "ok",
