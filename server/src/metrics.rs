@@ -96,6 +96,10 @@ pub struct Metrics {
     pub token_cache_hits: IntCounter,
     /// Tokens verified afresh.
     pub token_cache_misses: IntCounter,
+    /// Verified tokens held in the cache.
+    pub token_cache_entries: IntGauge,
+    /// Calls in flight (health checks not counted).
+    pub requests_in_flight: IntGauge,
     /// JWKS fetches by issuer and outcome.
     pub jwks_fetches: IntCounterVec,
     /// Keys held per issuer.
@@ -218,8 +222,8 @@ impl Metrics {
             rpcs,
             auth_decisions: counter_vec(
                 "notes_auth_decisions_total",
-                "Authentication and authorization decisions by result, reason code and caller kind.",
-                &["result", "reason", "caller_kind"],
+                "Authentication and authorization decisions by result, reason code, issuer and caller kind.",
+                &["result", "reason", "issuer", "caller_kind"],
             ),
             token_cache_hits: counter(
                 "notes_token_cache_hits_total",
@@ -228,6 +232,14 @@ impl Metrics {
             token_cache_misses: counter(
                 "notes_token_cache_misses_total",
                 "Tokens verified afresh (signature checked).",
+            ),
+            token_cache_entries: gauge(
+                "notes_token_cache_entries",
+                "Verified tokens held in the cache.",
+            ),
+            requests_in_flight: gauge(
+                "notes_requests_in_flight",
+                "Calls in flight across the server (health checks not counted).",
             ),
             jwks_fetches: counter_vec(
                 "notes_jwks_fetches_total",

@@ -111,9 +111,12 @@ where
             ));
             return Box::pin(async move { Ok(status.into_http()) });
         };
+        let in_flight = &crate::metrics::metrics().requests_in_flight;
+        in_flight.inc();
         Box::pin(async move {
             let response = inner.call(req).await;
             drop(permit);
+            crate::metrics::metrics().requests_in_flight.dec();
             response
         })
     }

@@ -284,7 +284,7 @@ async fn refusals_by_the_auth_layer_are_counted_with_their_code_in_process() {
         ),
         "{text}"
     );
-    assert!(text.contains("notes_auth_decisions_total{caller_kind=\"none\",reason=\"malformed\",result=\"deny\"} 1"), "{text}");
+    assert!(text.contains("notes_auth_decisions_total{caller_kind=\"none\",issuer=\"none\",reason=\"malformed\",result=\"deny\"} 1"), "{text}");
 }
 
 const TRACE_ID: &str = "4bf92f3577b34da6a3ce929d0e0e4736";

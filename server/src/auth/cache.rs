@@ -67,6 +67,9 @@ impl TokenCache {
             }
         }
         entries.insert(key, token);
+        crate::metrics::metrics()
+            .token_cache_entries
+            .set(i64::try_from(entries.len()).unwrap_or(i64::MAX));
     }
 
     /// Forgets `key` (its signing key is gone).

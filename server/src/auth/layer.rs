@@ -93,7 +93,7 @@ where
                         };
                         crate::metrics::metrics()
                             .auth_decisions
-                            .with_label_values(&["allow", "ok", kind])
+                            .with_label_values(&["allow", "ok", &caller.issuer, kind])
                             .inc();
                         tracing::info!(
                             target: "notes::audit",
@@ -115,7 +115,7 @@ where
                     auth.count_refusal(err.reason());
                     crate::metrics::metrics()
                         .auth_decisions
-                        .with_label_values(&["deny", err.reason(), "none"])
+                        .with_label_values(&["deny", err.reason(), "none", "none"])
                         .inc();
                     tracing::info!(
                         target: "notes::audit",
