@@ -274,6 +274,32 @@ async fn rapid_reset_gets_goaway_and_the_server_stays_responsive() {
     assert!(sent < STREAMS, "the server took all {STREAMS} resets");
 }
 
+/// Opens `count` TCP connections that never start a handshake.
+async fn hold_idle(addr: SocketAddr, count: usize) -> Vec<TcpStream> {
+    let mut held = Vec::with_capacity(count);
+    for _ in 0..count {
+        held.push(TcpStream::connect(addr).await.unwrap());
+    }
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    held
+}
+
+/// Of `count` more connections, how many the server closed at once: EOF
+/// (or a reset) within a second, long before any handshake timeout.
+async fn closed_at_once(addr: SocketAddr, count: usize) -> usize {
+    let mut closed = 0;
+    for _ in 0..count {
+        let mut extra = TcpStream::connect(addr).await.unwrap();
+        let mut buf = [0u8; 1];
+        if let Ok(Ok(0) | Err(_)) =
+            tokio::time::timeout(Duration::from_secs(1), extra.read(&mut buf)).await
+        {
+            closed += 1;
+        }
+    }
+    closed
+}
+
 #[tokio::test]
 async fn idle_connections_beyond_the_connection_cap_are_closed_at_once() {
     let rss_before = rss_kib();
@@ -284,23 +310,8 @@ async fn idle_connections_beyond_the_connection_cap_are_closed_at_once() {
         })
         .spawn()
         .await;
-    let mut idle = Vec::new();
-    for _ in 0..20 {
-        idle.push(TcpStream::connect(app.addr).await.unwrap());
-    }
-    tokio::time::sleep(Duration::from_millis(200)).await;
-
-    let mut closed = 0;
-    for _ in 0..10 {
-        let mut extra = TcpStream::connect(app.addr).await.unwrap();
-        let mut buf = [0u8; 1];
-        // Closed at once: EOF (or reset) long before the handshake timeout.
-        if let Ok(Ok(0) | Err(_)) =
-            tokio::time::timeout(Duration::from_secs(1), extra.read(&mut buf)).await
-        {
-            closed += 1;
-        }
-    }
+    let idle = hold_idle(app.addr, 20).await;
+    let closed = closed_at_once(app.addr, 10).await;
     // The idle ones leave at the handshake timeout (2 s here), and then
     // there is room again.
     legit_client_is_served(
@@ -338,22 +349,8 @@ async fn stalled_handshakes_from_one_address_beyond_its_cap_are_closed_at_once()
         })
         .spawn()
         .await;
-    let mut stalled = Vec::new();
-    for _ in 0..8 {
-        stalled.push(TcpStream::connect(app.addr).await.unwrap());
-    }
-    tokio::time::sleep(Duration::from_millis(200)).await;
-
-    let mut closed = 0;
-    for _ in 0..12 {
-        let mut extra = TcpStream::connect(app.addr).await.unwrap();
-        let mut buf = [0u8; 1];
-        if let Ok(Ok(0) | Err(_)) =
-            tokio::time::timeout(Duration::from_secs(1), extra.read(&mut buf)).await
-        {
-            closed += 1;
-        }
-    }
+    let stalled = hold_idle(app.addr, 8).await;
+    let closed = closed_at_once(app.addr, 12).await;
     // Another address is not held back by this one's stalled handshakes.
     let other = IpAddr::from([127, 0, 0, 2]);
     let channel = tonic::transport::Endpoint::from_shared(app.endpoint())

@@ -3,13 +3,14 @@
 
 use jsonwebtoken::Algorithm;
 use notes_api::pb::{GetNoteRequest, ListNotesRequest};
-use notes_server::{auth::Authenticator, config::AuthArgs, startup, tls::Identity};
+use notes_server::{auth::Authenticator, tls::Identity};
 use serde_json::json;
 use tonic::Code;
 
 use crate::harness::{
-    CLIENT_ID, CLIENT_SPIFFE, ISSUER, TestApp, claims, create_as, issuer, list_as, new_key, pki,
-    sign, sign_with, test_authenticator, test_keys, test_policy, with_token,
+    CLIENT_ID, CLIENT_SPIFFE, ISSUER, TestApp, claims, cognito::authenticator_from_file, create_as,
+    issuer, list_as, new_key, pki, sign, sign_with, test_authenticator, test_keys, test_policy,
+    with_token,
 };
 
 const SECOND_ISSUER: &str = "https://cognito-idp.eu-west-1.amazonaws.com/eu-west-1_Second";
@@ -42,19 +43,7 @@ client_ids = ["{CLIENT_ID}"]
         first = first.display(),
         second = second.display(),
     );
-    let path = dir.join("auth.toml");
-    std::fs::write(&path, config).unwrap();
-    let args = AuthArgs {
-        auth_config: Some(path),
-        issuer: None,
-        jwks_url: None,
-        jwks_file: None,
-        client_ids: vec![],
-        read_scopes: vec![],
-        write_scopes: vec![],
-        token_leeway_secs: 60,
-    };
-    startup::authenticator(args.settings().unwrap()).unwrap()
+    authenticator_from_file(dir, &config)
 }
 
 #[tokio::test]

@@ -24,7 +24,7 @@ use tonic_health::pb::{HealthCheckRequest, health_client::HealthClient};
 use tonic_reflection::pb::v1;
 
 use crate::harness::{
-    CLIENT_SPIFFE, TestApp, pki,
+    CLIENT_SPIFFE, LogSink, TestApp, pki,
     pki::{DAY, localhost, write, write_files},
     test_authenticator, tls_probe, token_for, with_token,
 };
@@ -114,19 +114,8 @@ async fn a_server_certificate_presented_as_a_client_certificate_fails_the_handsh
 /// Captures the server's logs for this test process (nextest runs each test
 /// in its own process, so the global subscriber is this test's).
 fn capture_logs(filter: &str) -> Arc<Mutex<Vec<u8>>> {
-    #[derive(Clone)]
-    struct Sink(Arc<Mutex<Vec<u8>>>);
-    impl std::io::Write for Sink {
-        fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
-            self.0.lock().unwrap().extend_from_slice(buf);
-            Ok(buf.len())
-        }
-        fn flush(&mut self) -> std::io::Result<()> {
-            Ok(())
-        }
-    }
-    let logs = Arc::new(Mutex::new(Vec::new()));
-    let sink = Sink(logs.clone());
+    let sink = LogSink::default();
+    let logs = sink.0.clone();
     tracing_subscriber::fmt()
         .with_env_filter(filter)
         .with_ansi(false)

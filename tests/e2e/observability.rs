@@ -16,7 +16,9 @@ use tonic_health::pb::{HealthCheckRequest, health_client::HealthClient};
 
 use crate::{
     binaries::start_serve_with_admin,
-    harness::{TestApp, claims, create_as, pki, pki::write_files, sign, token_for, with_token},
+    harness::{
+        LogSink, TestApp, claims, create_as, pki, pki::write_files, sign, token_for, with_token,
+    },
 };
 
 async fn get(port: u16, path: &str) -> (u16, String) {
@@ -416,24 +418,10 @@ async fn the_server_span_continues_the_callers_trace_and_reaches_an_otlp_collect
 
 #[tokio::test]
 async fn every_log_line_of_a_call_carries_its_trace_id() {
-    #[derive(Clone)]
-    struct Sink(std::sync::Arc<std::sync::Mutex<Vec<u8>>>);
-    impl std::io::Write for Sink {
-        fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
-            self.0.lock().unwrap().extend_from_slice(buf);
-            Ok(buf.len())
-        }
-        fn flush(&mut self) -> std::io::Result<()> {
-            Ok(())
-        }
-    }
-    let logs = Sink(Default::default());
-    let writer = logs.clone();
-    std::mem::forget(notes_server::telemetry::init_with_writer(
-        false,
-        false,
-        move || writer.clone(),
-    ));
+    let logs = LogSink::default();
+    // Installs the W3C propagator and the OpenTelemetry layer, as a calling
+    // service instrumented with OpenTelemetry has them.
+    logs.install_server_telemetry();
     let app = TestApp::spawn().await;
     let mut request = with_token(ListNotesRequest::default(), &token_for("alice"));
     request
@@ -441,7 +429,7 @@ async fn every_log_line_of_a_call_carries_its_trace_id() {
         .insert("traceparent", traceparent().parse().unwrap());
     app.raw().await.list_notes(request).await.unwrap();
 
-    let text = String::from_utf8_lossy(&logs.0.lock().unwrap()).into_owned();
+    let text = logs.text();
     let audit = text
         .lines()
         .find(|l| l.contains("notes::audit"))
@@ -454,26 +442,10 @@ async fn the_client_continues_the_callers_trace_into_the_server() {
     use opentelemetry::trace::TraceContextExt;
     use tracing::Instrument;
     use tracing_opentelemetry::OpenTelemetrySpanExt;
-    #[derive(Clone)]
-    struct Sink(std::sync::Arc<std::sync::Mutex<Vec<u8>>>);
-    impl std::io::Write for Sink {
-        fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
-            self.0.lock().unwrap().extend_from_slice(buf);
-            Ok(buf.len())
-        }
-        fn flush(&mut self) -> std::io::Result<()> {
-            Ok(())
-        }
-    }
-    let logs = Sink(Default::default());
-    let writer = logs.clone();
+    let logs = LogSink::default();
     // Installs the W3C propagator and the OpenTelemetry layer, as a calling
     // service instrumented with OpenTelemetry has them.
-    std::mem::forget(notes_server::telemetry::init_with_writer(
-        false,
-        false,
-        move || writer.clone(),
-    ));
+    logs.install_server_telemetry();
     let app = TestApp::spawn().await;
     let client = app.client_as("alice").await;
     let caller = tracing::info_span!(target: "notes_server", "billing job");
@@ -486,7 +458,7 @@ async fn the_client_continues_the_callers_trace_into_the_server() {
 
     client.list(0, "").instrument(caller).await.unwrap();
 
-    let text = String::from_utf8_lossy(&logs.0.lock().unwrap()).into_owned();
+    let text = logs.text();
     let audit = text
         .lines()
         .find(|l| l.contains("notes::audit"))

@@ -159,6 +159,12 @@ machine_scopes = {{ read = ["notes/read"], write = ["notes/write"] }}
         pool_client = pool.client_id,
         jwks = jwks.display(),
     );
+    authenticator_from_file(dir, &config)
+}
+
+/// The authenticator `serve --auth-config FILE` builds, FILE holding `config`
+/// (written into `dir`).
+pub fn authenticator_from_file(dir: &std::path::Path, config: &str) -> Authenticator {
     let path = dir.join("auth.toml");
     std::fs::write(&path, config).unwrap();
     let args = AuthArgs {

@@ -30,6 +30,40 @@ pub fn init() {
     }
 }
 
+/// Log lines written into memory, for tests that read what the server logged.
+#[derive(Clone, Default)]
+pub struct LogSink(pub std::sync::Arc<std::sync::Mutex<Vec<u8>>>);
+
+impl std::io::Write for LogSink {
+    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+        self.0.lock().unwrap().extend_from_slice(buf);
+        Ok(buf.len())
+    }
+
+    fn flush(&mut self) -> std::io::Result<()> {
+        Ok(())
+    }
+}
+
+impl LogSink {
+    /// Everything logged so far.
+    pub fn text(&self) -> String {
+        String::from_utf8_lossy(&self.0.lock().unwrap()).into_owned()
+    }
+
+    /// Installs the server's own subscriber (OpenTelemetry layer included),
+    /// text lines into this sink; for this test process (nextest runs each
+    /// test in its own).
+    pub fn install_server_telemetry(&self) {
+        let writer = self.clone();
+        std::mem::forget(notes_server::telemetry::init_with_writer(
+            false,
+            false,
+            move || writer.clone(),
+        ));
+    }
+}
+
 /// A request carrying `authorization: Bearer <token>`.
 pub fn with_token<T>(message: T, token: &str) -> tonic::Request<T> {
     let mut request = tonic::Request::new(message);
