@@ -9,6 +9,7 @@ them on broken copies to show each one can fail.
 from __future__ import annotations
 
 import base64
+import http.client
 import json
 import os
 import pathlib
@@ -17,6 +18,7 @@ import socket
 import subprocess
 import time
 import tomllib
+from typing import Callable
 
 import hcl_model
 import rust_facts
@@ -28,6 +30,7 @@ TASK_ROLE = "aws_iam_role.task"
 TASK_POLICY_DOC = "task_dynamodb"
 INIT_POLICY_DOC = "init_table"
 RESOURCE_SERVER = ("aws_cognito_resource_server", "notes")
+TARGET_GROUP = ("aws_lb_target_group", "notes")
 
 #: The only scope USER_PASSWORD_AUTH / SRP access tokens carry.
 COGNITO_USER_SCOPE = "aws.cognito.signin.user.admin"
@@ -271,25 +274,34 @@ def make_pki(server_bin: str, pki: pathlib.Path) -> None:
         subprocess.run([server_bin, "certs", "--dir", str(pki), *args], check=True, capture_output=True, env=env, timeout=30)
 
 
-def serve_until_listening(server_bin: str, args: list[str], env: dict[str, str], what: str) -> None:
-    """Runs `notes-server serve ARGS --listen 127.0.0.1:PORT` until it
-    listens (its settings were accepted), then stops it; fails if it exits."""
-    port = _free_port()
+def serve_until_listening(
+    server_bin: str, args: list[str], env: dict[str, str], what: str,
+    while_listening: Callable[[int], None] | None = None,
+) -> None:
+    """Runs `notes-server serve ARGS --listen 127.0.0.1:PORT --admin-listen
+    127.0.0.1:ADMIN` until it listens (its settings were accepted), calls
+    while_listening(ADMIN) if given, then stops it; fails if it exits. Both
+    addresses are free loopback ports (flags win over the environment), so
+    the test neither exposes nor collides on the task's 0.0.0.0 ports."""
+    port, admin = _free_port(), _free_port()
     proc = subprocess.Popen(
-        [server_bin, "serve", *args, "--listen", f"127.0.0.1:{port}"],
+        [server_bin, "serve", *args, "--listen", f"127.0.0.1:{port}", "--admin-listen", f"127.0.0.1:{admin}"],
         stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=env,
     )
     try:
         deadline = time.monotonic() + 15
-        while time.monotonic() < deadline:
+        while True:
             if proc.poll() is not None:
                 raise AssertionError(f"notes-server refused {what}:\n{proc.stdout.read()}")
             try:
                 socket.create_connection(("127.0.0.1", port), timeout=0.2).close()
-                return
+                break
             except OSError:
+                if time.monotonic() > deadline:
+                    raise AssertionError(f"notes-server did not start listening within 15 s on {what}") from None
                 time.sleep(0.05)
-        raise AssertionError(f"notes-server did not start listening within 15 s on {what}")
+        if while_listening:
+            while_listening(admin)
     finally:
         proc.terminate()
         try:
@@ -299,6 +311,24 @@ def serve_until_listening(server_bin: str, args: list[str], env: dict[str, str],
             proc.wait()
         if proc.stdout:
             proc.stdout.close()
+
+
+def http_get(port: int, path: str) -> tuple[int, str]:
+    """GET http://127.0.0.1:PORT/PATH (no proxy), retried while the
+    listener is not up yet."""
+    deadline = time.monotonic() + 10
+    while True:
+        conn = http.client.HTTPConnection("127.0.0.1", port, timeout=5)
+        try:
+            conn.request("GET", path)
+            resp = conn.getresponse()
+            return resp.status, resp.read().decode(errors="replace")
+        except OSError:
+            if time.monotonic() > deadline:
+                raise AssertionError(f"nothing answers HTTP on 127.0.0.1:{port}") from None
+            time.sleep(0.05)
+        finally:
+            conn.close()
 
 
 def check_server_accepts_auth_config(server_bin: str, text: str, workdir: pathlib.Path) -> None:
@@ -348,8 +378,14 @@ def check_task_starts(module: Module, server_bin: str, auth_text: str, workdir: 
     by `notes-server certs`, written to files by the init container's script,
     then notes-server started with the module's NOTES_* environment (token
     checks by the auth config, the CRL on) resolved against those files.
-    Only --listen (loopback, a free port) and --store memory (no AWS) are
-    overridden, by flags, which win over the environment."""
+    Only --listen and --admin-listen (loopback, free ports) and --store
+    memory (no AWS) are overridden, by flags, which win over the environment.
+
+    While it runs, the load balancer's health check is asked as the target
+    group defines it: its path on the admin listener must answer 503 with a
+    reason, because the task cannot be ready (the sample issuer's keys are
+    on a loopback port where nothing listens). A liveness path or /metrics
+    would answer 200 there, a path the server lacks 404."""
     pki = workdir / "pki"
     make_pki(server_bin, pki)
     run = workdir / "run"
@@ -376,7 +412,145 @@ def check_task_starts(module: Module, server_bin: str, auth_text: str, workdir: 
     for part in ("server_env_base", "server_env_crl", "server_env_auth_config"):
         for var, value in maps[part].items():
             server_env[var] = resolve_env_value(module, value, files)
-    serve_until_listening(server_bin, ["--store", "memory"], server_env, f"the task's environment {server_env}")
+    health_check = as_list(module.resource(*TARGET_GROUP).get("health_check", [{}]))[0]
+
+    def ask_health_check(admin_port: int) -> None:
+        path = health_check.get("path")
+        assert isinstance(path, str) and path.startswith("/"), f"the health check has no path: {health_check}"
+        status, body = http_get(admin_port, path)
+        assert status == 503 and body.strip(), (
+            f"GET {path} on the admin listener of a task that cannot be ready answered {status} {body!r}; "
+            "the health check must ask the readiness endpoint (503 with a reason until ready)"
+        )
+
+    serve_until_listening(
+        server_bin, ["--store", "memory"], server_env, f"the task's environment {server_env}", ask_health_check,
+    )
+
+
+# --- the load balancer's health check and the admin port ------------------------------
+
+SERVICE_SG = "aws_security_group.service.id"
+LOAD_BALANCER_SG = "aws_security_group.load_balancer.id"
+#: The admin listener's readiness endpoint (README.md, "Operating it");
+#: check_task_starts shows the server answers it as one.
+READINESS_PATH = "/readyz"
+SG_SOURCES = ("cidr_ipv4", "cidr_ipv6", "prefix_list_id", "referenced_security_group_id")
+
+
+def _port_expr(value) -> str:
+    """The expression of a port: "${var.x}" and "${tostring(var.x)}" ->
+    "var.x"; a literal stays as it is ("traffic-port", 9464)."""
+    r = ref(value)
+    if r is None:
+        return str(value)
+    inner = re.fullmatch(r"tostring\((.*)\)", r)
+    return inner.group(1).strip() if inner else r
+
+
+def _listen_port(module: Module, settings: server_help.Settings, flag: str) -> str:
+    """The port expression of the serve setting behind --FLAG (its variable
+    as `serve --help` names it), which must listen on every interface."""
+    env = settings.flag_env.get(flag)
+    assert env, f"`notes-server serve --help` lists no --{flag}"
+    value = _server_env_maps(module)["server_env_base"].get(env)
+    assert value is not None, f"local.server_env_base must set {env} (--{flag}): the load balancer must reach it"
+    m = re.fullmatch(r"0\.0\.0\.0:\$\{([^{}]+)\}", str(value))
+    assert m, f"{env} = {value!r}: must be 0.0.0.0:${{<port>}}, reachable from outside the task"
+    return _port_expr("${%s}" % m.group(1))
+
+
+def _sg_rules(module: Module, kind: str, group: str) -> dict[str, dict]:
+    return {
+        name: rule for name, rule in module.resources_of(f"aws_vpc_security_group_{kind}_rule").items()
+        if ref(rule.get("security_group_id")) == group
+    }
+
+
+def check_health_check(module: Module, settings: server_help.Settings) -> None:
+    """Clients get TCP passthrough to the gRPC port and nothing else; the
+    load balancer health-checks HTTP GET /readyz on the admin port, which
+    the task listens on (NOTES_ADMIN_LISTEN), maps, and admits from the load
+    balancer's security group only."""
+    data = _listen_port(module, settings, "listen")
+    admin = _listen_port(module, settings, "admin-listen")
+    assert admin != data, f"the admin listener and the gRPC listener share the port {admin}"
+
+    # The data plane: TCP passthrough to the gRPC port.
+    tg = module.resource(*TARGET_GROUP)
+    tg_ref = "%s.%s.arn" % TARGET_GROUP
+    assert tg.get("protocol") == "TCP" and _port_expr(tg.get("port")) == data, (
+        f"the target group must pass TCP through to {data}: protocol {tg.get('protocol')}, port {tg.get('port')}"
+    )
+    for name, group in module.resources_of("aws_lb_target_group").items():
+        assert _port_expr(group.get("port")) != admin, f"aws_lb_target_group.{name} sends client traffic to the admin port"
+    listeners = module.resources_of("aws_lb_listener")
+    assert listeners, "no load balancer listener"
+    for name, listener in listeners.items():
+        assert listener.get("protocol") == "TCP", (
+            f"aws_lb_listener.{name} is {listener.get('protocol')}: TLS must pass through (TCP) to the server"
+        )
+        assert "certificate_arn" not in listener and "ssl_policy" not in listener, f"aws_lb_listener.{name} terminates TLS"
+        actions = as_list(listener.get("default_action", []))
+        assert [(a.get("type"), ref(a.get("target_group_arn"))) for a in actions] == [("forward", tg_ref)], (
+            f"aws_lb_listener.{name} must only forward to {tg_ref}: {actions}"
+        )
+    service = module.resource("aws_ecs_service", "notes")
+    lbs = as_list(service.get("load_balancer", []))
+    assert [(ref(b.get("target_group_arn")), _port_expr(b.get("container_port"))) for b in lbs] == [(tg_ref, data)], (
+        f"the ECS service must register the gRPC port {data} in {tg_ref}: {lbs}"
+    )
+
+    # The health check.
+    hcs = as_list(tg.get("health_check", []))
+    assert len(hcs) == 1, f"the target group needs one health_check block, has {len(hcs)}"
+    hc = hcs[0]
+    assert hc.get("enabled", True) is True, "the health check is disabled"
+    assert hc.get("protocol") == "HTTP", f"the health check must be HTTP (the admin listener is plain HTTP), is {hc.get('protocol')}"
+    assert hc.get("path") == READINESS_PATH, f"the health check must GET {READINESS_PATH}, asks {hc.get('path')}"
+    assert _port_expr(hc.get("port")) == admin, f"the health check must ask the admin port {admin}, asks {hc.get('port')}"
+    assert str(hc.get("matcher")) == "200", f"only 200 means ready (503: not ready or draining); matcher {hc.get('matcher')}"
+    interval, timeout = hc.get("interval"), hc.get("timeout")
+    healthy, unhealthy = hc.get("healthy_threshold"), hc.get("unhealthy_threshold")
+    for key, value in (("interval", interval), ("timeout", timeout), ("healthy_threshold", healthy), ("unhealthy_threshold", unhealthy)):
+        assert value is not None, f"set health_check.{key} (the provider's defaults differ by protocol)"
+    if all(isinstance(v, int) for v in (interval, timeout, healthy, unhealthy)):
+        assert 5 <= interval <= 300 and 2 <= timeout < interval, f"health check interval {interval} s, timeout {timeout} s"
+        assert 2 <= healthy <= 10 and 2 <= unhealthy <= 10, f"health check thresholds {healthy}/{unhealthy} must be 2-10"
+
+    # The task listens on the admin port and maps it.
+    container = module.local("server_container_definition")
+    mapped = {_port_expr(m.get("containerPort")) for m in as_list(container.get("portMappings", []))}
+    assert mapped == {data, admin}, f"the notes container must map exactly the gRPC and admin ports {sorted({data, admin})}: {sorted(mapped)}"
+
+    # Only the load balancer reaches the tasks, on those two ports; the load
+    # balancer's own security group (which applies to its health checks)
+    # lets them out, and admits clients on nothing but the listener port.
+    for name, body in module.resources_of("aws_security_group").items():
+        assert "ingress" not in body and "egress" not in body, f"aws_security_group.{name}: rules must be separate resources"
+    assert not module.resources_of("aws_security_group_rule"), "use aws_vpc_security_group_*_rule resources only"
+    ingress = _sg_rules(module, "ingress", SERVICE_SG)
+    ports = set()
+    for name, rule in ingress.items():
+        sources = {k: rule[k] for k in SG_SOURCES if k in rule}
+        assert sources == {"referenced_security_group_id": "${%s}" % LOAD_BALANCER_SG}, (
+            f"aws_vpc_security_group_ingress_rule.{name} admits {sources} to the tasks: only the load balancer's security group may"
+        )
+        assert rule.get("ip_protocol") == "tcp", f"aws_vpc_security_group_ingress_rule.{name}: tcp only"
+        ports.add((_port_expr(rule.get("from_port")), _port_expr(rule.get("to_port"))))
+    assert ports == {(data, data), (admin, admin)}, (
+        f"the tasks must admit exactly the gRPC port {data} and the admin port {admin} from the load balancer: {sorted(ports)}"
+    )
+    egress = _sg_rules(module, "egress", LOAD_BALANCER_SG)
+    out = {
+        (_port_expr(r.get("from_port")), _port_expr(r.get("to_port"))) for r in egress.values()
+        if ref(r.get("referenced_security_group_id")) == SERVICE_SG
+    }
+    assert (admin, admin) in out, f"the load balancer's security group does not let its health checks out to {admin}: {sorted(out)}"
+    listener_ports = {_port_expr(listener.get("port")) for listener in listeners.values()}
+    for name, rule in _sg_rules(module, "ingress", LOAD_BALANCER_SG).items():
+        got = {_port_expr(rule.get("from_port")), _port_expr(rule.get("to_port"))}
+        assert got <= listener_ports, f"aws_vpc_security_group_ingress_rule.{name} opens {sorted(got)} on the load balancer, not a listener port"
 
 
 # --- the run-files init container ---------------------------------------------------------

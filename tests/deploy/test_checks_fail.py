@@ -199,6 +199,18 @@ def test_environment_check_fails_when_serve_drops_a_setting(module, settings, au
         checks.check_environment(module, fewer, rust_facts.auth_arg_rules(auth_rs))
 
 
+def test_environment_check_fails_when_serve_drops_the_admin_listener(module, settings, auth_rs):
+    fewer = dataclasses.replace(
+        settings,
+        envs=settings.envs - {"NOTES_ADMIN_LISTEN"},
+        flag_env={f: e for f, e in settings.flag_env.items() if e != "NOTES_ADMIN_LISTEN"},
+    )
+    with pytest.raises(AssertionError):
+        checks.check_environment(module, fewer, rust_facts.auth_arg_rules(auth_rs))
+    with pytest.raises(AssertionError):
+        checks.check_health_check(module, fewer)
+
+
 def test_help_parser():
     long_help = """Usage: notes-server serve [OPTIONS] --tls-cert <TLS_CERT>
 
@@ -223,6 +235,80 @@ Options:
     assert s.required_envs == {"NOTES_TLS_CERT"}
     assert server_help.parse_help(short_help).envs == {"NOTES_LOG_JSON"}
     assert server_help.parse_help("Options:\n  --listen <X>  no env\n").envs == set()
+
+
+# --- the health check and the admin port ----------------------------------------------------------
+
+ADMIN_INGRESS = (
+    "  from_port                    = var.admin_port\n  to_port                      = var.admin_port\n"
+    "  referenced_security_group_id = aws_security_group.load_balancer.id"
+)
+HEALTH_EGRESS = (
+    "  from_port                    = var.admin_port\n  to_port                      = var.admin_port\n"
+    "  referenced_security_group_id = aws_security_group.service.id"
+)
+ADMIN_BEHIND_A_LISTENER = """
+resource "aws_lb_target_group" "admin" {
+  name        = "${var.name}-admin"
+  target_type = "ip"
+  protocol    = "TCP"
+  port        = var.admin_port
+  vpc_id      = var.vpc_id
+}
+
+resource "aws_lb_listener" "admin" {
+  load_balancer_arn = aws_lb.this.arn
+  port              = var.admin_port
+  protocol          = "TCP"
+
+  default_action {
+    type             = "forward"
+    target_group_arn = aws_lb_target_group.admin.arn
+  }
+}
+"""
+ADMIN_FROM_CLIENTS = """
+resource "aws_vpc_security_group_ingress_rule" "admin_from_clients" {
+  for_each = toset(var.allowed_cidr_blocks)
+
+  security_group_id = aws_security_group.service.id
+  ip_protocol       = "tcp"
+  from_port         = var.admin_port
+  to_port           = var.admin_port
+  cidr_ipv4         = each.value
+}
+"""
+
+HEALTH_CHECK_MUTANTS = {
+    "TCP health check": {"network.tf": [('    protocol            = "HTTP"', '    protocol            = "TCP"')]},
+    "health check on the traffic port": {"network.tf": [("    port                = tostring(var.admin_port)", '    port                = "traffic-port"')]},
+    "health check on the gRPC port": {"network.tf": [("    port                = tostring(var.admin_port)", "    port                = tostring(var.container_port)")]},
+    "health check asks liveness": {"network.tf": [('    path                = "/readyz"', '    path                = "/livez"')]},
+    "matcher accepts 503": {"network.tf": [('    matcher             = "200"', '    matcher             = "200-599"')]},
+    "health check disabled": {"network.tf": [("    enabled             = true", "    enabled             = false")]},
+    "thresholds left to the defaults": {"network.tf": [("    unhealthy_threshold = 3\n", "")]},
+    "timeout as long as the interval": {"network.tf": [("    timeout             = 5", "    timeout             = 10")]},
+    "admin listener on loopback": {"ecs.tf": [('NOTES_ADMIN_LISTEN        = "0.0.0.0:${var.admin_port}"', 'NOTES_ADMIN_LISTEN        = "127.0.0.1:${var.admin_port}"')]},
+    "admin listener left at its default": {"ecs.tf": [('    NOTES_ADMIN_LISTEN        = "0.0.0.0:${var.admin_port}"\n', "")]},
+    "admin listener on the gRPC port": {"ecs.tf": [('NOTES_ADMIN_LISTEN        = "0.0.0.0:${var.admin_port}"', 'NOTES_ADMIN_LISTEN        = "0.0.0.0:${var.container_port}"')]},
+    "admin listener on a port the health check does not ask": {"ecs.tf": [('NOTES_ADMIN_LISTEN        = "0.0.0.0:${var.admin_port}"', 'NOTES_ADMIN_LISTEN        = "0.0.0.0:${var.listener_port}"')]},
+    "admin port not mapped": {"ecs.tf": [(', { containerPort = var.admin_port, protocol = "tcp" }]', "]")]},
+    "admin port not admitted": {"network.tf": [(ADMIN_INGRESS, ADMIN_INGRESS.replace("var.admin_port", "var.container_port"))]},
+    "admin port admitted from anywhere": {"network.tf": [(ADMIN_INGRESS, ADMIN_INGRESS.replace("referenced_security_group_id = aws_security_group.load_balancer.id", 'cidr_ipv4                    = "0.0.0.0/0"'))]},
+    "admin port admitted from the clients' networks": {"network.tf": [("resource \"aws_lb\" \"this\" {", ADMIN_FROM_CLIENTS + "\nresource \"aws_lb\" \"this\" {")]},
+    "health checks not let out of the load balancer": {"network.tf": [(HEALTH_EGRESS, HEALTH_EGRESS.replace("var.admin_port", "var.container_port"))]},
+    "admin port behind a listener": {"network.tf": [("resource \"aws_lb_listener\" \"grpc\" {", ADMIN_BEHIND_A_LISTENER + "\nresource \"aws_lb_listener\" \"grpc\" {")]},
+    "TLS ends at the load balancer": {"network.tf": [('  port              = var.listener_port\n  protocol          = "TCP"', '  port              = var.listener_port\n  protocol          = "TLS"')]},
+    "traffic to the admin port": {"network.tf": [("  port        = var.container_port", "  port        = var.admin_port")]},
+    "HTTP target group": {"network.tf": [('  protocol    = "TCP"\n  port        = var.container_port', '  protocol    = "HTTP"\n  port        = var.container_port')]},
+}
+
+
+@pytest.mark.parametrize("case", HEALTH_CHECK_MUTANTS)
+def test_health_check_check_fails(case, tmp_path, settings):
+    module = broken_module(tmp_path, HEALTH_CHECK_MUTANTS[case])
+    with pytest.raises(AssertionError):
+        checks.check_health_check(module, settings)
 
 
 # --- the auth config ------------------------------------------------------------------------------
@@ -287,6 +373,10 @@ TASK_MUTANTS = {
     "key file is the CA": {"ecs.tf": [("NOTES_TLS_KEY             = local.run_files.TLS_KEY", "NOTES_TLS_KEY             = local.run_files.CLIENT_CA")]},
     "CRL file is the certificate": {"ecs.tf": [("NOTES_CLIENT_CRLS = local.run_files.CLIENT_CRL", "NOTES_CLIENT_CRLS = local.run_files.TLS_CERT")]},
     "script writes the wrong content": {"files/write-run-files.sh": [('put TLS_KEY "${TLS_KEY_FILE:-}" "${TLS_KEY:-}"', 'put TLS_KEY "${TLS_KEY_FILE:-}" "${TLS_CERT:-}"')]},
+    # The started server answers the health check's path as no readiness endpoint would.
+    "health check asks liveness": {"network.tf": [('    path                = "/readyz"', '    path                = "/livez"')]},
+    "health check asks the metrics": {"network.tf": [('    path                = "/readyz"', '    path                = "/metrics"')]},
+    "health check asks a path the server lacks": {"network.tf": [('    path                = "/readyz"', '    path                = "/healthz"')]},
 }
 
 

@@ -5,7 +5,8 @@ copied: the DynamoDB actions from the SDK calls in
 server/src/store/dynamodb/*.rs, the scope defaults and auth rules from
 server/src/config/auth.rs, the table from init-table's calls in table.rs and
 the constants in item.rs, the settings from `notes-server serve --help` (the
-binary at NOTES_SERVER_BIN, default target/debug/notes-server). The HCL is
+binary at NOTES_SERVER_BIN, default target/debug/notes-server), and the
+health check's endpoint from how the started server answers it. The HCL is
 parsed with python-hcl2. test_checks_fail.py shows that each check fails on
 a broken copy.
 """
@@ -38,6 +39,10 @@ def test_task_environment_is_real_serve_settings(module, settings, auth_rs):
     checks.check_environment(module, settings, rust_facts.auth_arg_rules(auth_rs))
 
 
+def test_health_check_is_readyz_on_the_admin_port_only_the_load_balancer_reaches(module, settings):
+    checks.check_health_check(module, settings)
+
+
 def test_rendered_auth_config_is_accepted_by_the_server(module, server_bin, auth_rs, tmp_path):
     defaults = rust_facts.scope_defaults(auth_rs)
     values = checks.sample_auth_values()
@@ -59,7 +64,7 @@ def test_init_container_writes_every_server_file(module, tmp_path):
     checks.check_run_files(module, tmp_path)
 
 
-def test_task_starts_on_its_own_files_and_environment(module, server_bin, tmp_path):
+def test_task_starts_on_its_own_files_and_environment_and_reports_readiness(module, server_bin, tmp_path):
     text = checks.render_auth_config(module, checks.sample_auth_values(), tmp_path)
     checks.check_task_starts(module, server_bin, text, tmp_path)
 

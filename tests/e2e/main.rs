@@ -39,6 +39,7 @@ mod fail_closed;
 mod harness;
 mod isolation;
 mod jwks;
+mod lost_replies;
 mod mtls;
 mod observability;
 mod outage;

@@ -64,3 +64,95 @@ pub async fn serve_http(router: axum::Router) -> (SocketAddr, oneshot::Sender<()
     });
     (addr, stop)
 }
+
+/// An HTTP/1.1 proxy to DynamoDB that forwards every request but drops the
+/// reply to the first one of `operation` (its `x-amz-target`), closing that
+/// connection instead: a write that was applied, whose answer was lost.
+pub struct LostReplyProxy {
+    pub endpoint: String,
+    dropped: std::sync::Arc<std::sync::atomic::AtomicUsize>,
+}
+
+/// One HTTP/1.1 message (head and a Content-Length body) read from `from`,
+/// with the value of `header` if it is there; `None` at EOF.
+async fn read_message(
+    from: &mut (impl tokio::io::AsyncRead + Unpin),
+    header: &str,
+) -> Option<(Vec<u8>, Option<String>)> {
+    use tokio::io::AsyncReadExt;
+    let mut message = Vec::new();
+    let mut byte = [0u8; 1];
+    while !message.ends_with(b"\r\n\r\n") {
+        if from.read(&mut byte).await.ok()? == 0 {
+            return None;
+        }
+        message.push(byte[0]);
+    }
+    let head = String::from_utf8_lossy(&message).to_ascii_lowercase();
+    let value = |name: &str| {
+        head.lines()
+            .find_map(|l| l.strip_prefix(&format!("{name}:")))
+            .map(|v| v.trim().to_owned())
+    };
+    let length: usize = value("content-length")
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(0);
+    let mut body = vec![0u8; length];
+    from.read_exact(&mut body).await.ok()?;
+    message.extend(body);
+    Some((message, value(header)))
+}
+
+impl LostReplyProxy {
+    pub async fn start(upstream: &str, operation: &str) -> LostReplyProxy {
+        use tokio::io::AsyncWriteExt;
+        let upstream = upstream.trim_start_matches("http://").to_owned();
+        let target = format!("dynamodb_20120810.{}", operation.to_ascii_lowercase());
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let endpoint = format!("http://{}", listener.local_addr().unwrap());
+        let dropped = std::sync::Arc::new(std::sync::atomic::AtomicUsize::new(0));
+        let count = dropped.clone();
+        tokio::spawn(async move {
+            while let Ok((mut inbound, _)) = listener.accept().await {
+                let upstream = upstream.clone();
+                let target = target.clone();
+                let count = count.clone();
+                tokio::spawn(async move {
+                    let Ok(mut outbound) = TcpStream::connect(&upstream).await else {
+                        return;
+                    };
+                    while let Some((request, op)) = read_message(&mut inbound, "x-amz-target").await
+                    {
+                        if outbound.write_all(&request).await.is_err() {
+                            return;
+                        }
+                        let Some((response, _)) = read_message(&mut outbound, "").await else {
+                            return;
+                        };
+                        let drop_it = op.as_deref() == Some(target.as_str())
+                            && count
+                                .compare_exchange(
+                                    0,
+                                    1,
+                                    std::sync::atomic::Ordering::SeqCst,
+                                    std::sync::atomic::Ordering::SeqCst,
+                                )
+                                .is_ok();
+                        if drop_it {
+                            return; // applied upstream; the answer is lost
+                        }
+                        if inbound.write_all(&response).await.is_err() {
+                            return;
+                        }
+                    }
+                });
+            }
+        });
+        LostReplyProxy { endpoint, dropped }
+    }
+
+    /// How many replies were dropped (0 or 1).
+    pub fn dropped(&self) -> usize {
+        self.dropped.load(std::sync::atomic::Ordering::SeqCst)
+    }
+}

@@ -8,9 +8,15 @@
 
 locals {
   # --- notes-server serve settings (see `notes-server serve --help`) ---------
+  #
+  # NOTES_ADMIN_LISTEN: the admin listener (plain HTTP: /readyz, /livez,
+  # /metrics; no notes, no tokens) on every interface of the task, because
+  # the load balancer's health checks come from outside it. Its security
+  # group rule admits only the load balancer (network.tf).
 
   server_env_base = {
     NOTES_LISTEN              = "0.0.0.0:${var.container_port}"
+    NOTES_ADMIN_LISTEN        = "0.0.0.0:${var.admin_port}"
     NOTES_LOG_FORMAT          = "json"
     NOTES_TLS_CERT            = local.run_files.TLS_CERT
     NOTES_TLS_KEY             = local.run_files.TLS_KEY
@@ -98,7 +104,7 @@ locals {
     user                   = "65532:65532"
     command                = ["serve"]
     readonlyRootFilesystem = true
-    portMappings           = [{ containerPort = var.container_port, protocol = "tcp" }]
+    portMappings           = [{ containerPort = var.container_port, protocol = "tcp" }, { containerPort = var.admin_port, protocol = "tcp" }]
     environment            = [for k, v in local.server_environment : { name = k, value = v }]
     mountPoints            = [{ sourceVolume = "run", containerPath = local.run_dir, readOnly = true }]
     dependsOn              = [{ containerName = local.run_files_container, condition = "SUCCESS" }]
@@ -108,7 +114,8 @@ locals {
       capabilities = { drop = ["ALL"] }
     }
     # No container health check: the image has no shell or curl. The load
-    # balancer's health check (network.tf) decides.
+    # balancer's HTTP health check of /readyz on the admin port (network.tf)
+    # decides.
     logConfiguration = local.log_configuration
   }
 }
@@ -161,7 +168,11 @@ resource "aws_ecs_service" "notes" {
 
   deployment_minimum_healthy_percent = 100
   deployment_maximum_percent         = 200
-  health_check_grace_period_seconds  = 30
+
+  # /readyz answers 200 only once the pool's token keys are loaded and the
+  # table answered a probe: failed health checks of a new task count only
+  # after this long.
+  health_check_grace_period_seconds = 60
 
   deployment_circuit_breaker {
     enable   = true

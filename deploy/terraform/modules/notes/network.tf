@@ -1,6 +1,12 @@
 # A Network Load Balancer passing TCP through to the tasks: mutual TLS ends in
 # notes-server (it needs the client certificate), so there is no TLS listener
 # and no certificate on the load balancer.
+#
+# Its health checks are HTTP GET /readyz on the tasks' admin port
+# (var.admin_port, NOTES_ADMIN_LISTEN), a plain-HTTP listener apart from the
+# data plane that carries no notes and no tokens. No listener forwards to
+# that port, and the tasks' security group admits it only from the load
+# balancer's security group, so clients cannot reach it.
 
 resource "aws_security_group" "load_balancer" {
   name        = "${var.name}-nlb"
@@ -23,16 +29,26 @@ resource "aws_vpc_security_group_ingress_rule" "load_balancer_grpc" {
 
 resource "aws_vpc_security_group_egress_rule" "load_balancer_to_service" {
   security_group_id            = aws_security_group.load_balancer.id
-  description                  = "To the tasks' gRPC port (traffic and health checks)"
+  description                  = "To the tasks' gRPC port (client traffic)"
   ip_protocol                  = "tcp"
   from_port                    = var.container_port
   to_port                      = var.container_port
   referenced_security_group_id = aws_security_group.service.id
 }
 
+# The load balancer's security group applies to its health checks too.
+resource "aws_vpc_security_group_egress_rule" "load_balancer_health_checks" {
+  security_group_id            = aws_security_group.load_balancer.id
+  description                  = "To the tasks' admin port (HTTP health checks of /readyz)"
+  ip_protocol                  = "tcp"
+  from_port                    = var.admin_port
+  to_port                      = var.admin_port
+  referenced_security_group_id = aws_security_group.service.id
+}
+
 resource "aws_security_group" "service" {
   name        = "${var.name}-service"
-  description = "${var.name} tasks: gRPC from the load balancer; HTTPS out to AWS APIs and Cognito"
+  description = "${var.name} tasks: gRPC and health checks from the load balancer; HTTPS out to AWS APIs and Cognito"
   vpc_id      = var.vpc_id
 
   tags = merge(var.tags, { Name = "${var.name}-service" })
@@ -44,6 +60,18 @@ resource "aws_vpc_security_group_ingress_rule" "service_from_load_balancer" {
   ip_protocol                  = "tcp"
   from_port                    = var.container_port
   to_port                      = var.container_port
+  referenced_security_group_id = aws_security_group.load_balancer.id
+}
+
+# The admin port only from the load balancer's security group: its health
+# checks come from there, and clients, which reach the tasks only through the
+# load balancer's listener, never get to this port.
+resource "aws_vpc_security_group_ingress_rule" "service_health_checks" {
+  security_group_id            = aws_security_group.service.id
+  description                  = "HTTP health checks (/readyz on the admin port) from the Network Load Balancer"
+  ip_protocol                  = "tcp"
+  from_port                    = var.admin_port
+  to_port                      = var.admin_port
   referenced_security_group_id = aws_security_group.load_balancer.id
 }
 
@@ -80,16 +108,23 @@ resource "aws_lb_target_group" "notes" {
   # to a draining task that long.
   deregistration_delay = var.grace_period_secs + 5
 
-  # TCP for now: a TCP connect only proves the listener is up. Switch to
-  # protocol = "HTTP", path = "/readyz" on the admin port (its own port and a
-  # security group rule) once the observability issue lands and the server
-  # reports readiness (token keys loaded, table reachable).
+  # Traffic stays TCP passthrough on container_port; the health check asks
+  # the admin listener instead. /readyz answers 200 only when every issuer's
+  # token keys are loaded and the table answered the server's last probe
+  # (every 5 s), and 503 (with what is not ready) otherwise and from the
+  # moment a drain starts. Healthy after 2 passes 10 s apart; out after 3
+  # failures (30 s), so one slow probe does not take a task out. ECS replaces
+  # a task the target group reports unhealthy.
   health_check {
-    protocol            = "TCP"
-    port                = "traffic-port"
+    enabled             = true
+    protocol            = "HTTP"
+    port                = tostring(var.admin_port)
+    path                = "/readyz"
+    matcher             = "200"
     interval            = 10
+    timeout             = 5
     healthy_threshold   = 2
-    unhealthy_threshold = 2
+    unhealthy_threshold = 3
   }
 
   tags = var.tags

@@ -146,3 +146,13 @@ output "init_table_policy_arn" {
   description = "IAM policy for running `notes-server init-table` against this table; attach it to the role that runs it."
   value       = aws_iam_policy.init_table.arn
 }
+
+output "admin_port" {
+  description = "Port of the tasks' admin listener (NOTES_ADMIN_LISTEN, plain HTTP): /readyz, which the load balancer's health check asks, /livez and /metrics. Only the load balancer's security group may reach it."
+  value       = var.admin_port
+}
+
+output "service_security_group_id" {
+  description = "Security group of the tasks. It admits the gRPC port and the admin port from the load balancer only; to scrape /metrics, add an ingress rule on admin_port from your Prometheus's security group."
+  value       = aws_security_group.service.id
+}

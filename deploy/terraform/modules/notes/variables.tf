@@ -91,6 +91,17 @@ variable "container_port" {
   }
 }
 
+variable "admin_port" {
+  description = "Port of notes-server's plain-HTTP admin listener inside the task (NOTES_ADMIN_LISTEN): /readyz for the load balancer's health checks, /livez and /metrics. It carries no notes and no tokens; only the load balancer's security group may reach it, and no listener of the load balancer forwards to it."
+  type        = number
+  default     = 9464
+
+  validation {
+    condition     = var.admin_port >= 1024 && var.admin_port <= 65535 && floor(var.admin_port) == var.admin_port && var.admin_port != var.container_port
+    error_message = "admin_port must be an unprivileged port (1024-65535) other than container_port: the server runs as a non-root user and serves the admin endpoints on a listener of their own."
+  }
+}
+
 variable "load_balancer_deletion_protection" {
   description = "Deletion protection of the Network Load Balancer."
   type        = bool

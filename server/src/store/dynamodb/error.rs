@@ -75,6 +75,11 @@ where
     result
 }
 
+/// Whether `code` is one of DynamoDB's throttling answers.
+pub(super) fn is_throttling(code: &str) -> bool {
+    THROTTLING_CODES.contains(&code)
+}
+
 /// DynamoDB's throttling error codes.
 const THROTTLING_CODES: [&str; 3] = [
     "ProvisionedThroughputExceededException",

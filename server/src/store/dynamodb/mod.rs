@@ -5,6 +5,15 @@
 //! writes on `version` with no read first; get is a strongly consistent
 //! GetItem; list is a strongly consistent Query on the caller's partition.
 //!
+//! Writes stay correct when a reply is lost and the write is sent again
+//! (the SDK retries timeouts and broken connections): an update stamps the
+//! item with its own `writeId` and is conditional on the item not carrying
+//! it, so a repeat finds its first attempt applied and answers with that
+//! note instead of applying twice or reporting a conflict; a create's id is
+//! new to this call, so a repeat that finds it taken finds its own note; a
+//! delete is retried by the store itself, which knows an attempt whose
+//! reply was lost may have deleted the note.
+//!
 //! - [`table`]: creating and checking the table (`init-table`, start-up).
 //! - [`item`]: how notes and idempotency records are encoded as items.
 //! - [`error`]: the one mapping of SDK failures into [`StoreError`].
@@ -20,7 +29,9 @@ use aws_sdk_dynamodb::{
     Client,
     error::{ProvideErrorMetadata, SdkError},
     operation::{delete_item::DeleteItemError, update_item::UpdateItemError},
-    types::{Put, ReturnValue, ReturnValuesOnConditionCheckFailure, TransactWriteItem},
+    types::{
+        AttributeValue, Put, ReturnValue, ReturnValuesOnConditionCheckFailure, TransactWriteItem,
+    },
 };
 use uuid::Uuid;
 
@@ -78,6 +89,21 @@ fn version_condition(expected: Option<i64>) -> &'static str {
         None => "attribute_exists(noteId)",
     }
 }
+
+/// The attribute an update stamps with the id of its call.
+const WRITE_ID_ATTR: &str = "writeId";
+
+/// What a conditional write found.
+enum Written<O> {
+    /// Applied now.
+    Now(O),
+    /// Applied by an earlier attempt of this same call (whose reply was
+    /// lost): the item as that attempt left it.
+    Earlier(Item),
+}
+
+/// Attempts of a delete, which the store retries itself (see the module doc).
+const DELETE_ATTEMPTS: u32 = 3;
 
 impl DynamoStore {
     /// A store on `table` through `client`.
@@ -179,12 +205,13 @@ impl DynamoStore {
         owner: &str,
         note_id: Uuid,
         expected: Option<i64>,
-    ) -> Result<O, StoreError>
+        write_id: Option<&str>,
+    ) -> Result<Written<O>, StoreError>
     where
         E: ConditionCheck + ProvideErrorMetadata + std::error::Error + Send + Sync + 'static,
     {
         let err = match sent {
-            Ok(out) => return Ok(out),
+            Ok(out) => return Ok(Written::Now(out)),
             Err(err) => err,
         };
         let found = match &err {
@@ -198,6 +225,11 @@ impl DynamoStore {
             Some(item) => Some(item),
             None => self.read_item(note_key(owner, note_id)).await?,
         };
+        if let (Some(item), Some(write_id)) = (&current, write_id)
+            && matches!(item.get(WRITE_ID_ATTR), Some(AttributeValue::S(id)) if id == write_id)
+        {
+            return Ok(Written::Earlier(item.clone()));
+        }
         Err(match (current, expected) {
             (None, _) => StoreError::NotFound(note_id),
             (Some(item), Some(expected)) => StoreError::VersionMismatch {
@@ -232,7 +264,7 @@ impl NoteStore for DynamoStore {
         if let Some(request_id) = &new.request_id {
             return self.create_idempotent(owner, request_id, note).await;
         }
-        observed(
+        let put = observed(
             "PutItem",
             self.client
                 .put_item()
@@ -241,9 +273,14 @@ impl NoteStore for DynamoStore {
                 .condition_expression("attribute_not_exists(noteId)")
                 .send(),
         )
-        .await
-        .map_err(|e| map_sdk_error(e, &self.table))?;
-        Ok(note)
+        .await;
+        match put {
+            Ok(_) => Ok(note),
+            // The id is new to this call: if it is taken, an earlier attempt
+            // of this same put took it (its reply was lost).
+            Err(err) if err.code() == Some("ConditionalCheckFailedException") => Ok(note),
+            Err(err) => Err(map_sdk_error(err, &self.table)),
+        }
     }
 
     async fn get(&self, owner: &str, note_id: Uuid) -> Result<Note, StoreError> {
@@ -313,13 +350,19 @@ impl NoteStore for DynamoStore {
         expected_version: Option<i64>,
         now: SystemTime,
     ) -> Result<Note, StoreError> {
+        let write_id = Uuid::new_v4().to_string();
         let mut request = self
             .client
             .update_item()
             .table_name(&self.table)
             .set_key(Some(note_key(owner, note_id)))
-            .update_expression("SET #c = :c, #t = :t ADD #v :one")
-            .condition_expression(version_condition(expected_version))
+            .update_expression("SET #c = :c, #t = :t, #w = :w ADD #v :one")
+            .condition_expression(format!(
+                "{} AND (attribute_not_exists(#w) OR #w <> :w)",
+                version_condition(expected_version)
+            ))
+            .expression_attribute_names("#w", WRITE_ID_ATTR)
+            .expression_attribute_values(":w", string_attr(write_id.clone()))
             .expression_attribute_names("#c", "content")
             .expression_attribute_names("#t", "updatedNs")
             .expression_attribute_names("#v", "version")
@@ -332,13 +375,16 @@ impl NoteStore for DynamoStore {
             request = request.expression_attribute_values(":expected", number_attr(expected));
         }
         let sent = observed("UpdateItem", request.send()).await;
-        let out = self
-            .conditional_write(sent, owner, note_id, expected_version)
-            .await?;
-        note_from_item(
-            out.attributes()
-                .ok_or_else(|| corrupt("UpdateItem returned nothing"))?,
-        )
+        match self
+            .conditional_write(sent, owner, note_id, expected_version, Some(&write_id))
+            .await?
+        {
+            Written::Now(out) => note_from_item(
+                out.attributes()
+                    .ok_or_else(|| corrupt("UpdateItem returned nothing"))?,
+            ),
+            Written::Earlier(item) => note_from_item(&item),
+        }
     }
 
     async fn delete(
@@ -347,21 +393,63 @@ impl NoteStore for DynamoStore {
         note_id: Uuid,
         expected_version: Option<i64>,
     ) -> Result<(), StoreError> {
-        let mut request = self
-            .client
-            .delete_item()
-            .table_name(&self.table)
-            .set_key(Some(note_key(owner, note_id)))
-            .condition_expression(version_condition(expected_version))
-            .return_values_on_condition_check_failure(ReturnValuesOnConditionCheckFailure::AllOld);
-        if let Some(expected) = expected_version {
-            request = request
-                .expression_attribute_names("#v", "version")
-                .expression_attribute_values(":expected", number_attr(expected));
+        // The SDK's own retries are off for deletes: after a lost reply,
+        // only this loop knows the note may be gone because of this call.
+        let no_sdk_retries = aws_sdk_dynamodb::config::Builder::default()
+            .retry_config(aws_sdk_dynamodb::config::retry::RetryConfig::disabled());
+        let mut lost_a_reply = false;
+        for attempt in 1..=DELETE_ATTEMPTS {
+            let mut request = self
+                .client
+                .delete_item()
+                .table_name(&self.table)
+                .set_key(Some(note_key(owner, note_id)))
+                .condition_expression(version_condition(expected_version))
+                .return_values_on_condition_check_failure(
+                    ReturnValuesOnConditionCheckFailure::AllOld,
+                );
+            if let Some(expected) = expected_version {
+                request = request
+                    .expression_attribute_names("#v", "version")
+                    .expression_attribute_values(":expected", number_attr(expected));
+            }
+            let sent = observed(
+                "DeleteItem",
+                request
+                    .customize()
+                    .config_override(no_sdk_retries.clone())
+                    .send(),
+            )
+            .await;
+            let transient = matches!(
+                &sent,
+                Err(SdkError::TimeoutError(_)
+                    | SdkError::DispatchFailure(_)
+                    | SdkError::ResponseError(_))
+            ) || sent
+                .as_ref()
+                .err()
+                .and_then(ProvideErrorMetadata::code)
+                .is_some_and(error::is_throttling);
+            if transient && attempt < DELETE_ATTEMPTS {
+                // The request may have reached DynamoDB and been applied.
+                lost_a_reply = true;
+                tokio::time::sleep(Duration::from_millis(50 << attempt)).await;
+                continue;
+            }
+            return match self
+                .conditional_write(sent, owner, note_id, expected_version, None)
+                .await
+            {
+                Ok(_) => Ok(()),
+                // Gone now, after an attempt whose reply was lost: that
+                // attempt deleted it.
+                Err(StoreError::NotFound(_)) if lost_a_reply => Ok(()),
+                Err(err) => Err(err),
+            };
         }
-        let sent = observed("DeleteItem", request.send()).await;
-        self.conditional_write(sent, owner, note_id, expected_version)
-            .await?;
-        Ok(())
+        Err(StoreError::Unavailable(
+            format!("DeleteItem of {note_id} kept failing").into(),
+        ))
     }
 }
