@@ -341,7 +341,10 @@ impl NotesClient {
     pub async fn create(&self, content: &str, request_id: Option<&str>) -> Result<Note, Error> {
         let request = CreateNoteRequest {
             content: content.to_owned(),
+            // An empty id would mean "no key" to the server, and a retry
+            // could then create a second note: never send one.
             request_id: request_id
+                .filter(|id| !id.is_empty())
                 .map(str::to_owned)
                 .unwrap_or_else(|| uuid::Uuid::new_v4().to_string()),
         };

@@ -27,6 +27,10 @@ pub const MAX_HANDSHAKES: usize = 128;
 /// every handshake slot. Behind a load balancer that hides client addresses
 /// every connection shares its address: raise this, or keep client IPs.
 pub const MAX_HANDSHAKES_PER_IP: usize = 32;
+/// Open connections of one client-certificate identity: one holder of a
+/// certificate cannot take every connection slot (a service with many
+/// instances shares its identity, hence the room).
+pub const MAX_CONNECTIONS_PER_IDENTITY: usize = 1_024;
 /// HTTP/2 streams open at once on one connection (SETTINGS_MAX_CONCURRENT_STREAMS);
 /// gRPC-Go and Envoy's edge guidance use 100 after CVE-2023-44487.
 pub const MAX_CONCURRENT_STREAMS: u32 = 100;
@@ -88,6 +92,8 @@ pub struct Limits {
     pub max_handshakes: usize,
     /// See [`MAX_HANDSHAKES_PER_IP`].
     pub max_handshakes_per_ip: usize,
+    /// See [`MAX_CONNECTIONS_PER_IDENTITY`].
+    pub max_connections_per_identity: usize,
     /// See [`MAX_CONCURRENT_STREAMS`].
     pub max_concurrent_streams: u32,
     /// See [`MAX_LOCAL_ERROR_RESETS`].
@@ -120,6 +126,7 @@ impl Default for Limits {
             max_connections: MAX_CONNECTIONS,
             max_handshakes: MAX_HANDSHAKES,
             max_handshakes_per_ip: MAX_HANDSHAKES_PER_IP,
+            max_connections_per_identity: MAX_CONNECTIONS_PER_IDENTITY,
             max_concurrent_streams: MAX_CONCURRENT_STREAMS,
             max_local_error_resets: MAX_LOCAL_ERROR_RESETS,
             max_pending_accept_resets: MAX_PENDING_ACCEPT_RESETS,

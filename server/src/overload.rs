@@ -111,14 +111,29 @@ where
             ));
             return Box::pin(async move { Ok(status.into_http()) });
         };
-        let in_flight = &crate::metrics::metrics().requests_in_flight;
-        in_flight.inc();
+        let in_flight = InFlight::start();
         Box::pin(async move {
             let response = inner.call(req).await;
-            drop(permit);
-            crate::metrics::metrics().requests_in_flight.dec();
+            drop((permit, in_flight));
             response
         })
+    }
+}
+
+/// One call counted in `notes_requests_in_flight`, uncounted when dropped
+/// (also when the caller cancels and the call's future is dropped).
+struct InFlight;
+
+impl InFlight {
+    fn start() -> Self {
+        crate::metrics::metrics().requests_in_flight.inc();
+        Self
+    }
+}
+
+impl Drop for InFlight {
+    fn drop(&mut self) {
+        crate::metrics::metrics().requests_in_flight.dec();
     }
 }
 

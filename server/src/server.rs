@@ -23,6 +23,9 @@ use crate::{
     tls::{self, Admission, ServerTls},
 };
 
+/// Open connections an identity off the allow-list may hold.
+const NOT_ALLOWED_CONNECTIONS: usize = 4;
+
 /// Everything the server needs, assembled by the caller.
 pub struct App {
     /// Where notes live.
@@ -148,11 +151,21 @@ pub async fn run(
     let limits = app.limits;
 
     let local_addr = listener.local_addr().ok();
-    let admission = Admission::new(
+    let authenticator = app.authenticator.clone();
+    let admission = Admission::with_peers(
         limits.max_connections,
         limits.max_handshakes,
         limits.max_handshakes_per_ip,
         limits.handshake_timeout,
+        // An identity off the allow-list may hold a few connections, to be
+        // told PERMISSION_DENIED, and no more.
+        Arc::new(move |peer| {
+            if authenticator.admits(peer) {
+                limits.max_connections_per_identity
+            } else {
+                NOT_ALLOWED_CONNECTIONS
+            }
+        }),
     );
     // Reloads the TLS files and closes connections whose certificate is
     // revoked or expired, every reload interval and on SIGHUP.

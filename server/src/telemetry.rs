@@ -14,13 +14,34 @@ pub enum LogFormat {
     Text,
 }
 
-/// `text` with every control character (CR, LF, ESC, ...) written as an
-/// escape, so an outsider's string can never start a line of its own.
+/// Characters that break or disguise a log line: controls (CR, LF, ESC,
+/// NEL, ...), the Unicode line and paragraph separators, and the invisible
+/// formatting characters (bidi overrides, zero-width, BOM).
+fn unsafe_in_logs(c: char) -> bool {
+    c.is_control()
+        || matches!(c,
+            '\u{200B}'..='\u{200F}' | '\u{2028}'..='\u{202E}' | '\u{2060}'..='\u{2069}' | '\u{FEFF}')
+}
+
+/// `text` with every character that could break or disguise a log line
+/// written as an escape, so an outsider's string can never start a line of
+/// its own or hide what follows it.
 pub fn escape(text: &str) -> std::borrow::Cow<'_, str> {
-    if !text.chars().any(char::is_control) {
+    if !text.chars().any(unsafe_in_logs) {
         return std::borrow::Cow::Borrowed(text);
     }
-    std::borrow::Cow::Owned(text.chars().flat_map(char::escape_default).collect())
+    std::borrow::Cow::Owned(
+        text.chars()
+            .flat_map(|c| {
+                let escaped: Vec<char> = if unsafe_in_logs(c) {
+                    c.escape_unicode().collect()
+                } else {
+                    vec![c]
+                };
+                escaped
+            })
+            .collect(),
+    )
 }
 
 /// Keeps the trace exporter alive; dropped, it flushes the spans not yet
@@ -139,7 +160,8 @@ mod tests {
     #[test]
     fn control_characters_are_escaped() {
         assert_eq!(escape("plain spiffe://a/b"), "plain spiffe://a/b");
-        assert_eq!(escape("a\nINFO fake"), "a\\nINFO fake");
+        assert_eq!(escape("a\nINFO fake"), "a\\u{a}INFO fake");
+        assert!(!escape("x\u{2028}y\u{202E}z\u{85}").contains(['\u{2028}', '\u{202E}', '\u{85}']));
         assert!(!escape("x\r\n\u{1b}[31m").contains(['\r', '\n', '\u{1b}']));
     }
 

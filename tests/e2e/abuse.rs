@@ -636,3 +636,48 @@ async fn memory_per_idle_connection_and_per_open_stream_is_measured_and_bounded(
     );
     assert!(per_stream < 64.0, "{per_stream:.1} KiB per stream");
 }
+
+#[tokio::test]
+async fn one_identity_cannot_hold_more_than_its_connections() {
+    let app = TestApp::builder()
+        .limits(Limits {
+            max_connections_per_identity: 3,
+            ..test_limits()
+        })
+        .spawn()
+        .await;
+    let mut held = Vec::new();
+    for _ in 0..3 {
+        held.push(idle_h2_connection(app.addr).await);
+    }
+
+    // A fourth of the same certificate is closed right after its handshake.
+    let mut fourth = tls_connect(app.addr, None).await;
+    let mut out = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n".to_vec();
+    out.extend(frame(0x4, 0, 0, &[]));
+    let _ = fourth.write_all(&out).await;
+    let mut buf = [0u8; 64];
+    let read = tokio::time::timeout(Duration::from_secs(2), fourth.read(&mut buf)).await;
+    // Another identity still connects and is served.
+    let other = pki()
+        .ca
+        .issue_client(
+            &notes_server::certs::authority::Subject {
+                common_name: "other".into(),
+                uris: vec!["spiffe://notes.test/other".into()],
+                ..Default::default()
+            },
+            Duration::from_secs(3600),
+        )
+        .unwrap();
+    let served = NotesServiceClient::new(app.channel(Some(&other)).await)
+        .list_notes(with_token(ListNotesRequest::default(), &token_for("other")))
+        .await;
+
+    assert!(
+        matches!(read, Ok(Ok(0) | Err(_))),
+        "the fourth connection was served: {read:?}"
+    );
+    assert!(served.is_ok(), "{served:?}");
+    drop(held);
+}

@@ -74,6 +74,12 @@ impl Authenticator {
         self
     }
 
+    /// Whether `peer` may connect at all (the identity allow-list); the
+    /// accept loop asks once per connection, `authorize` again per call.
+    pub fn admits(&self, peer: &crate::tls::PeerIdentity) -> bool {
+        self.allowed_identities.is_empty() || self.allowed_identities.contains(&peer.identity())
+    }
+
     /// The token verifier.
     pub fn verifier(&self) -> &TokenVerifier {
         &self.verifier

@@ -75,6 +75,8 @@ where
         let auth = self.auth.clone();
         Box::pin(async move {
             let path = req.uri().path().to_owned();
+            // The path is the caller's choice: escaped and bounded in logs.
+            let logged_path: String = escape(&path).chars().take(200).collect();
             let decision = auth
                 .authorize(&path, req.headers(), req.extensions().get::<ConnInfo>())
                 .await;
@@ -97,7 +99,7 @@ where
                             .inc();
                         tracing::info!(
                             target: "notes::audit",
-                            method = %path,
+                            method = %logged_path,
                             subject = %escape(&caller.subject),
                             client_id = %escape(&caller.client_id),
                             kind = ?caller.kind,
@@ -119,7 +121,7 @@ where
                         .inc();
                     tracing::info!(
                         target: "notes::audit",
-                        method = %path,
+                        method = %logged_path,
                         peer = %peer,
                         decision = "deny",
                         reason = err.reason(),

@@ -135,7 +135,7 @@ pub enum AuthError {
     #[error("token has no '{0}' claim")]
     MissingClaim(&'static str),
     /// `token_use` is not `access`.
-    #[error("token_use must be 'access', got '{0}'")]
+    #[error("token_use must be 'access'")]
     WrongTokenUse(String),
     /// `client_id` is not in the allow-list.
     #[error("token client_id is not allowed to call this service")]

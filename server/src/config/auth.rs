@@ -323,10 +323,25 @@ impl AuthArgs {
             self.jwks_file.clone(),
             JwksSettings::default(),
         )?;
+        let scopes = |setting: &'static str, values: &[String]| {
+            let set = non_blank_set(values);
+            if set.is_empty() {
+                // An empty variable must not turn the check off.
+                return Err(config_err(
+                    setting,
+                    "names no scope; to require none, give exactly 'none'",
+                ));
+            }
+            Ok(if set.len() == 1 && set.contains("none") {
+                BTreeSet::new()
+            } else {
+                set
+            })
+        };
         let mut policy =
             TokenPolicy::new(issuer, client_ids).with_scopes(ScopePolicy::same_for_all(
-                non_blank_set(&self.read_scopes),
-                non_blank_set(&self.write_scopes),
+                scopes("--read-scopes / NOTES_READ_SCOPES", &self.read_scopes)?,
+                scopes("--write-scopes / NOTES_WRITE_SCOPES", &self.write_scopes)?,
             ));
         policy.leeway = leeway;
         Ok(AuthSettings {
@@ -545,6 +560,29 @@ client_ids = ["other"]
         }
         let same = format!("{ONE}owner_prefix = \"b:\"\n{second}owner_prefix = \"b:\"\n");
         assert!(settings(&same).unwrap_err().contains("two issuers"));
+    }
+
+    fn flags(read: &[&str]) -> AuthArgs {
+        AuthArgs {
+            auth_config: None,
+            issuer: Some("https://issuer.example".into()),
+            jwks_url: None,
+            jwks_file: Some("/tmp/jwks.json".into()),
+            client_ids: vec!["app".into()],
+            read_scopes: read.iter().map(|s| (*s).to_owned()).collect(),
+            write_scopes: vec![DEFAULT_WRITE_SCOPE.into()],
+            token_leeway_secs: 60,
+        }
+    }
+
+    #[test]
+    fn an_empty_scope_flag_is_refused_and_none_must_be_said() {
+        for empty in [&[""][..], &[" ", ""]] {
+            let err = flags(empty).settings().unwrap_err().to_string();
+            assert!(err.contains("NOTES_READ_SCOPES"), "{err}");
+        }
+        let none = flags(&["none"]).settings().unwrap();
+        assert!(none.issuers[0].policy.scopes.user.read.is_empty());
     }
 
     #[test]

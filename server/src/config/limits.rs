@@ -31,6 +31,9 @@ pub struct LimitArgs {
     /// TLS handshakes in progress from one IP address at most.
     #[arg(long, env = "NOTES_MAX_HANDSHAKES_PER_IP", default_value_t = limits::MAX_HANDSHAKES_PER_IP)]
     pub max_handshakes_per_ip: usize,
+    /// Open connections of one client-certificate identity at most.
+    #[arg(long, env = "NOTES_MAX_CONNECTIONS_PER_IDENTITY", default_value_t = limits::MAX_CONNECTIONS_PER_IDENTITY)]
+    pub max_connections_per_identity: usize,
     /// HTTP/2 streams open at once per connection.
     #[arg(long, env = "NOTES_MAX_CONCURRENT_STREAMS", default_value_t = limits::MAX_CONCURRENT_STREAMS)]
     pub max_concurrent_streams: u32,
@@ -76,8 +79,27 @@ fn at_least_one<T: PartialOrd + From<u8>>(
     Ok(value)
 }
 
+/// The longest any interval or age may be set to: a year. Longer values
+/// would overflow the clocks they are added to.
+const MAX_SECS: u64 = 365 * 24 * 3600;
+/// The most connections, handshakes or calls a cap may allow.
+const MAX_COUNT: u64 = 1_000_000;
+
 fn at_least_one_sec(setting: &'static str, value: u64) -> Result<Duration, ConfigError> {
+    if value > MAX_SECS {
+        return Err(config_err(
+            setting,
+            format!("must be at most {MAX_SECS} (a year)"),
+        ));
+    }
     at_least_one(setting, value).map(Duration::from_secs)
+}
+
+fn count(setting: &'static str, value: usize) -> Result<usize, ConfigError> {
+    if value as u64 > MAX_COUNT {
+        return Err(config_err(setting, format!("must be at most {MAX_COUNT}")));
+    }
+    at_least_one(setting, value as u64).map(|v| v as usize)
 }
 
 impl LimitArgs {
@@ -104,36 +126,40 @@ impl LimitArgs {
                 "--handshake-timeout-secs / NOTES_HANDSHAKE_TIMEOUT_SECS",
                 self.handshake_timeout_secs,
             )?,
-            grace_period: Duration::from_secs(self.grace_period_secs),
+            grace_period: Duration::from_secs(self.grace_period_secs.min(MAX_SECS)),
             request_timeout: limits::REQUEST_TIMEOUT,
             tls_reload_interval: at_least_one_sec(
                 "--tls-reload-interval-secs / NOTES_TLS_RELOAD_INTERVAL_SECS",
                 self.tls_reload_interval_secs,
             )?,
-            max_connections: at_least_one(
+            max_connections: count(
                 "--max-connections / NOTES_MAX_CONNECTIONS",
-                self.max_connections as u64,
-            )? as usize,
-            max_handshakes: at_least_one(
+                self.max_connections,
+            )?,
+            max_handshakes: count(
                 "--max-handshakes / NOTES_MAX_HANDSHAKES",
-                self.max_handshakes as u64,
-            )? as usize,
-            max_handshakes_per_ip: at_least_one(
+                self.max_handshakes,
+            )?,
+            max_handshakes_per_ip: count(
                 "--max-handshakes-per-ip / NOTES_MAX_HANDSHAKES_PER_IP",
-                self.max_handshakes_per_ip as u64,
-            )? as usize,
+                self.max_handshakes_per_ip,
+            )?,
+            max_connections_per_identity: count(
+                "--max-connections-per-identity / NOTES_MAX_CONNECTIONS_PER_IDENTITY",
+                self.max_connections_per_identity,
+            )?,
             max_concurrent_streams: at_least_one(
                 "--max-concurrent-streams / NOTES_MAX_CONCURRENT_STREAMS",
                 self.max_concurrent_streams,
             )?,
-            max_local_error_resets: at_least_one(
+            max_local_error_resets: count(
                 "--max-local-error-resets / NOTES_MAX_LOCAL_ERROR_RESETS",
-                self.max_local_error_resets as u64,
-            )? as usize,
-            max_pending_accept_resets: at_least_one(
+                self.max_local_error_resets,
+            )?,
+            max_pending_accept_resets: count(
                 "--max-pending-accept-resets / NOTES_MAX_PENDING_ACCEPT_RESETS",
-                self.max_pending_accept_resets as u64,
-            )? as usize,
+                self.max_pending_accept_resets,
+            )?,
             max_header_list_bytes: at_least_one(
                 "--max-header-list-bytes / NOTES_MAX_HEADER_LIST_BYTES",
                 self.max_header_list_bytes,
@@ -150,12 +176,68 @@ impl LimitArgs {
                 "--max-connection-age-secs / NOTES_MAX_CONNECTION_AGE_SECS",
                 self.max_connection_age_secs,
             )?,
-            max_connection_age_grace: Duration::from_secs(self.max_connection_age_grace_secs),
-            max_requests_in_flight: at_least_one(
+            max_connection_age_grace: Duration::from_secs(
+                self.max_connection_age_grace_secs.min(MAX_SECS),
+            ),
+            max_requests_in_flight: count(
                 "--max-requests-in-flight / NOTES_MAX_REQUESTS_IN_FLIGHT",
-                self.max_requests_in_flight as u64,
-            )? as usize,
+                self.max_requests_in_flight,
+            )?,
             rate_limit,
         })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use clap::Parser;
+
+    use super::*;
+
+    #[derive(Parser)]
+    struct Args {
+        #[command(flatten)]
+        limits: LimitArgs,
+    }
+
+    fn limits(args: &[&str]) -> Result<Limits, String> {
+        let args = Args::try_parse_from(std::iter::once("x").chain(args.iter().copied()))
+            .map_err(|e| e.to_string())?;
+        args.limits.limits().map_err(|e| e.to_string())
+    }
+
+    #[test]
+    fn defaults_are_the_limits_module_defaults() {
+        let parsed = limits(&[]).unwrap();
+        let defaults = Limits::default();
+        assert_eq!(parsed.max_connections, defaults.max_connections);
+        assert_eq!(parsed.max_connection_age, defaults.max_connection_age);
+        assert_eq!(parsed.rate_limit, None);
+    }
+
+    #[test]
+    fn zero_and_absurd_values_are_refused_naming_the_setting() {
+        for (args, setting) in [
+            (&["--max-connections", "0"][..], "NOTES_MAX_CONNECTIONS"),
+            (
+                &["--tls-reload-interval-secs", "0"],
+                "NOTES_TLS_RELOAD_INTERVAL_SECS",
+            ),
+            (
+                &["--keepalive-interval-secs", "18446744073709551615"],
+                "NOTES_KEEPALIVE_INTERVAL_SECS",
+            ),
+            (
+                &["--max-connections", "18446744073709551615"],
+                "NOTES_MAX_CONNECTIONS",
+            ),
+            (
+                &["--rate-limit-per-second=-1"],
+                "NOTES_RATE_LIMIT_PER_SECOND",
+            ),
+        ] {
+            let err = limits(args).unwrap_err();
+            assert!(err.contains(setting), "{args:?}: {err}");
+        }
     }
 }

@@ -69,15 +69,31 @@ impl Closer {
 type OpenConnection = (Arc<PeerIdentity>, Arc<Closer>);
 
 /// Every open mutual-TLS connection with its peer, so a CRL reload can
-/// close those whose certificate it revokes.
+/// close those whose certificate it revokes, and how many each identity
+/// holds.
 #[derive(Debug, Default)]
 pub struct OpenConnections {
     next_id: AtomicU64,
     conns: Mutex<HashMap<u64, OpenConnection>>,
+    per_identity: Mutex<HashMap<super::Identity, usize>>,
 }
 
 impl OpenConnections {
-    fn register(&self, peer: Arc<PeerIdentity>) -> (u64, Arc<Closer>) {
+    /// Registers a connection of `peer`, unless its identity already holds
+    /// `max_per_identity`.
+    fn register(
+        &self,
+        peer: Arc<PeerIdentity>,
+        max_per_identity: usize,
+    ) -> Option<(u64, Arc<Closer>)> {
+        {
+            let mut per_identity = self.per_identity.lock().unwrap_or_else(|e| e.into_inner());
+            let held = per_identity.entry(peer.identity()).or_default();
+            if *held >= max_per_identity {
+                return None;
+            }
+            *held += 1;
+        }
         let id = self.next_id.fetch_add(1, Ordering::Relaxed);
         let closer = Arc::new(Closer::default());
         crate::metrics::metrics().connections_open.inc();
@@ -85,15 +101,26 @@ impl OpenConnections {
             .lock()
             .unwrap_or_else(|e| e.into_inner())
             .insert(id, (peer, closer.clone()));
-        (id, closer)
+        Some((id, closer))
     }
 
     fn remove(&self, id: u64) {
         crate::metrics::metrics().connections_open.dec();
-        self.conns
+        let removed = self
+            .conns
             .lock()
             .unwrap_or_else(|e| e.into_inner())
             .remove(&id);
+        if let Some((peer, _)) = removed {
+            let mut per_identity = self.per_identity.lock().unwrap_or_else(|e| e.into_inner());
+            let identity = peer.identity();
+            if let Some(held) = per_identity.get_mut(&identity) {
+                *held -= 1;
+                if *held == 0 {
+                    per_identity.remove(&identity);
+                }
+            }
+        }
     }
 
     /// Closes every open connection whose peer matches; returns how many.
@@ -120,8 +147,10 @@ impl OpenConnections {
     }
 }
 
+/// How many open connections a peer's identity may hold.
+pub type PeerCap = Arc<dyn Fn(&PeerIdentity) -> usize + Send + Sync>;
+
 /// The caps on what connecting peers can hold, and what they refused.
-#[derive(Debug)]
 pub struct Admission {
     max_connections: usize,
     connections: Arc<Semaphore>,
@@ -133,6 +162,8 @@ pub struct Admission {
     pub refused: AdmissionRefusals,
     /// The established connections.
     pub open: Arc<OpenConnections>,
+    /// How many connections each identity may hold.
+    cap_of: PeerCap,
     log: LogEvery,
 }
 
@@ -145,6 +176,8 @@ pub struct AdmissionRefusals {
     pub handshakes: AtomicU64,
     /// The per-IP in-progress handshake cap.
     pub handshakes_per_ip: AtomicU64,
+    /// The per-identity open-connection cap.
+    pub connections_per_identity: AtomicU64,
 }
 
 /// Which cap refused a connection.
@@ -153,6 +186,7 @@ enum Refusal {
     Connections,
     Handshakes,
     HandshakesPerIp,
+    ConnectionsPerIdentity,
 }
 
 /// A handshake slot: global and per-IP, released when dropped.
@@ -188,6 +222,24 @@ impl Admission {
         max_per_ip: usize,
         handshake_timeout: Duration,
     ) -> Arc<Self> {
+        Self::with_peers(
+            max_connections,
+            max_handshakes,
+            max_per_ip,
+            handshake_timeout,
+            Arc::new(|_: &PeerIdentity| usize::MAX),
+        )
+    }
+
+    /// [`new`](Self::new), also capping each identity's open connections
+    /// at what `cap_of` says for it (checked once, after the handshake).
+    pub fn with_peers(
+        max_connections: usize,
+        max_handshakes: usize,
+        max_per_ip: usize,
+        handshake_timeout: Duration,
+        cap_of: PeerCap,
+    ) -> Arc<Self> {
         Arc::new(Self {
             max_connections,
             connections: Arc::new(Semaphore::new(max_connections)),
@@ -197,6 +249,7 @@ impl Admission {
             handshake_timeout,
             refused: AdmissionRefusals::default(),
             open: Arc::default(),
+            cap_of,
             log: LogEvery::new(Duration::from_secs(10)),
         })
     }
@@ -212,12 +265,14 @@ impl Admission {
             Refusal::Connections => &self.refused.connections,
             Refusal::Handshakes => &self.refused.handshakes,
             Refusal::HandshakesPerIp => &self.refused.handshakes_per_ip,
+            Refusal::ConnectionsPerIdentity => &self.refused.connections_per_identity,
         };
         counter.fetch_add(1, Ordering::Relaxed);
         let cap = match why {
             Refusal::Connections => "connections",
             Refusal::Handshakes => "handshakes",
             Refusal::HandshakesPerIp => "handshakes_per_ip",
+            Refusal::ConnectionsPerIdentity => "connections_per_identity",
         };
         crate::metrics::metrics()
             .connections_refused
@@ -237,7 +292,15 @@ impl Admission {
     }
 
     fn admit_handshake(&self, remote_addr: SocketAddr) -> Option<HandshakeSlot<'_>> {
-        let ip = remote_addr.ip();
+        // One IPv6 host usually holds a whole /64: count it as one address.
+        let ip = match remote_addr.ip() {
+            IpAddr::V6(v6) => {
+                let mut octets = v6.octets();
+                octets[8..].fill(0);
+                IpAddr::V6(octets.into())
+            }
+            v4 => v4,
+        };
         let Ok(permit) = self.handshakes.clone().try_acquire_owned() else {
             self.refuse(Refusal::Handshakes, remote_addr);
             return None;
@@ -400,7 +463,11 @@ pub fn incoming(
                     });
                 drop(handshake_slot);
                 if let Some((stream, info)) = conn {
-                    let (id, closer) = admission.open.register(info.peer.clone());
+                    let cap = (admission.cap_of)(&info.peer);
+                    let Some((id, closer)) = admission.open.register(info.peer.clone(), cap) else {
+                        admission.refuse(Refusal::ConnectionsPerIdentity, remote_addr);
+                        return;
+                    };
                     let _ = tx
                         .send(Ok(TlsConn {
                             stream,

@@ -67,10 +67,15 @@ impl PeerIdentity {
     pub fn identity(&self) -> Identity {
         match (self.uris.first(), self.dns_names.first()) {
             (Some(uri), _) => Identity::Uri(uri.clone()),
-            (None, Some(dns)) => Identity::Dns(dns.clone()),
+            (None, Some(dns)) => Identity::Dns(normalize_dns(dns)),
             (None, None) => Identity::Subject(self.subject.clone()),
         }
     }
+}
+
+/// DNS names compare case-insensitively and without a trailing dot.
+fn normalize_dns(name: &str) -> String {
+    name.trim_end_matches('.').to_ascii_lowercase()
 }
 
 /// A certificate identity with its kind: a URI SAN and a DNS SAN that spell
@@ -94,13 +99,13 @@ impl Identity {
         let identity = if let Some(uri) = text.strip_prefix("uri:") {
             Identity::Uri(uri.to_owned())
         } else if let Some(dns) = text.strip_prefix("dns:") {
-            Identity::Dns(dns.to_owned())
+            Identity::Dns(normalize_dns(dns))
         } else if let Some(subject) = text.strip_prefix("subject:") {
             Identity::Subject(subject.to_owned())
         } else if text.contains("://") {
             Identity::Uri(text.to_owned())
         } else {
-            Identity::Dns(text.to_owned())
+            Identity::Dns(normalize_dns(text))
         };
         match &identity {
             Identity::Uri(v) | Identity::Dns(v) | Identity::Subject(v) if v.is_empty() => {
@@ -154,6 +159,10 @@ mod tests {
             Ok(Identity::Dns("billing".into()))
         );
         assert!(Identity::parse("dns:spiffe://a/b").is_err());
+        assert_eq!(
+            Identity::parse("Billing.Example."),
+            Identity::parse("billing.example")
+        );
         assert!(Identity::parse("uri:").is_err());
         assert_ne!(
             Identity::Uri("spiffe://a/b".into()),
