@@ -117,7 +117,11 @@ pub async fn run(
     // The admin endpoints outlive the drain (503 throughout), then stop.
     let _admin_guard = admin_stop.clone().drop_guard();
     if let Some(listener) = app.admin {
-        tracing::info!(addr = ?listener.local_addr().ok(), "admin endpoints: /metrics /livez /readyz");
+        let addr = listener
+            .local_addr()
+            .map(|a| a.to_string())
+            .unwrap_or_default();
+        tracing::info!(%addr, "admin endpoints: /metrics /livez /readyz");
         admin::spawn(listener, readiness.clone(), admin_stop.clone());
     }
     spawn_store_probe(app.store.clone(), readiness.clone(), stop.clone());
@@ -221,7 +225,8 @@ pub async fn run(
         .add_service(reflection_v1alpha)
         .add_service(notes);
 
-    tracing::info!(addr = ?local_addr, "serving notes.v1.NotesService over mutual TLS");
+    let addr = local_addr.map(|a| a.to_string()).unwrap_or_default();
+    tracing::info!(%addr, "serving notes.v1.NotesService over mutual TLS");
     let serve = router.serve_with_incoming_shutdown(incoming, signal);
     tokio::pin!(serve);
     let grace = limits.grace_period;

@@ -195,7 +195,7 @@ pub fn run(dir: &Path, command: CertsCommand) -> anyhow::Result<String> {
             )?;
             write_file(&dir.join("crl-number"), b"1", 0o644)?;
             Ok(format!(
-                "CA {name:?}: {0}/ca.pem, {0}/ca.key, empty {0}/crl.pem",
+                "CA {name:?}: {0}/ca.pem, {0}/ca.key, {0}/crl.pem revoking nothing",
                 dir.display()
             ))
         }

@@ -112,7 +112,7 @@ pub struct AuthArgs {
         required_unless_present = "auth_config"
     )]
     pub client_ids: Vec<String>,
-    /// Scopes required by GetNote and ListNotes (comma-separated; all required).
+    /// Scopes required by GetNote and ListNotes (comma-separated; all required; `none`: no scope).
     #[arg(
         long,
         env = "NOTES_READ_SCOPES",

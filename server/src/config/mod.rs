@@ -83,7 +83,7 @@ pub struct ServeConfig {
     /// CRLs (PEM) of the client CA; revoked client certificates fail the handshake.
     #[arg(long = "client-crl", env = "NOTES_CLIENT_CRLS", value_delimiter = ',')]
     pub client_crls: Vec<PathBuf>,
-    /// Only these client-certificate identities (URI SAN, else DNS SAN) may call; empty: any.
+    /// Only these client-certificate identities may call (comma-separated `uri:…` or `dns:…`; a bare value with `://` is a URI); empty: any.
     #[arg(long, env = "NOTES_ALLOWED_CLIENT_IDENTITIES", value_delimiter = ',')]
     pub allowed_client_identities: Vec<String>,
     /// Token issuers, policies and certificate bindings.
