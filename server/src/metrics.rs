@@ -128,6 +128,8 @@ pub struct Metrics {
     pub dynamodb_throttles: IntCounterVec,
     /// 1 when ready (see `/readyz`), else 0.
     pub ready: IntGauge,
+    /// Log lines (audit events included) dropped because the queue was full.
+    log_lines_dropped: IntCounter,
 }
 
 const LATENCY_BUCKETS: [f64; 11] = [
@@ -311,12 +313,21 @@ impl Metrics {
                 "notes_ready",
                 "1 when the server is ready to serve, else 0.",
             ),
+            log_lines_dropped: counter(
+                "notes_log_lines_dropped_total",
+                "Log lines, audit events included, dropped because the log queue was full.",
+            ),
             registry,
         }
     }
 
     /// The Prometheus text exposition of every metric.
     pub fn render(&self) -> String {
+        let dropped = crate::telemetry::dropped_log_lines();
+        let counted = self.log_lines_dropped.get();
+        if dropped > counted {
+            self.log_lines_dropped.inc_by(dropped - counted);
+        }
         TextEncoder::new()
             .encode_to_string(&self.registry.gather())
             .unwrap_or_default()

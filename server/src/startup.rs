@@ -55,7 +55,9 @@ pub async fn serve_app(config: &ServeConfig) -> Result<App, ConfigError> {
                 e,
             )
         })?;
-    let authenticator = authenticator.with_allowed_identities(allowed);
+    let authenticator = authenticator
+        .with_allowed_identities(allowed)
+        .with_audit_allowed(config.audit_allowed);
     let page_tokens = page_tokens(&config.page_token_key_file)?;
 
     let store: Arc<dyn NoteStore> = match config.store {

@@ -44,26 +44,67 @@ pub fn escape(text: &str) -> std::borrow::Cow<'_, str> {
     )
 }
 
-/// Keeps the trace exporter alive; dropped, it flushes the spans not yet
-/// sent.
-pub struct TelemetryGuard(Option<opentelemetry_sdk::trace::SdkTracerProvider>);
+/// Keeps the trace exporter and the log writer alive; dropped, it flushes
+/// the spans and lines not yet written.
+pub struct TelemetryGuard(
+    Option<opentelemetry_sdk::trace::SdkTracerProvider>,
+    Option<tracing_appender::non_blocking::WorkerGuard>,
+);
 
 impl Drop for TelemetryGuard {
     fn drop(&mut self) {
         if let Some(provider) = self.0.take() {
             let _ = provider.shutdown();
         }
+        drop(self.1.take());
     }
 }
 
-/// Installs a global subscriber that writes to stderr, filtered by `RUST_LOG`
+/// Log lines a full queue made the non-blocking writer drop, once
+/// [`init_non_blocking`] installed it.
+static DROPPED_LINES: std::sync::OnceLock<tracing_appender::non_blocking::ErrorCounter> =
+    std::sync::OnceLock::new();
+
+/// Log lines (audit events included) dropped because the writer's queue was
+/// full, so far.
+pub fn dropped_log_lines() -> u64 {
+    DROPPED_LINES
+        .get()
+        .map_or(0, |counter| counter.dropped_lines() as u64)
+}
+
+/// Lines the non-blocking writer queues before it drops: a burst of about
+/// 100 MB of logs at most, and a call never waits for stderr.
+pub const LOG_QUEUE_LINES: usize = 128 * 1024;
+
+/// [`init_with_writer`] behind a non-blocking writer: lines go to a bounded
+/// queue (`queue_lines`) that one thread writes out; when it is full, lines
+/// are dropped and counted ([`dropped_log_lines`], metric
+/// `notes_log_lines_dropped_total`), never blocking a call.
+pub fn init_non_blocking<W>(json: bool, otlp: bool, writer: W, queue_lines: usize) -> TelemetryGuard
+where
+    W: std::io::Write + Send + 'static,
+{
+    let (non_blocking, worker) = tracing_appender::non_blocking::NonBlockingBuilder::default()
+        .lossy(true)
+        .buffered_lines_limit(queue_lines)
+        .thread_name("notes-log-writer")
+        .finish(writer);
+    let _ = DROPPED_LINES.set(non_blocking.error_counter());
+    let mut guard = init_with_writer(json, otlp, non_blocking);
+    guard.1 = Some(worker);
+    guard
+}
+
+/// Installs a global subscriber that writes to stderr through a bounded,
+/// non-blocking queue ([`init_non_blocking`]), filtered by `RUST_LOG`
 /// (default `info`), as JSON when `json` is set. Every call's span carries
 /// an OpenTelemetry trace (continuing the caller's W3C `traceparent`), so
 /// its trace id is in every log line of the call; with `otlp`, spans are
 /// exported over OTLP/gRPC to `OTEL_EXPORTER_OTLP_ENDPOINT` (default
 /// `http://localhost:4317`). Calling it twice is harmless.
 pub fn init(json: bool, otlp: bool) -> TelemetryGuard {
-    init_with_writer(json, otlp, std::io::stderr)
+    init_non_blocking(json, otlp, std::io::stderr(), LOG_QUEUE_LINES)
 }
 
 /// [`init`], writing log lines to `writer` (tests capture them).
@@ -113,7 +154,7 @@ where
                 .with_filter(spans),
         )
         .try_init();
-    TelemetryGuard(installed.is_ok().then_some(provider))
+    TelemetryGuard(installed.is_ok().then_some(provider), None)
 }
 
 /// Lets a repeated event through at most once per interval and counts what

@@ -469,3 +469,40 @@ async fn the_client_continues_the_callers_trace_into_the_server() {
         "{trace_id}: {audit}"
     );
 }
+
+#[tokio::test]
+async fn a_stuck_log_writer_never_blocks_a_call_and_what_it_drops_is_counted() {
+    /// A log destination that never accepts a byte (a full pipe, a hung disk).
+    struct Stuck;
+    impl std::io::Write for Stuck {
+        fn write(&mut self, _: &[u8]) -> std::io::Result<usize> {
+            std::thread::sleep(Duration::from_secs(3600));
+            Ok(0)
+        }
+        fn flush(&mut self) -> std::io::Result<()> {
+            Ok(())
+        }
+    }
+    std::mem::forget(notes_server::telemetry::init_non_blocking(
+        false, false, Stuck, 4,
+    ));
+    let app = TestApp::spawn().await;
+    let client = app.client_as("alice").await;
+
+    // Every call writes an audit line into a queue of 4 that never drains.
+    let calls = tokio::time::timeout(Duration::from_secs(30), async {
+        for i in 0..50 {
+            client.create(&format!("n{i}"), None).await.unwrap();
+        }
+    })
+    .await;
+
+    assert!(calls.is_ok(), "calls waited for the log writer");
+    assert!(notes_server::telemetry::dropped_log_lines() > 0);
+    let text = notes_server::metrics::metrics().render();
+    assert!(
+        text.lines()
+            .any(|l| l.starts_with("notes_log_lines_dropped_total ") && !l.ends_with(" 0")),
+        "{text}"
+    );
+}

@@ -33,6 +33,7 @@ pub struct Authenticator {
     bound_clients: BTreeSet<String>,
     allowed_identities: BTreeSet<Identity>,
     namespaced_owners: bool,
+    audit_allowed: bool,
     rejections: Mutex<BTreeMap<&'static str, u64>>,
 }
 
@@ -45,6 +46,7 @@ impl Authenticator {
             bound_clients: BTreeSet::new(),
             allowed_identities: BTreeSet::new(),
             namespaced_owners: false,
+            audit_allowed: true,
             rejections: Mutex::default(),
         }
     }
@@ -78,6 +80,17 @@ impl Authenticator {
     /// accept loop asks once per connection, `authorize` again per call.
     pub fn admits(&self, peer: &crate::tls::PeerIdentity) -> bool {
         self.allowed_identities.is_empty() || self.allowed_identities.contains(&peer.identity())
+    }
+
+    /// Whether allowed calls get an audit event too (refusals always do).
+    pub fn with_audit_allowed(mut self, audit: bool) -> Self {
+        self.audit_allowed = audit;
+        self
+    }
+
+    /// Whether allowed calls get an audit event.
+    pub fn audits_allowed(&self) -> bool {
+        self.audit_allowed
     }
 
     /// The token verifier.

@@ -97,16 +97,18 @@ where
                             .auth_decisions
                             .with_label_values(&["allow", "ok", &caller.issuer, kind])
                             .inc();
-                        tracing::info!(
-                            target: "notes::audit",
-                            method = %logged_path,
-                            subject = %escape(&caller.subject),
-                            client_id = %escape(&caller.client_id),
-                            kind = ?caller.kind,
-                            peer = %peer,
-                            decision = "allow",
-                            reason = "ok",
-                        );
+                        if auth.audits_allowed() {
+                            tracing::info!(
+                                target: "notes::audit",
+                                method = %logged_path,
+                                subject = %escape(&caller.subject),
+                                client_id = %escape(&caller.client_id),
+                                kind = ?caller.kind,
+                                peer = %peer,
+                                decision = "allow",
+                                reason = "ok",
+                            );
+                        }
                         req.extensions_mut().insert(caller);
                     }
                     // Handlers get the typed caller; the raw token goes no further.

@@ -63,6 +63,11 @@ pub struct ServeConfig {
     /// Address to listen on.
     #[arg(long, env = "NOTES_LISTEN", default_value = "0.0.0.0:50051")]
     pub listen: SocketAddr,
+    /// Write an audit event for allowed calls too (refusals always get one).
+    /// On by default: the audit trail is complete; the log queue keeps it off
+    /// the request path. Turn off at very high call rates.
+    #[arg(long, env = "NOTES_AUDIT_ALLOWED", default_value_t = true, action = clap::ArgAction::Set)]
+    pub audit_allowed: bool,
     /// Export traces over OTLP/gRPC to OTEL_EXPORTER_OTLP_ENDPOINT
     /// (default http://localhost:4317).
     #[arg(long, env = "NOTES_OTLP")]
