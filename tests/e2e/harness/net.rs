@@ -65,13 +65,27 @@ pub async fn serve_http(router: axum::Router) -> (SocketAddr, oneshot::Sender<()
     (addr, stop)
 }
 
-/// An HTTP/1.1 proxy to DynamoDB that forwards every request but drops the
-/// reply to the first one of `operation` (its `x-amz-target`), closing that
-/// connection instead: a write that was applied, whose answer was lost.
+/// What a [`LostReplyProxy`] does to requests of its operation.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Fault {
+    /// Forward the first one, drop its reply and close the connection: a
+    /// write that was applied, whose answer was lost.
+    LoseReply,
+    /// Accept every one and never answer.
+    Stall,
+    /// Answer every one with DynamoDB's ThrottlingException, unforwarded.
+    Throttle,
+}
+
+/// An HTTP/1.1 proxy to DynamoDB with the faults real networks and DynamoDB
+/// have ([`Fault`]), for one operation (its `x-amz-target`); every other
+/// request is forwarded.
 pub struct LostReplyProxy {
     pub endpoint: String,
     dropped: std::sync::Arc<std::sync::atomic::AtomicUsize>,
 }
+
+const THROTTLED: &str = "HTTP/1.1 400 Bad Request\r\ncontent-type: application/x-amz-json-1.0\r\nx-amzn-requestid: fault-proxy\r\ncontent-length: 91\r\n\r\n{\"__type\":\"com.amazonaws.dynamodb.v20120810#ThrottlingException\",\"message\":\"Rate exceeded\"}";
 
 /// One HTTP/1.1 message (head and a Content-Length body) read from `from`,
 /// with the value of `header` if it is there; `None` at EOF.
@@ -105,6 +119,11 @@ async fn read_message(
 
 impl LostReplyProxy {
     pub async fn start(upstream: &str, operation: &str) -> LostReplyProxy {
+        Self::with_fault(upstream, operation, Fault::LoseReply).await
+    }
+
+    /// A proxy doing `fault` to `operation`.
+    pub async fn with_fault(upstream: &str, operation: &str, fault: Fault) -> LostReplyProxy {
         use tokio::io::AsyncWriteExt;
         let upstream = upstream.trim_start_matches("http://").to_owned();
         let target = format!("dynamodb_20120810.{}", operation.to_ascii_lowercase());
@@ -112,32 +131,42 @@ impl LostReplyProxy {
         let endpoint = format!("http://{}", listener.local_addr().unwrap());
         let dropped = std::sync::Arc::new(std::sync::atomic::AtomicUsize::new(0));
         let count = dropped.clone();
+        let lost = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
         tokio::spawn(async move {
             while let Ok((mut inbound, _)) = listener.accept().await {
                 let upstream = upstream.clone();
                 let target = target.clone();
                 let count = count.clone();
+                let lost = lost.clone();
                 tokio::spawn(async move {
                     let Ok(mut outbound) = TcpStream::connect(&upstream).await else {
                         return;
                     };
                     while let Some((request, op)) = read_message(&mut inbound, "x-amz-target").await
                     {
+                        if op.as_deref() == Some(target.as_str()) {
+                            count.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+                            match fault {
+                                Fault::Stall => std::future::pending::<()>().await,
+                                Fault::Throttle => {
+                                    if inbound.write_all(THROTTLED.as_bytes()).await.is_err() {
+                                        return;
+                                    }
+                                    continue;
+                                }
+                                Fault::LoseReply => {}
+                            }
+                        }
                         if outbound.write_all(&request).await.is_err() {
                             return;
                         }
                         let Some((response, _)) = read_message(&mut outbound, "").await else {
                             return;
                         };
+                        // Only the first reply of the operation is lost.
                         let drop_it = op.as_deref() == Some(target.as_str())
-                            && count
-                                .compare_exchange(
-                                    0,
-                                    1,
-                                    std::sync::atomic::Ordering::SeqCst,
-                                    std::sync::atomic::Ordering::SeqCst,
-                                )
-                                .is_ok();
+                            && count.load(std::sync::atomic::Ordering::SeqCst) == 1
+                            && !lost.swap(true, std::sync::atomic::Ordering::SeqCst);
                         if drop_it {
                             return; // applied upstream; the answer is lost
                         }
@@ -151,8 +180,9 @@ impl LostReplyProxy {
         LostReplyProxy { endpoint, dropped }
     }
 
-    /// How many replies were dropped (0 or 1).
-    pub fn dropped(&self) -> usize {
+    /// How many requests of the operation arrived (with `LoseReply`, the
+    /// first one's reply was dropped).
+    pub fn requests(&self) -> usize {
         self.dropped.load(std::sync::atomic::Ordering::SeqCst)
     }
 }
