@@ -12,6 +12,7 @@
 //! - [`limits`]: every bound on what a peer can make the server hold, with its default and reason.
 //! - [`metrics`]: Prometheus metrics: go-grpc-middleware's RPC metrics and the service's `notes_*`.
 //! - [`admin`]: the admin listener: `/metrics`, `/livez`, `/readyz`, apart from the data plane.
+//! - [`bucket`]: token buckets by caller (the rate limit, the refusal budget).
 //! - [`overload`]: the in-flight bound (UNAVAILABLE) and the per-caller rate limit (RESOURCE_EXHAUSTED).
 //! - [`tls`]: rustls server configuration, the mTLS accept loop, certificate identities, reload.
 //! - [`auth`]: one file per step: the tower layer, the per-call decision, the policy table, token verification, JWKS, the cache.
@@ -32,6 +33,7 @@
 pub mod admin;
 pub mod api;
 pub mod auth;
+pub mod bucket;
 pub mod certs;
 pub mod check;
 pub mod config;

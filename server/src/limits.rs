@@ -57,6 +57,13 @@ pub const MAX_CONNECTION_AGE_GRACE: Duration = Duration::from_secs(30);
 /// Calls in flight across the server; beyond it calls fail fast with
 /// UNAVAILABLE instead of queueing (health checks are never refused).
 pub const MAX_REQUESTS_IN_FLIGHT: usize = 1_024;
+/// Refusals one client-certificate identity may draw: bursts of 100, then
+/// 10 per second; past it its calls are refused RESOURCE_EXHAUSTED before
+/// any token is verified, so garbage tokens cannot buy RSA work.
+pub const REFUSALS_PER_IDENTITY: RateLimit = RateLimit {
+    per_second: 10.0,
+    burst: 100,
+};
 /// Largest NotesService request: a 64 KiB note plus its id, `request_id`
 /// and protobuf framing, with a little headroom; larger ones are refused
 /// RESOURCE_EXHAUSTED from the length prefix, before decoding.

@@ -16,10 +16,9 @@
 //!   [`OversizeAsResourceExhausted`] rewrites).
 
 use std::{
-    collections::HashMap,
     pin::Pin,
     sync::{
-        Arc, Mutex,
+        Arc,
         atomic::{AtomicU64, Ordering},
     },
     task::{Context, Poll},
@@ -31,7 +30,7 @@ use tokio::sync::Semaphore;
 use tonic::{Status, body::Body};
 use tower::{Layer, Service};
 
-use crate::{auth::Caller, limits::RateLimit, tls::ConnInfo};
+use crate::{auth::Caller, bucket::Buckets, limits::RateLimit, tls::ConnInfo};
 
 const HEALTH_PREFIX: &str = "/grpc.health.v1.Health/";
 
@@ -137,55 +136,6 @@ impl Drop for InFlight {
     }
 }
 
-/// Most callers whose buckets are kept; full buckets are forgotten first
-/// (a full bucket is the same as a new one).
-const MAX_TRACKED_CALLERS: usize = 100_000;
-
-struct Bucket {
-    tokens: f64,
-    updated: Instant,
-}
-
-/// Token buckets by caller.
-struct Buckets {
-    limit: RateLimit,
-    buckets: Mutex<HashMap<String, Bucket>>,
-}
-
-impl Buckets {
-    /// Takes one token from `caller`'s bucket; `false` when it is empty.
-    fn take(&self, caller: &str, now: Instant) -> bool {
-        let burst = f64::from(self.limit.burst);
-        let mut buckets = self.buckets.lock().unwrap_or_else(|e| e.into_inner());
-        if !buckets.contains_key(caller) && buckets.len() >= MAX_TRACKED_CALLERS {
-            let limit = self.limit;
-            buckets.retain(|_, b| refill(b, limit, now) < burst);
-            if buckets.len() >= MAX_TRACKED_CALLERS {
-                // Every tracked caller is active: refuse a new one rather than
-                // grow without bound (fail closed).
-                return false;
-            }
-        }
-        let bucket = buckets.entry(caller.to_owned()).or_insert(Bucket {
-            tokens: burst,
-            updated: now,
-        });
-        bucket.tokens = refill(bucket, self.limit, now);
-        bucket.updated = now;
-        if bucket.tokens >= 1.0 {
-            bucket.tokens -= 1.0;
-            true
-        } else {
-            false
-        }
-    }
-}
-
-fn refill(bucket: &Bucket, limit: RateLimit, now: Instant) -> f64 {
-    let elapsed = now.duration_since(bucket.updated).as_secs_f64();
-    (bucket.tokens + elapsed * limit.per_second).min(f64::from(limit.burst))
-}
-
 /// Refuses a caller's calls beyond its rate with RESOURCE_EXHAUSTED. Sits
 /// inside the auth layer: the caller is the token's owner, or the client
 /// certificate's identity for calls that need no token. Health checks are
@@ -199,10 +149,7 @@ impl RateLimitLayer {
     /// Each caller gets `limit`.
     pub fn new(limit: RateLimit) -> Self {
         Self {
-            buckets: Arc::new(Buckets {
-                limit,
-                buckets: Mutex::default(),
-            }),
+            buckets: Arc::new(Buckets::new(limit)),
         }
     }
 }
@@ -255,7 +202,7 @@ where
                     .requests_shed
                     .with_label_values(&["rate_limit"])
                     .inc();
-                let limit = self.buckets.limit;
+                let limit = self.buckets.limit();
                 let status = Status::resource_exhausted(format!(
                     "rate limit exceeded: at most {} calls per second per caller (bursts of {})",
                     limit.per_second, limit.burst
@@ -322,40 +269,5 @@ where
                 None => response,
             })
         })
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use std::time::Duration;
-
-    use super::*;
-
-    fn buckets(per_second: f64, burst: u32) -> Buckets {
-        Buckets {
-            limit: RateLimit { per_second, burst },
-            buckets: Mutex::default(),
-        }
-    }
-
-    #[test]
-    fn a_caller_gets_its_burst_then_its_rate() {
-        let buckets = buckets(10.0, 3);
-        let start = Instant::now();
-        assert!((0..3).all(|_| buckets.take("a", start)));
-        assert!(!buckets.take("a", start));
-        assert!(buckets.take("b", start), "callers have their own buckets");
-        assert!(buckets.take("a", start + Duration::from_millis(100)));
-        assert!(!buckets.take("a", start + Duration::from_millis(100)));
-    }
-
-    #[test]
-    fn a_bucket_never_holds_more_than_its_burst() {
-        let buckets = buckets(1000.0, 2);
-        let start = Instant::now();
-        assert!(buckets.take("a", start));
-        let later = start + Duration::from_secs(60);
-        assert!(buckets.take("a", later) && buckets.take("a", later));
-        assert!(!buckets.take("a", later));
     }
 }

@@ -57,7 +57,8 @@ pub async fn serve_app(config: &ServeConfig) -> Result<App, ConfigError> {
         })?;
     let authenticator = authenticator
         .with_allowed_identities(allowed)
-        .with_audit_allowed(config.audit_allowed);
+        .with_audit_allowed(config.audit_allowed)
+        .with_refusal_budget(crate::limits::REFUSALS_PER_IDENTITY);
     let page_tokens = page_tokens(&config.page_token_key_file)?;
 
     let store: Arc<dyn NoteStore> = match config.store {
@@ -106,7 +107,9 @@ pub fn dev_app(material: &DevMaterial, store: Arc<dyn NoteStore>) -> anyhow::Res
     );
     Ok(App {
         store,
-        authenticator: Arc::new(Authenticator::new(verifier)),
+        authenticator: Arc::new(
+            Authenticator::new(verifier).with_refusal_budget(crate::limits::REFUSALS_PER_IDENTITY),
+        ),
         tls,
         page_tokens: page_tokens(&material.path("page-token.key"))?,
         limits: Limits::default(),

@@ -681,3 +681,47 @@ async fn one_identity_cannot_hold_more_than_its_connections() {
     assert!(served.is_ok(), "{served:?}");
     drop(held);
 }
+
+#[tokio::test]
+async fn a_certificate_drawing_refusals_past_its_budget_is_refused_before_verification() {
+    let app = TestApp::builder()
+        .authenticator(
+            crate::harness::test_authenticator().with_refusal_budget(RateLimit {
+                per_second: 0.5,
+                burst: 5,
+            }),
+        )
+        .spawn()
+        .await;
+    let forged = {
+        let mut token = token_for("mallory");
+        token.push_str("AAAA");
+        token
+    };
+    let mut codes = Vec::new();
+    for _ in 0..8 {
+        let status = crate::harness::list_as(&app, &forged).await.unwrap_err();
+        codes.push(status.code());
+    }
+    let other = pki()
+        .ca
+        .issue_client(
+            &notes_server::certs::authority::Subject {
+                common_name: "other".into(),
+                uris: vec!["spiffe://notes.test/innocent".into()],
+                ..Default::default()
+            },
+            Duration::from_secs(3600),
+        )
+        .unwrap();
+    let innocent = NotesServiceClient::new(app.channel(Some(&other)).await)
+        .list_notes(with_token(ListNotesRequest::default(), &token_for("bob")))
+        .await;
+
+    assert_eq!(codes[..5], [Code::Unauthenticated; 5], "{codes:?}");
+    assert_eq!(codes[5..], [Code::ResourceExhausted; 3], "{codes:?}");
+    assert!(
+        innocent.is_ok(),
+        "another certificate is not held back: {innocent:?}"
+    );
+}

@@ -34,6 +34,9 @@ pub struct Authenticator {
     allowed_identities: BTreeSet<Identity>,
     namespaced_owners: bool,
     audit_allowed: bool,
+    /// Refusals each certificate identity may draw before its calls are
+    /// refused unverified (RSA is the costly part of a refusal).
+    refusals: Option<crate::bucket::Buckets>,
     rejections: Mutex<BTreeMap<&'static str, u64>>,
 }
 
@@ -47,6 +50,7 @@ impl Authenticator {
             allowed_identities: BTreeSet::new(),
             namespaced_owners: false,
             audit_allowed: true,
+            refusals: None,
             rejections: Mutex::default(),
         }
     }
@@ -80,6 +84,13 @@ impl Authenticator {
     /// accept loop asks once per connection, `authorize` again per call.
     pub fn admits(&self, peer: &crate::tls::PeerIdentity) -> bool {
         self.allowed_identities.is_empty() || self.allowed_identities.contains(&peer.identity())
+    }
+
+    /// Lets each client-certificate identity draw refusals at `budget`; past
+    /// it, its calls are refused before any token is verified.
+    pub fn with_refusal_budget(mut self, budget: crate::limits::RateLimit) -> Self {
+        self.refusals = Some(crate::bucket::Buckets::new(budget));
+        self
     }
 
     /// Whether allowed calls get an audit event too (refusals always do).
@@ -118,6 +129,27 @@ impl Authenticator {
 
     /// Decides one call. `Ok(None)`: a public method, no token needed.
     pub async fn authorize(
+        &self,
+        path: &str,
+        headers: &HeaderMap,
+        conn: Option<&ConnInfo>,
+    ) -> Result<Option<Caller>, AuthError> {
+        let (Some(budget), Some(conn)) = (&self.refusals, conn) else {
+            return self.decide(path, headers, conn).await;
+        };
+        let peer = conn.peer.identity().to_string();
+        let now = std::time::Instant::now();
+        if !budget.has_token(&peer, now) {
+            return Err(AuthError::TooManyRefusals);
+        }
+        let decision = self.decide(path, headers, Some(conn)).await;
+        if decision.is_err() {
+            budget.take(&peer, now);
+        }
+        decision
+    }
+
+    async fn decide(
         &self,
         path: &str,
         headers: &HeaderMap,

@@ -165,6 +165,10 @@ pub enum AuthError {
     /// (or this app client's tokens are bound to other certificates).
     #[error("client certificate '{0}' may not present tokens of this client_id")]
     ClientNotBound(String),
+    /// This client certificate's calls were refused too often lately; its
+    /// next ones are refused before any token is verified.
+    #[error("too many refused calls from this client certificate; slow down and fix its token")]
+    TooManyRefusals,
     /// With several pools, an unprefixed pool's `sub` may not contain `:`.
     #[error("token subject contains ':', which this deployment reserves for other user pools")]
     ReservedSubject,
@@ -201,6 +205,7 @@ impl AuthError {
             AuthError::ClientNotBound(_) => "client_not_bound",
             AuthError::IdentityNotAllowed(_) => "identity_not_allowed",
             AuthError::ReservedSubject => "reserved_subject",
+            AuthError::TooManyRefusals => "too_many_refusals",
         }
     }
 }
@@ -213,6 +218,7 @@ impl From<AuthError> for Status {
             | AuthError::ClientNotBound(_)
             | AuthError::IdentityNotAllowed(_) => Status::permission_denied(err.to_string()),
             AuthError::KeysUnavailable => Status::unavailable(err.to_string()),
+            AuthError::TooManyRefusals => Status::resource_exhausted(err.to_string()),
             _ => Status::unauthenticated(err.to_string()),
         }
     }
