@@ -23,6 +23,26 @@ fn unsafe_in_logs(c: char) -> bool {
             '\u{200B}'..='\u{200F}' | '\u{2028}'..='\u{202E}' | '\u{2060}'..='\u{2069}' | '\u{FEFF}')
 }
 
+/// [`escape`] as a `Display`, at most `.1` characters: formats only when a
+/// log line is kept, so a call pays nothing for lines the filter drops.
+pub struct Escaped<'a>(pub &'a str, pub usize);
+
+impl std::fmt::Display for Escaped<'_> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        use std::fmt::Write;
+        for c in self.0.chars().take(self.1) {
+            if unsafe_in_logs(c) {
+                for e in c.escape_unicode() {
+                    f.write_char(e)?;
+                }
+            } else {
+                f.write_char(c)?;
+            }
+        }
+        Ok(())
+    }
+}
+
 /// `text` with every character that could break or disguise a log line
 /// written as an escape, so an outsider's string can never start a line of
 /// its own or hide what follows it.

@@ -1,10 +1,16 @@
 //! A bounded cache of verified tokens, so a caller reusing its token does not
 //! pay for RSA verification on every call.
 //!
-//! Keyed by SHA-256 of the token. An entry never outlives its token's `exp`,
-//! is dropped when its signing key leaves the issuer's set, and holds only
-//! what verification established: scopes, bindings and groups are still
-//! checked on every call.
+//! An entry holds the whole token it was verified from, and a lookup is a hit
+//! only when the presented token is byte for byte that token (compared in
+//! constant time). The map is keyed by the token's last 32 bytes, which are
+//! signature bytes: no hashing of the whole token is needed to find the
+//! entry, and a presented token that merely shares them is a miss (then
+//! verified in full). At most `capacity` tokens of at most the verifier's
+//! size limit are held. An entry never outlives its token's `exp`, is
+//! dropped when its signing key leaves the issuer's set, and holds only what
+//! verification established: scopes, bindings and groups are still checked
+//! on every call.
 
 use std::{
     collections::HashMap,
@@ -13,18 +19,37 @@ use std::{
 
 use super::verify::VerifiedToken;
 
+/// Bytes of the token's end that key the map.
+const KEY_BYTES: usize = 32;
+
+/// A token's map key: its last [`KEY_BYTES`] bytes, zero-padded in front.
+fn key(token: &str) -> [u8; KEY_BYTES] {
+    let tail = &token.as_bytes()[token.len().saturating_sub(KEY_BYTES)..];
+    let mut key = [0u8; KEY_BYTES];
+    key[KEY_BYTES - tail.len()..].copy_from_slice(tail);
+    key
+}
+
+struct Entry {
+    token: Box<str>,
+    verified: Arc<VerifiedToken>,
+}
+
+impl Entry {
+    fn is(&self, token: &str) -> bool {
+        self.token.len() == token.len()
+            && aws_lc_rs::constant_time::verify_slices_are_equal(
+                self.token.as_bytes(),
+                token.as_bytes(),
+            )
+            .is_ok()
+    }
+}
+
 /// The cache; capacity 0 disables it.
 pub struct TokenCache {
     capacity: usize,
-    entries: Mutex<HashMap<[u8; 32], Arc<VerifiedToken>>>,
-}
-
-/// The cache key of a token.
-pub fn token_key(token: &str) -> [u8; 32] {
-    let digest = aws_lc_rs::digest::digest(&aws_lc_rs::digest::SHA256, token.as_bytes());
-    let mut key = [0u8; 32];
-    key.copy_from_slice(digest.as_ref());
-    key
+    entries: Mutex<HashMap<[u8; KEY_BYTES], Entry>>,
 }
 
 impl TokenCache {
@@ -36,16 +61,18 @@ impl TokenCache {
         }
     }
 
-    /// The verified token for `key` if it has not expired at `now` (seconds).
-    pub fn get(&self, key: &[u8; 32], now: u64) -> Option<Arc<VerifiedToken>> {
+    /// The verified token for exactly `token` if it has not expired at `now` (seconds).
+    pub fn get(&self, token: &str, now: u64) -> Option<Arc<VerifiedToken>> {
         if self.capacity == 0 {
             return None;
         }
+        let key = key(token);
         let mut entries = self.entries.lock().unwrap_or_else(|e| e.into_inner());
-        match entries.get(key) {
-            Some(token) if token.exp > now => Some(token.clone()),
+        match entries.get(&key) {
+            Some(entry) if !entry.is(token) => None,
+            Some(entry) if entry.verified.exp > now => Some(entry.verified.clone()),
             Some(_) => {
-                entries.remove(key);
+                entries.remove(&key);
                 None
             }
             None => None,
@@ -55,29 +82,36 @@ impl TokenCache {
     /// Remembers a verified token; when full, expired entries go first and,
     /// if that frees nothing, the whole cache is cleared (bounded memory over
     /// perfect hit rates).
-    pub fn insert(&self, key: [u8; 32], token: Arc<VerifiedToken>, now: u64) {
+    pub fn insert(&self, token: &str, verified: Arc<VerifiedToken>, now: u64) {
         if self.capacity == 0 {
             return;
         }
         let mut entries = self.entries.lock().unwrap_or_else(|e| e.into_inner());
         if entries.len() >= self.capacity {
-            entries.retain(|_, t| t.exp > now);
+            entries.retain(|_, e| e.verified.exp > now);
             if entries.len() >= self.capacity {
                 entries.clear();
             }
         }
-        entries.insert(key, token);
+        entries.insert(
+            key(token),
+            Entry {
+                token: token.into(),
+                verified,
+            },
+        );
         crate::metrics::metrics()
             .token_cache_entries
             .set(i64::try_from(entries.len()).unwrap_or(i64::MAX));
     }
 
-    /// Forgets `key` (its signing key is gone).
-    pub fn remove(&self, key: &[u8; 32]) {
-        self.entries
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .remove(key);
+    /// Forgets `token` (its signing key is gone).
+    pub fn remove(&self, token: &str) {
+        let mut entries = self.entries.lock().unwrap_or_else(|e| e.into_inner());
+        let key = key(token);
+        if entries.get(&key).is_some_and(|e| e.is(token)) {
+            entries.remove(&key);
+        }
     }
 
     /// How many tokens are cached.
@@ -88,5 +122,61 @@ impl TokenCache {
     /// Whether nothing is cached.
     pub fn is_empty(&self) -> bool {
         self.len() == 0
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::auth::{CallerKind, verify::TokenUse};
+
+    fn verified(subject: &str, exp: u64) -> Arc<VerifiedToken> {
+        Arc::new(VerifiedToken {
+            issuer: "https://issuer".into(),
+            subject: subject.into(),
+            client_id: "app".into(),
+            username: Some(subject.into()),
+            kind: CallerKind::User,
+            token_use: TokenUse::Access,
+            scopes: Default::default(),
+            groups: Default::default(),
+            cnf_x5t_s256: None,
+            exp,
+            kid: "k".into(),
+        })
+    }
+
+    const TAIL: &str = "0123456789abcdefghijklmnopqrstuv";
+
+    #[test]
+    fn only_the_very_same_token_hits() {
+        let cache = TokenCache::new(10);
+        let token = format!("header.alice.{TAIL}");
+        cache.insert(&token, verified("alice", 100), 0);
+        assert_eq!(cache.get(&token, 0).unwrap().subject, "alice");
+        // Same signature tail, other claims: a miss, never alice's entry.
+        assert!(cache.get(&format!("header.mallory.{TAIL}"), 0).is_none());
+        assert!(cache.get(&format!("header.alic.{TAIL}"), 0).is_none());
+        // Removing the other token leaves alice's entry alone.
+        cache.remove(&format!("header.mallory.{TAIL}"));
+        assert!(cache.get(&token, 0).is_some());
+        cache.remove(&token);
+        assert!(cache.get(&token, 0).is_none());
+    }
+
+    #[test]
+    fn entries_expire_and_the_size_is_bounded() {
+        let cache = TokenCache::new(2);
+        cache.insert("a", verified("a", 100), 0);
+        assert!(cache.get("a", 99).is_some());
+        assert!(cache.get("a", 100).is_none(), "expired at exp");
+        for (i, token) in ["x", "y", "z"].into_iter().enumerate() {
+            cache.insert(token, verified(token, 100), i as u64);
+            assert!(cache.len() <= 2);
+        }
+        assert!(cache.get("z", 0).is_some());
+        let off = TokenCache::new(0);
+        off.insert("a", verified("a", 100), 0);
+        assert!(off.get("a", 0).is_none() && off.is_empty());
     }
 }

@@ -8,17 +8,59 @@
 use std::{collections::HashMap, path::Path, sync::Arc};
 
 use async_trait::async_trait;
+use aws_lc_rs::signature::{
+    ParsedPublicKey, RSA_PKCS1_2048_8192_SHA256, RSA_PKCS1_2048_8192_SHA384,
+    RSA_PKCS1_2048_8192_SHA512, RsaPublicKeyComponents,
+};
+use base64::{Engine, engine::general_purpose::URL_SAFE_NO_PAD};
 use jsonwebtoken::{
-    Algorithm, DecodingKey,
+    Algorithm,
     jwk::{AlgorithmParameters, Jwk, JwkSet, KeyAlgorithm, PublicKeyUse},
 };
 
 /// A verification key and what it may verify.
+///
+/// The RSA public key is parsed once, when the key set is loaded, for each
+/// of RS256, RS384 and RS512 (PKCS#1 v1.5, 2,048 to 8,192 bits), so that
+/// verifying a token is the RSA operation and nothing else.
 pub struct VerifyKey {
-    /// The RSA public key.
-    pub key: DecodingKey,
+    rs256: ParsedPublicKey,
+    rs384: ParsedPublicKey,
+    rs512: ParsedPublicKey,
     /// The key's own `alg`, when the JWK states one; the token's must match.
     pub alg: Option<Algorithm>,
+}
+
+impl VerifyKey {
+    /// A key from its big-endian modulus and exponent, or `None` when they
+    /// do not form an RSA public key.
+    pub fn from_rsa_components(n: &[u8], e: &[u8], alg: Option<Algorithm>) -> Option<Self> {
+        let components = RsaPublicKeyComponents { n, e };
+        Some(Self {
+            rs256: components
+                .to_parsed_public_key(&RSA_PKCS1_2048_8192_SHA256)
+                .ok()?,
+            rs384: components
+                .to_parsed_public_key(&RSA_PKCS1_2048_8192_SHA384)
+                .ok()?,
+            rs512: components
+                .to_parsed_public_key(&RSA_PKCS1_2048_8192_SHA512)
+                .ok()?,
+            alg,
+        })
+    }
+
+    /// Whether `signature` is this key's `alg` signature of `message`; any
+    /// algorithm but RS256, RS384 and RS512 never verifies.
+    pub fn verifies(&self, alg: Algorithm, message: &[u8], signature: &[u8]) -> bool {
+        let key = match alg {
+            Algorithm::RS256 => &self.rs256,
+            Algorithm::RS384 => &self.rs384,
+            Algorithm::RS512 => &self.rs512,
+            _ => return false,
+        };
+        key.verify_sig(message, signature).is_ok()
+    }
 }
 
 /// Failures to obtain keys.
@@ -126,9 +168,9 @@ impl StaticKeys {
 
 /// An RSA signature key from a JWK, or `None` if it is anything else.
 fn usable_key(jwk: &Jwk) -> Option<VerifyKey> {
-    if !matches!(jwk.algorithm, AlgorithmParameters::RSA(_)) {
+    let AlgorithmParameters::RSA(rsa) = &jwk.algorithm else {
         return None;
-    }
+    };
     if matches!(&jwk.common.public_key_use, Some(u) if *u != PublicKeyUse::Signature) {
         return None;
     }
@@ -140,8 +182,9 @@ fn usable_key(jwk: &Jwk) -> Option<VerifyKey> {
         // An RSA key declared for anything else (PSS, encryption) is not ours to use.
         Some(_) => return None,
     };
-    let key = DecodingKey::from_jwk(jwk).ok()?;
-    Some(VerifyKey { key, alg })
+    let n = URL_SAFE_NO_PAD.decode(&rsa.n).ok()?;
+    let e = URL_SAFE_NO_PAD.decode(&rsa.e).ok()?;
+    VerifyKey::from_rsa_components(&n, &e, alg)
 }
 
 #[async_trait]

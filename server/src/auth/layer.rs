@@ -17,7 +17,26 @@ use tonic::{Status, body::Body};
 use tower::{Layer, Service};
 
 use super::Authenticator;
-use crate::{telemetry::escape, tls::ConnInfo};
+use crate::{
+    telemetry::Escaped,
+    tls::{ConnInfo, PeerIdentity},
+};
+
+/// Characters of a request path an audit line keeps.
+const MAX_LOGGED_PATH: usize = 200;
+
+/// The peer's certificate identity in a log line (escaped by its `Display`),
+/// or nothing on a connection without one.
+struct DisplayPeer(Option<Arc<PeerIdentity>>);
+
+impl std::fmt::Display for DisplayPeer {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match &self.0 {
+            Some(peer) => peer.fmt(f),
+            None => Ok(()),
+        }
+    }
+}
 
 /// Adds [`AuthService`] around the router.
 #[derive(Clone)]
@@ -75,17 +94,14 @@ where
         let auth = self.auth.clone();
         Box::pin(async move {
             let path = req.uri().path().to_owned();
-            // The path is the caller's choice: escaped and bounded in logs.
-            let logged_path: String = escape(&path).chars().take(200).collect();
             let decision = auth
                 .authorize(&path, req.headers(), req.extensions().get::<ConnInfo>())
                 .await;
-            // Names the peer and the token chose: escaped.
-            let peer = req
-                .extensions()
-                .get::<ConnInfo>()
-                .map(|c| c.peer.to_string())
-                .unwrap_or_default();
+            // The path, and the names the peer and the token chose, are the
+            // caller's: escaped and bounded, and formatted only for a line
+            // that is kept.
+            let peer =
+                |req: &Request<B>| req.extensions().get::<ConnInfo>().map(|c| c.peer.clone());
             match decision {
                 Ok(caller) => {
                     if let Some(caller) = caller {
@@ -100,11 +116,11 @@ where
                         if auth.audits_allowed() {
                             tracing::info!(
                                 target: "notes::audit",
-                                method = %logged_path,
-                                subject = %escape(&caller.subject),
-                                client_id = %escape(&caller.client_id),
+                                method = %Escaped(&path, MAX_LOGGED_PATH),
+                                subject = %Escaped(&caller.subject, usize::MAX),
+                                client_id = %Escaped(&caller.client_id, usize::MAX),
                                 kind = ?caller.kind,
-                                peer = %peer,
+                                peer = %DisplayPeer(peer(&req)),
                                 decision = "allow",
                                 reason = "ok",
                             );
@@ -123,8 +139,8 @@ where
                         .inc();
                     tracing::info!(
                         target: "notes::audit",
-                        method = %logged_path,
-                        peer = %peer,
+                        method = %Escaped(&path, MAX_LOGGED_PATH),
+                        peer = %DisplayPeer(peer(&req)),
                         decision = "deny",
                         reason = err.reason(),
                     );

@@ -119,6 +119,11 @@ impl DynamoStore {
         &self.table
     }
 
+    /// The DynamoDB client it sends requests with.
+    pub fn client(&self) -> &Client {
+        &self.client
+    }
+
     /// The idempotency record of `request_id`, if it exists.
     async fn read_request_record(
         &self,

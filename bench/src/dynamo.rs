@@ -1,0 +1,175 @@
+//! DynamoDB mode: the real server over a DynamoDB endpoint (moto in
+//! practice), counting the HTTP requests the SDK sends for each RPC.
+
+use std::{
+    collections::BTreeMap,
+    sync::{Arc, Mutex},
+    time::Instant,
+};
+
+use aws_sdk_dynamodb::config::{
+    ConfigBag, Intercept, RuntimeComponents, interceptors::BeforeTransmitInterceptorContextRef,
+};
+use hdrhistogram::Histogram;
+use notes_api::pb::{
+    CreateNoteRequest, DeleteNoteRequest, GetNoteRequest, ListNotesRequest, UpdateNoteRequest,
+};
+use notes_server::{config::DynamoConfig, dev::DevMaterial, store::DynamoStore};
+
+use crate::{
+    load::{Target, authorized},
+    servers,
+};
+
+/// Requests sent, by `X-Amz-Target` operation (retries are requests too).
+#[derive(Debug, Default, Clone)]
+struct Requests(Arc<Mutex<BTreeMap<String, u64>>>);
+
+impl Requests {
+    fn take(&self) -> BTreeMap<String, u64> {
+        std::mem::take(&mut *self.0.lock().unwrap_or_else(|e| e.into_inner()))
+    }
+}
+
+impl Intercept for Requests {
+    fn name(&self) -> &'static str {
+        "notes-bench request counter"
+    }
+
+    fn read_before_transmit(
+        &self,
+        context: &BeforeTransmitInterceptorContextRef<'_>,
+        _: &RuntimeComponents,
+        _: &mut ConfigBag,
+    ) -> Result<(), aws_sdk_dynamodb::error::BoxError> {
+        let operation = context
+            .request()
+            .headers()
+            .get("x-amz-target")
+            .and_then(|target| target.rsplit('.').next())
+            .unwrap_or("unknown")
+            .to_owned();
+        *self
+            .0
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .entry(operation)
+            .or_default() += 1;
+        Ok(())
+    }
+}
+
+/// One RPC's row.
+pub struct Row {
+    /// The RPC.
+    pub rpc: &'static str,
+    /// Calls made (all succeeded, or the run failed).
+    pub calls: usize,
+    /// DynamoDB requests during them, by operation (the readiness probe's
+    /// DescribeTable left out).
+    pub requests: BTreeMap<String, u64>,
+    /// Median latency, µs.
+    pub p50_us: u64,
+    /// 99th percentile, µs.
+    pub p99_us: u64,
+}
+
+impl Row {
+    /// DynamoDB requests per call.
+    pub fn per_call(&self) -> f64 {
+        self.requests.values().sum::<u64>() as f64 / self.calls.max(1) as f64
+    }
+}
+
+/// Runs `calls` of each RPC, one after the other, against the real server
+/// over the table of `config` (created if missing).
+pub async fn run(
+    material: &DevMaterial,
+    config: &DynamoConfig,
+    calls: usize,
+) -> anyhow::Result<Vec<Row>> {
+    let created = notes_server::startup::init_table(config).await?;
+    let client = created.client();
+    let requests = Requests::default();
+    let counted = aws_sdk_dynamodb::Client::from_conf(
+        client
+            .config()
+            .to_builder()
+            .interceptor(requests.clone())
+            .build(),
+    );
+    let store = Arc::new(DynamoStore::new(counted, created.table()));
+    let server = servers::real(material, store)?;
+    let target = Target::new(server.addr, &material.dir)?;
+    let mut client = target.connect().await?;
+    let token: tonic::metadata::MetadataValue<_> = format!(
+        "Bearer {}",
+        std::fs::read_to_string(material.path("token"))?
+    )
+    .parse()?;
+
+    let mut rows = Vec::new();
+    let mut ids = Vec::with_capacity(calls);
+    macro_rules! phase {
+        ($rpc:literal, $i:ident => $call:expr) => {{
+            requests.take();
+            let mut latencies = Histogram::<u64>::new_with_bounds(1, 60_000_000, 3)?;
+            for $i in 0..calls {
+                let began = Instant::now();
+                $call;
+                latencies.saturating_record(began.elapsed().as_micros().max(1) as u64);
+            }
+            let mut requests = requests.take();
+            requests.remove("DescribeTable");
+            rows.push(Row {
+                rpc: $rpc,
+                calls,
+                requests,
+                p50_us: latencies.value_at_quantile(0.5),
+                p99_us: latencies.value_at_quantile(0.99),
+            });
+        }};
+    }
+    phase!("CreateNote", i => {
+        let note = client
+            .create_note(authorized(&token, CreateNoteRequest {
+                content: servers::content(i),
+                request_id: uuid::Uuid::new_v4().to_string(),
+            }))
+            .await?
+            .into_inner();
+        ids.push(note.note_id);
+    });
+    phase!("GetNote", i => {
+        client
+            .get_note(authorized(&token, GetNoteRequest { note_id: ids[i].clone() }))
+            .await?;
+    });
+    phase!("ListNotes", _i => {
+        client
+            .list_notes(authorized(&token, ListNotesRequest {
+                page_size: servers::LIST_PAGE as i32,
+                page_token: String::new(),
+            }))
+            .await?;
+    });
+    phase!("UpdateNote", i => {
+        client
+            .update_note(authorized(&token, UpdateNoteRequest {
+                note_id: ids[i].clone(),
+                content: "updated".into(),
+                expected_version: 1,
+            }))
+            .await?;
+    });
+    phase!("DeleteNote", i => {
+        client
+            .delete_note(authorized(&token, DeleteNoteRequest {
+                note_id: ids[i].clone(),
+                expected_version: 2,
+            }))
+            .await?;
+    });
+    drop(server);
+    Ok(rows)
+}

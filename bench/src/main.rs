@@ -1,0 +1,473 @@
+//! `notes-bench`: the notes service's own load benchmark.
+//!
+//! - `compare` (default): the real server (as `notes-server dev` assembles
+//!   it: memory store, audit trail, metrics) against a bare tonic server with
+//!   the same proto and rustls configuration returning fixed answers, under
+//!   the same closed-loop load, scenario by scenario.
+//! - `dynamodb`: the real server over DynamoDB (moto), counting the SDK's
+//!   requests per RPC: each must be exactly one.
+//! - `soak`: a steady mixed load for a long time, resident memory sampled.
+//!
+//! Run it with `scripts/bench` (release build); `--help` lists every knob.
+
+mod dynamo;
+mod load;
+mod servers;
+
+use std::{
+    path::PathBuf,
+    process::ExitCode,
+    sync::Arc,
+    time::{Duration, Instant},
+};
+
+use anyhow::Context;
+use clap::{Args, Parser, Subcommand};
+use load::{Fixture, Scenario, Shape, Target};
+use notes_api::pb::CreateNoteRequest;
+use notes_server::{
+    auth::signer::AccessTokenSpec,
+    config::DynamoConfig,
+    dev::{self, DevMaterial},
+    store::MemoryStore,
+};
+
+#[derive(Parser)]
+#[command(name = "notes-bench", about = "Load benchmark of the notes service")]
+struct Cli {
+    /// Where the server's log lines (the audit trail) go; they are written,
+    /// as in production, through the server's non-blocking queue.
+    #[arg(long, global = true, default_value = "/dev/null")]
+    server_log: PathBuf,
+    #[command(subcommand)]
+    command: Option<Command>,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// The real server against the bare one, scenario by scenario (the default).
+    Compare(CompareArgs),
+    /// DynamoDB requests per RPC, against a DynamoDB endpoint (moto).
+    Dynamodb {
+        /// Calls of each RPC.
+        #[arg(long, default_value_t = 50)]
+        calls: usize,
+        /// The DynamoDB settings, as `notes-server serve` takes them.
+        #[command(flatten)]
+        dynamodb: DynamoConfig,
+    },
+    /// A steady mixed load, resident memory sampled.
+    Soak(SoakArgs),
+}
+
+#[derive(Args, Clone)]
+struct ShapeArgs {
+    /// HTTP/2 connections the workers share.
+    #[arg(long, default_value_t = 4)]
+    connections: usize,
+    /// Calls in flight (closed loop: each worker sends its next call when its last answered).
+    #[arg(long, default_value_t = 64)]
+    in_flight: usize,
+    /// Calls in flight when every call opens its own connection (the server
+    /// admits 32 handshakes at once from one address).
+    #[arg(long, default_value_t = 8)]
+    connect_in_flight: usize,
+    /// Distinct tokens cycled by the cold-verification scenario; more than
+    /// the server's token cache (10,000) makes every call a cold verification.
+    #[arg(long, default_value_t = 20_000)]
+    tokens: usize,
+}
+
+#[derive(Args, Clone)]
+struct CompareArgs {
+    #[command(flatten)]
+    shape: ShapeArgs,
+    /// Seconds of load before measuring, per scenario and server.
+    #[arg(long, default_value_t = 2.0)]
+    warmup_seconds: f64,
+    /// Seconds measured, per scenario and server.
+    #[arg(long, default_value_t = 10.0)]
+    seconds: f64,
+    /// Scenarios to run [default: all].
+    #[arg(long, value_enum, value_delimiter = ',')]
+    scenarios: Vec<Scenario>,
+}
+
+#[derive(Args, Clone)]
+struct SoakArgs {
+    #[command(flatten)]
+    shape: ShapeArgs,
+    /// Seconds of load in all.
+    #[arg(long, default_value_t = 600.0)]
+    seconds: f64,
+    /// Seconds between memory samples.
+    #[arg(long, default_value_t = 60.0)]
+    sample_seconds: f64,
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    // The load generator's runtime; each server gets one of its own.
+    let runtime = match tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .thread_name("load")
+        .enable_all()
+        .build()
+    {
+        Ok(runtime) => runtime,
+        Err(err) => {
+            eprintln!("notes-bench: {err}");
+            return ExitCode::FAILURE;
+        }
+    };
+    match runtime.block_on(run(cli)) {
+        Ok(code) => code,
+        Err(err) => {
+            eprintln!("notes-bench: {err:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
+    let log = std::fs::OpenOptions::new()
+        .create(true)
+        .append(true)
+        .open(&cli.server_log)
+        .with_context(|| format!("opening {}", cli.server_log.display()))?;
+    let _telemetry = notes_server::telemetry::init_non_blocking(
+        false,
+        false,
+        log,
+        notes_server::telemetry::LOG_QUEUE_LINES,
+    );
+    notes_server::tls::install_crypto_provider();
+    let dir = tempfile::tempdir()?;
+    let material = DevMaterial::ensure(dir.path())?;
+    print_machine();
+    let code = match cli.command.unwrap_or(Command::Compare(CompareArgs {
+        shape: ShapeArgs {
+            connections: 4,
+            in_flight: 64,
+            connect_in_flight: 8,
+            tokens: 20_000,
+        },
+        warmup_seconds: 2.0,
+        seconds: 10.0,
+        scenarios: vec![],
+    })) {
+        Command::Compare(args) => compare(&material, args).await?,
+        Command::Dynamodb { calls, dynamodb } => {
+            let rows = dynamo::run(&material, &dynamodb, calls).await?;
+            print_dynamodb(&rows)
+        }
+        Command::Soak(args) => soak(&material, args).await?,
+    };
+    let dropped = notes_server::telemetry::dropped_log_lines();
+    if dropped > 0 {
+        println!("server log lines dropped by the full queue (counted, never blocking): {dropped}");
+    }
+    Ok(code)
+}
+
+fn print_machine() {
+    let cpu = std::fs::read_to_string("/proc/cpuinfo")
+        .ok()
+        .and_then(|info| {
+            info.lines()
+                .find(|l| l.starts_with("model name"))
+                .and_then(|l| l.split(':').nth(1))
+                .map(|m| m.trim().to_owned())
+        })
+        .unwrap_or_else(|| "unknown CPU".into());
+    let cores = std::thread::available_parallelism().map_or(0, |n| n.get());
+    println!(
+        "machine: {cores} cores, {cpu}; server and load generator in one process, 2 runtime threads each\n"
+    );
+}
+
+/// `count` tokens of the dev user, signed on every core.
+fn sign_tokens(material: &DevMaterial, count: usize) -> anyhow::Result<Vec<String>> {
+    let signer = material.signer()?;
+    let spec = AccessTokenSpec {
+        issuer: dev::DEV_ISSUER.into(),
+        subject: dev::DEV_SUBJECT.into(),
+        client_id: dev::DEV_CLIENT_ID.into(),
+        username: Some("dev".into()),
+        scopes: vec![dev::DEV_READ_SCOPE.into(), dev::DEV_WRITE_SCOPE.into()],
+        lifetime: Duration::from_secs(3600),
+    };
+    let threads = std::thread::available_parallelism().map_or(1, |n| n.get());
+    let per_thread = count.div_ceil(threads).max(1);
+    std::thread::scope(|scope| {
+        let handles: Vec<_> = (0..threads)
+            .map(|t| {
+                let n = per_thread.min(count.saturating_sub(t * per_thread));
+                let (signer, spec) = (&signer, &spec);
+                scope.spawn(move || {
+                    (0..n)
+                        .map(|_| signer.access_token(spec))
+                        .collect::<Result<Vec<_>, _>>()
+                })
+            })
+            .collect();
+        let mut tokens = Vec::with_capacity(count);
+        for handle in handles {
+            let signed = handle
+                .join()
+                .map_err(|_| anyhow::anyhow!("signing thread panicked"))?;
+            tokens.extend(signed?);
+        }
+        Ok(tokens)
+    })
+}
+
+fn bearer(
+    tokens: &[String],
+) -> anyhow::Result<Vec<tonic::metadata::MetadataValue<tonic::metadata::Ascii>>> {
+    tokens
+        .iter()
+        .map(|t| Ok(format!("Bearer {t}").parse()?))
+        .collect()
+}
+
+/// Creates the notes the scenarios read on the real server; returns the fixture.
+async fn fixture(target: &Target, tokens: &[String]) -> anyhow::Result<Fixture> {
+    let tokens = bearer(tokens)?;
+    let mut client = target.connect().await?;
+    let deadline = Instant::now() + Duration::from_secs(10);
+    let mut note_id = String::new();
+    for i in 0..servers::LIST_PAGE {
+        loop {
+            let mut request = tonic::Request::new(CreateNoteRequest {
+                content: servers::content(i),
+                request_id: uuid::Uuid::new_v4().to_string(),
+            });
+            request
+                .metadata_mut()
+                .insert("authorization", tokens[0].clone());
+            match client.create_note(request).await {
+                Ok(note) => {
+                    note_id = note.into_inner().note_id;
+                    break;
+                }
+                // Not ready until the token keys are loaded.
+                Err(status)
+                    if status.code() == tonic::Code::Unavailable && Instant::now() < deadline =>
+                {
+                    tokio::time::sleep(Duration::from_millis(20)).await;
+                }
+                Err(status) => anyhow::bail!("preparing the notes: {status}"),
+            }
+        }
+    }
+    Ok(Fixture { note_id, tokens })
+}
+
+fn shape(args: &ShapeArgs, scenario: Scenario, warmup: f64, seconds: f64) -> Shape {
+    Shape {
+        connections: args.connections,
+        in_flight: if scenario == Scenario::Connect {
+            args.connect_in_flight
+        } else {
+            args.in_flight
+        },
+        warmup: Duration::from_secs_f64(warmup),
+        duration: Duration::from_secs_f64(seconds),
+    }
+}
+
+/// The targets of issue 13: (minimum calls/s ratio, maximum p99 ratio).
+fn targets(scenario: Scenario) -> (Option<f64>, Option<f64>) {
+    match scenario {
+        Scenario::Get => (Some(0.90), Some(1.5)),
+        Scenario::List => (Some(0.75), None),
+        Scenario::Connect => (Some(0.95), None),
+        Scenario::GetCold | Scenario::Create | Scenario::Mixed => (None, None),
+    }
+}
+
+async fn compare(material: &DevMaterial, args: CompareArgs) -> anyhow::Result<ExitCode> {
+    let scenarios = if args.scenarios.is_empty() {
+        Scenario::ALL.to_vec()
+    } else {
+        args.scenarios.clone()
+    };
+    let count = if scenarios.contains(&Scenario::GetCold) {
+        args.shape.tokens.max(1)
+    } else {
+        1
+    };
+    let began = Instant::now();
+    let tokens = sign_tokens(material, count)?;
+    println!(
+        "signed {count} tokens in {:.1} s",
+        began.elapsed().as_secs_f64()
+    );
+    let bare = servers::bare(material)?;
+    let real = servers::real(material, Arc::new(MemoryStore::new()))?;
+    let bare_target = Target::new(bare.addr, &material.dir)?;
+    let real_target = Target::new(real.addr, &material.dir)?;
+    let real_fixture = Arc::new(fixture(&real_target, &tokens).await?);
+    let bare_fixture = Arc::new(Fixture {
+        note_id: "0193a8f0-7c2e-7b4e-9d1a-000000000000".into(),
+        tokens: real_fixture.tokens.clone(),
+    });
+    println!(
+        "closed loop: {} connections, {} calls in flight ({} for new connections), {} s warm-up, {} s measured per row and server\n",
+        args.shape.connections,
+        args.shape.in_flight,
+        args.shape.connect_in_flight,
+        args.warmup_seconds,
+        args.seconds
+    );
+    println!(
+        "| scenario | bare calls/s | real calls/s | ratio | bare p50 / p99 | real p50 / p99 | p99 ratio | target |"
+    );
+    println!("|---|---|---|---|---|---|---|---|");
+    let mut failed = false;
+    for scenario in scenarios {
+        let shape = shape(&args.shape, scenario, args.warmup_seconds, args.seconds);
+        // Cold verification is compared with the bare server's GetNote: the
+        // bare server verifies nothing, whatever the token.
+        let bare_scenario = if scenario == Scenario::GetCold {
+            Scenario::Get
+        } else {
+            scenario
+        };
+        let b = load::run(bare_scenario, &bare_target, bare_fixture.clone(), shape).await?;
+        let r = load::run(scenario, &real_target, real_fixture.clone(), shape).await?;
+        let ratio = r.per_second / b.per_second.max(f64::MIN_POSITIVE);
+        let p99_ratio = r.p99_us as f64 / b.p99_us.max(1) as f64;
+        let (min_ratio, max_p99) = targets(scenario);
+        let mut verdict = Vec::new();
+        if let Some(min) = min_ratio {
+            let ok = ratio >= min;
+            failed |= !ok;
+            verdict.push(format!("ratio ≥ {min:.2} {}", if ok { "✓" } else { "✗" }));
+        }
+        if let Some(max) = max_p99 {
+            let ok = p99_ratio <= max;
+            failed |= !ok;
+            verdict.push(format!("p99 ≤ {max:.1}× {}", if ok { "✓" } else { "✗" }));
+        }
+        println!(
+            "| {} | {:.0} | {:.0} | {ratio:.2} | {} / {} µs | {} / {} µs | {p99_ratio:.2} | {} |",
+            scenario.label(),
+            b.per_second,
+            r.per_second,
+            b.p50_us,
+            b.p99_us,
+            r.p50_us,
+            r.p99_us,
+            if verdict.is_empty() {
+                "-".to_owned()
+            } else {
+                verdict.join(", ")
+            }
+        );
+        for (name, outcome) in [("bare", &b), ("real", &r)] {
+            if outcome.errors > 0 {
+                failed = true;
+                println!(
+                    "  {name}: {} calls failed, first: {}",
+                    outcome.errors,
+                    outcome.first_error.as_deref().unwrap_or("?")
+                );
+            }
+        }
+    }
+    drop((bare, real));
+    Ok(if failed {
+        println!("\nsome targets were missed or calls failed");
+        ExitCode::from(2)
+    } else {
+        ExitCode::SUCCESS
+    })
+}
+
+fn print_dynamodb(rows: &[dynamo::Row]) -> ExitCode {
+    println!("| RPC | calls | DynamoDB requests | per call | operations | p50 / p99 |");
+    println!("|---|---|---|---|---|---|");
+    let mut all_one = true;
+    for row in rows {
+        let per_call = row.per_call();
+        all_one &= per_call == 1.0;
+        let operations: Vec<_> = row
+            .requests
+            .iter()
+            .map(|(op, n)| format!("{op} ×{n}"))
+            .collect();
+        println!(
+            "| {} | {} | {} | {per_call:.2} | {} | {} / {} µs |",
+            row.rpc,
+            row.calls,
+            row.requests.values().sum::<u64>(),
+            operations.join(", "),
+            row.p50_us,
+            row.p99_us
+        );
+    }
+    if all_one {
+        println!("\nevery RPC made exactly one DynamoDB request");
+        ExitCode::SUCCESS
+    } else {
+        println!("\nsome RPC made other than one DynamoDB request per call");
+        ExitCode::from(2)
+    }
+}
+
+/// Resident memory of this process (server and load generator), KiB.
+fn rss_kib() -> u64 {
+    std::fs::read_to_string("/proc/self/status")
+        .ok()
+        .and_then(|status| {
+            status
+                .lines()
+                .find(|l| l.starts_with("VmRSS:"))
+                .and_then(|l| l.split_whitespace().nth(1))
+                .and_then(|kib| kib.parse().ok())
+        })
+        .unwrap_or(0)
+}
+
+async fn soak(material: &DevMaterial, args: SoakArgs) -> anyhow::Result<ExitCode> {
+    let tokens = sign_tokens(material, args.shape.tokens.max(1))?;
+    let real = servers::real(material, Arc::new(MemoryStore::new()))?;
+    let target = Target::new(real.addr, &material.dir)?;
+    let fixture = Arc::new(fixture(&target, &tokens).await?);
+    println!(
+        "soak: mixed load (GetNote one token, GetNote new tokens, ListNotes, new connections), {} connections, {} in flight, {} s, a sample every {} s\n",
+        args.shape.connections, args.shape.in_flight, args.seconds, args.sample_seconds
+    );
+    println!("| after | calls/s | p99 | errors | RSS (MiB) |");
+    println!("|---|---|---|---|---|");
+    let samples = (args.seconds / args.sample_seconds).ceil().max(1.0) as usize;
+    let mut rss = Vec::with_capacity(samples);
+    let mut errors = 0;
+    for i in 1..=samples {
+        let shape = shape(&args.shape, Scenario::Mixed, 0.0, args.sample_seconds);
+        let outcome = load::run(Scenario::Mixed, &target, fixture.clone(), shape).await?;
+        let kib = rss_kib();
+        rss.push(kib);
+        errors += outcome.errors;
+        println!(
+            "| {:.0} s | {:.0} | {} µs | {} | {:.1} |",
+            i as f64 * args.sample_seconds,
+            outcome.per_second,
+            outcome.p99_us,
+            outcome.errors,
+            kib as f64 / 1024.0
+        );
+    }
+    drop(real);
+    let first = *rss.first().unwrap_or(&0) as f64;
+    let last = *rss.last().unwrap_or(&0) as f64;
+    let growth = last / first.max(1.0);
+    println!("\nRSS at the end / after the first sample: {growth:.3} (target ≤ 1.10)");
+    Ok(if growth <= 1.10 && errors == 0 {
+        ExitCode::SUCCESS
+    } else {
+        ExitCode::from(2)
+    })
+}
