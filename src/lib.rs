@@ -7,7 +7,9 @@
 //! - [`methods`]: the one table of per-method rules (access, retry), checked
 //!   against the descriptors.
 //! - [`files`]: atomic file writes, shared by the server's tools and the CLI.
+//! - [`environment`]: every `NOTES_*` variable; unknown ones are refused.
 
+pub mod environment;
 pub mod files;
 pub mod methods;
 

@@ -379,7 +379,7 @@ async fn compare(material: &DevMaterial, args: CompareArgs) -> anyhow::Result<Ex
     }
     drop((bare, real));
     Ok(if failed {
-        println!("\nsome targets were missed or calls failed");
+        println!("\nsome targets were missed (✗ above), or some calls failed");
         ExitCode::from(2)
     } else {
         ExitCode::SUCCESS

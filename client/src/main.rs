@@ -39,10 +39,10 @@ struct Cli {
     #[arg(long, env = "NOTES_CA_CERT", global = true)]
     ca_cert: Option<PathBuf>,
     /// Client certificate (PEM) [default: DEV_DIR/client.pem].
-    #[arg(long, env = "NOTES_CLIENT_CERT", global = true)]
+    #[arg(long, env = "NOTES_CERT", global = true)]
     cert: Option<PathBuf>,
     /// Client key (PEM) [default: DEV_DIR/client.key].
-    #[arg(long, env = "NOTES_CLIENT_KEY", global = true)]
+    #[arg(long, env = "NOTES_KEY", global = true)]
     key: Option<PathBuf>,
     /// Access token [default: the contents of --token-file].
     #[arg(long, env = "NOTES_TOKEN", hide_env_values = true, global = true)]
@@ -440,6 +440,11 @@ async fn print_token(settings: &Settings) -> Result<(), Error> {
 
 #[tokio::main]
 async fn main() -> ExitCode {
+    // A misspelt NOTES_* variable must never silently drop a setting.
+    if let Err(message) = notes_api::environment::check(std::env::vars_os()) {
+        eprintln!("notes: {message}");
+        return ExitCode::from(8);
+    }
     let cli = Cli::parse();
     match run(cli).await {
         Ok(()) => ExitCode::SUCCESS,

@@ -46,7 +46,11 @@ enum Command {
     /// Create a CA, issue server and client certificates, revoke them.
     Certs {
         /// Folder of the PKI.
-        #[arg(long, env = "NOTES_CERTS_DIR", default_value = "certs/out")]
+        #[arg(
+            long = "certs-dir",
+            env = "NOTES_CERTS_DIR",
+            default_value = "certs/out"
+        )]
         dir: PathBuf,
         #[command(subcommand)]
         command: notes_server::certs::CertsCommand,
@@ -55,6 +59,11 @@ enum Command {
 
 #[tokio::main]
 async fn main() -> ExitCode {
+    // A misspelt NOTES_* variable must never silently drop a setting.
+    if let Err(message) = notes_api::environment::check(std::env::vars_os()) {
+        eprintln!("notes-server: {message}");
+        return ExitCode::from(2);
+    }
     let cli = Cli::parse();
     match run(cli).await {
         Ok(()) => ExitCode::SUCCESS,
@@ -155,13 +164,26 @@ async fn shutdown_signal() {
 fn print_dev_instructions(material: &DevMaterial, addr: SocketAddr) {
     let d = material.dir.display();
     let port = addr.port();
+    // The CLI's flags that reach this server, when not its defaults.
+    let mut reach = String::new();
+    if port != 50051 || !addr.ip().is_loopback() {
+        let host = if addr.ip().is_loopback() {
+            "localhost".to_owned()
+        } else {
+            addr.ip().to_string()
+        };
+        reach.push_str(&format!(" --endpoint https://{host}:{port}"));
+    }
+    if material.dir != std::path::Path::new(".notes-dev") {
+        reach.push_str(&format!(" --dev-dir {d}"));
+    }
     println!(
         "\nnotes-server dev: listening on {addr} (mutual TLS)\n\
          dev material: {d}/ (CA, server and client certificates, signing key, token)\n\
          \n\
-         Try the CLI (it finds {d}/ by itself):\n\
-         \x20 cargo run -p notes-client --bin notes -- create 'my first note'\n\
-         \x20 cargo run -p notes-client --bin notes -- list\n\
+         Try the CLI (these commands reach this server):\n\
+         \x20 cargo run -p notes-client --bin notes --{reach} create 'my first note'\n\
+         \x20 cargo run -p notes-client --bin notes --{reach} list\n\
          \n\
          Or grpcurl (reflection is on):\n\
          \x20 grpcurl -cacert {d}/ca.pem -cert {d}/client.pem -key {d}/client.key \\\n\

@@ -271,7 +271,7 @@ def make_pki(server_bin: str, pki: pathlib.Path) -> None:
     env = {k: v for k, v in os.environ.items() if not k.startswith("NOTES_")}
     for args in (["init-ca", "--name", "deploy test CA", "--days", "2"],
                  ["server", "notes", "--dns", "localhost", "--ip", "127.0.0.1", "--days", "2"]):
-        subprocess.run([server_bin, "certs", "--dir", str(pki), *args], check=True, capture_output=True, env=env, timeout=30)
+        subprocess.run([server_bin, "certs", "--certs-dir", str(pki), *args], check=True, capture_output=True, env=env, timeout=30)
 
 
 def serve_until_listening(

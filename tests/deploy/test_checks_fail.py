@@ -371,7 +371,7 @@ TASK_MUTANTS = {
     "unknown log format": {"ecs.tf": [('NOTES_LOG_FORMAT          = "json"', 'NOTES_LOG_FORMAT          = "yaml"')]},
     "grace period not a number": {"ecs.tf": [("NOTES_GRACE_PERIOD_SECS   = tostring(var.grace_period_secs)", 'NOTES_GRACE_PERIOD_SECS   = "20s"')]},
     "key file is the CA": {"ecs.tf": [("NOTES_TLS_KEY             = local.run_files.TLS_KEY", "NOTES_TLS_KEY             = local.run_files.CLIENT_CA")]},
-    "CRL file is the certificate": {"ecs.tf": [("NOTES_CLIENT_CRLS = local.run_files.CLIENT_CRL", "NOTES_CLIENT_CRLS = local.run_files.TLS_CERT")]},
+    "CRL file is the certificate": {"ecs.tf": [("NOTES_CLIENT_CRL = local.run_files.CLIENT_CRL", "NOTES_CLIENT_CRL = local.run_files.TLS_CERT")]},
     "script writes the wrong content": {"files/write-run-files.sh": [('put TLS_KEY "${TLS_KEY_FILE:-}" "${TLS_KEY:-}"', 'put TLS_KEY "${TLS_KEY_FILE:-}" "${TLS_CERT:-}"')]},
     # The started server answers the health check's path as no readiness endpoint would.
     "health check asks liveness": {"network.tf": [('    path                = "/readyz"', '    path                = "/livez"')]},

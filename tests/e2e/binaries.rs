@@ -270,7 +270,7 @@ async fn the_certs_tool_stands_up_a_pki_that_serves_and_revokes() {
     let pki_dir = dir.path().join("pki");
     let certs = |args: &[&str]| {
         let mut cmd = Command::new(bin("notes-server"));
-        cmd.arg("certs").arg("--dir").arg(&pki_dir).args(args);
+        cmd.arg("certs").arg("--certs-dir").arg(&pki_dir).args(args);
         run(cmd)
     };
     for args in [
@@ -309,7 +309,7 @@ async fn the_certs_tool_stands_up_a_pki_that_serves_and_revokes() {
         .env("NOTES_TLS_CERT", pki_dir.join("notes.pem"))
         .env("NOTES_TLS_KEY", pki_dir.join("notes.key"))
         .env("NOTES_CLIENT_CA", pki_dir.join("ca.pem"))
-        .env("NOTES_CLIENT_CRLS", pki_dir.join("crl.pem"))
+        .env("NOTES_CLIENT_CRL", pki_dir.join("crl.pem"))
         .env("NOTES_TLS_RELOAD_INTERVAL_SECS", "1")
         .env("NOTES_ISSUER", ISSUER)
         .env("NOTES_JWKS_FILE", dir.path().join("jwks.json"))
@@ -385,7 +385,7 @@ async fn start_dev(cwd: &Path) -> (Child, u16) {
     server
         .kill_on_drop(true)
         .current_dir(cwd)
-        .args(["dev", "--listen", "127.0.0.1:0"])
+        .args(["dev", "--dev-listen", "127.0.0.1:0"])
         .stdout(Stdio::piped())
         .stderr(Stdio::null());
     let mut child = server.spawn().unwrap();
@@ -756,8 +756,11 @@ async fn dev_mode_on_a_busy_port_fails_before_writing_anything() {
     let dir = tempfile::tempdir().unwrap();
     let busy = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
     let mut cmd = Command::new(bin("notes-server"));
-    cmd.current_dir(dir.path())
-        .args(["dev", "--listen", &busy.local_addr().unwrap().to_string()]);
+    cmd.current_dir(dir.path()).args([
+        "dev",
+        "--dev-listen",
+        &busy.local_addr().unwrap().to_string(),
+    ]);
 
     let out = run(cmd).await;
 
@@ -784,7 +787,7 @@ async fn dev_mode_uses_its_own_table_and_ignores_serves_variables() {
         .env("NOTES_TABLE", &production)
         .env("NOTES_LISTEN", "0.0.0.0:50051")
         .env("NOTES_DEV_DYNAMODB_ENDPOINT", dynamodb_endpoint())
-        .args(["dev", "--listen", "127.0.0.1:0", "--store", "dynamodb"])
+        .args(["dev", "--dev-listen", "127.0.0.1:0", "--store", "dynamodb"])
         .stdout(Stdio::piped())
         .stderr(Stdio::null());
     let mut child = server.spawn().unwrap();
@@ -836,7 +839,7 @@ async fn check(dir: &Path, table: &str, env: &[(&str, &str)]) -> (bool, String) 
     let mut cmd = configured("check", dir, table, 0);
     // The test PKI lives a day: only an expired date fails here.
     cmd.env("NOTES_MIN_DAYS_LEFT", "0")
-        .env("NOTES_CLIENT_CRLS", dir.join("crl.pem"));
+        .env("NOTES_CLIENT_CRL", dir.join("crl.pem"));
     // An empty value removes the variable.
     for (key, value) in env {
         if value.is_empty() {
@@ -911,12 +914,12 @@ async fn check_passes_on_a_ready_deployment_and_names_every_failure() {
         ),
         (
             "empty CRL file",
-            &[("NOTES_CLIENT_CRLS", "empty-crl.pem")],
+            &[("NOTES_CLIENT_CRL", "empty-crl.pem")],
             "holds no CRL",
         ),
         (
             "CRL past nextUpdate",
-            &[("NOTES_CLIENT_CRLS", "stale-crl.pem")],
+            &[("NOTES_CLIENT_CRL", "stale-crl.pem")],
             "FAIL  client CRL",
         ),
     ];

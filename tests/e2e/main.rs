@@ -45,5 +45,6 @@ mod observability;
 mod outage;
 mod policy;
 mod public_services;
+mod settings;
 mod tokens;
 mod transport;

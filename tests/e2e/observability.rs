@@ -185,7 +185,7 @@ async fn a_real_prometheus_counts_every_call_by_method_and_code() {
         dir.path(),
         "unused",
         0,
-        &[("NOTES_STORE", "memory"), ("NOTES_CLIENT_CRLS", &crl)],
+        &[("NOTES_STORE", "memory"), ("NOTES_CLIENT_CRL", &crl)],
     )
     .await;
     let (_prometheus, prometheus) = start_prometheus(dir.path(), admin).await;

@@ -86,7 +86,7 @@ pub struct ServeConfig {
     #[arg(long, env = "NOTES_CLIENT_CA")]
     pub client_ca: PathBuf,
     /// CRLs (PEM) of the client CA; revoked client certificates fail the handshake.
-    #[arg(long = "client-crl", env = "NOTES_CLIENT_CRLS", value_delimiter = ',')]
+    #[arg(long = "client-crl", env = "NOTES_CLIENT_CRL", value_delimiter = ',')]
     pub client_crls: Vec<PathBuf>,
     /// Only these client-certificate identities may call (comma-separated `uri:…` or `dns:…`; a bare value with `://` is a URI); empty: any.
     #[arg(long, env = "NOTES_ALLOWED_CLIENT_IDENTITIES", value_delimiter = ',')]
@@ -113,26 +113,34 @@ pub struct ServeConfig {
 #[derive(Debug, Clone, clap::Args)]
 pub struct DevConfig {
     /// Folder for the generated dev material.
-    #[arg(long, env = "NOTES_DEV_DIR", default_value = ".notes-dev")]
+    #[arg(long = "dev-dir", env = "NOTES_DEV_DIR", default_value = ".notes-dev")]
     pub dir: PathBuf,
     /// Address to listen on; loopback only unless --unsafe-listen-beyond-loopback.
-    #[arg(long, env = "NOTES_DEV_LISTEN", default_value = "127.0.0.1:50051")]
+    #[arg(
+        long = "dev-listen",
+        env = "NOTES_DEV_LISTEN",
+        default_value = "127.0.0.1:50051"
+    )]
     pub listen: SocketAddr,
     /// Listen on a non-loopback address although anyone holding the dev
-    /// signing key (a file in --dir) can mint tokens for any user.
+    /// signing key (a file in --dev-dir) can mint tokens for any user.
     #[arg(long)]
     pub unsafe_listen_beyond_loopback: bool,
     /// Where notes live; `dynamodb` creates the table if it is missing.
     #[arg(long, value_enum, default_value_t = StoreKind::Memory)]
     pub store: StoreKind,
     /// DynamoDB table of dev mode, with `--store dynamodb`.
-    #[arg(long, env = "NOTES_DEV_TABLE", default_value = "notes-dev")]
+    #[arg(
+        long = "dev-table",
+        env = "NOTES_DEV_TABLE",
+        default_value = "notes-dev"
+    )]
     pub table: String,
     /// DynamoDB endpoint URL, for DynamoDB Local, moto or LocalStack.
-    #[arg(long, env = "NOTES_DEV_DYNAMODB_ENDPOINT")]
+    #[arg(long = "dev-dynamodb-endpoint", env = "NOTES_DEV_DYNAMODB_ENDPOINT")]
     pub dynamodb_endpoint: Option<String>,
     /// AWS region (default: the AWS chain, e.g. AWS_REGION).
-    #[arg(long, env = "NOTES_DEV_AWS_REGION")]
+    #[arg(long = "dev-aws-region", env = "NOTES_DEV_AWS_REGION")]
     pub aws_region: Option<String>,
 }
 
@@ -141,7 +149,7 @@ impl DevConfig {
     pub fn check_listen(&self) -> Result<(), ConfigError> {
         if !self.listen.ip().is_loopback() && !self.unsafe_listen_beyond_loopback {
             return Err(config_err(
-                "--listen / NOTES_DEV_LISTEN",
+                "--dev-listen / NOTES_DEV_LISTEN",
                 format!(
                     "{} is not a loopback address: dev mode's tokens are signed by a key on disk, \
                      so it listens on 127.0.0.1 or ::1 unless given --unsafe-listen-beyond-loopback",

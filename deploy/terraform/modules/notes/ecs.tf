@@ -29,7 +29,7 @@ locals {
   }
 
   server_env_crl = {
-    NOTES_CLIENT_CRLS = local.run_files.CLIENT_CRL
+    NOTES_CLIENT_CRL = local.run_files.CLIENT_CRL
   }
 
   server_env_identities = {

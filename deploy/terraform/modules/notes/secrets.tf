@@ -1,5 +1,5 @@
 # notes-server reads its TLS material, page-token key and auth config from
-# files (NOTES_TLS_CERT, NOTES_TLS_KEY, NOTES_CLIENT_CA, NOTES_CLIENT_CRLS,
+# files (NOTES_TLS_CERT, NOTES_TLS_KEY, NOTES_CLIENT_CA, NOTES_CLIENT_CRL,
 # NOTES_PAGE_TOKEN_KEY_FILE, NOTES_AUTH_CONFIG), and its image has no shell.
 # ECS injects Secrets Manager secrets only as environment variables, so the
 # task runs a short-lived init container first (the conventional "init
