@@ -113,19 +113,43 @@ pub struct Fixture {
     pub tokens: Vec<MetadataValue<tonic::metadata::Ascii>>,
 }
 
-/// A scenario's measured result.
+/// A scenario's measured result; results of several rounds add up.
 #[derive(Debug, Clone)]
 pub struct Outcome {
-    /// Successful calls per second of measured time.
-    pub per_second: f64,
-    /// Latency percentiles of successful calls, in microseconds.
-    pub p50_us: u64,
-    /// 99th percentile.
-    pub p99_us: u64,
+    /// Latencies of successful measured calls, in microseconds.
+    pub latencies: Histogram<u64>,
+    /// Measured seconds.
+    pub seconds: f64,
+    /// Successful calls, warm-up included.
+    pub all_calls: u64,
     /// Failed calls (counted, not timed).
     pub errors: u64,
     /// The first failure, if any.
     pub first_error: Option<String>,
+}
+
+impl Outcome {
+    /// Successful calls per second of measured time.
+    pub fn per_second(&self) -> f64 {
+        self.latencies.len() as f64 / self.seconds.max(f64::MIN_POSITIVE)
+    }
+
+    /// A latency percentile, in microseconds.
+    pub fn percentile_us(&self, quantile: f64) -> u64 {
+        self.latencies.value_at_quantile(quantile)
+    }
+
+    /// This and `other`, as one run.
+    pub fn add(&mut self, other: Outcome) -> anyhow::Result<()> {
+        self.latencies.add(&other.latencies)?;
+        self.seconds += other.seconds;
+        self.all_calls += other.all_calls;
+        self.errors += other.errors;
+        if self.first_error.is_none() {
+            self.first_error = other.first_error;
+        }
+        Ok(())
+    }
 }
 
 /// `message` with `token` as its `authorization` metadata.
@@ -202,6 +226,7 @@ pub async fn run(
         clients.push(target.connect().await?);
     }
     let sequence = Arc::new(AtomicUsize::new(0));
+    let succeeded = Arc::new(AtomicU64::new(0));
     let errors = Arc::new(AtomicU64::new(0));
     let first_error = Arc::new(std::sync::Mutex::new(None::<String>));
     let start = Instant::now();
@@ -211,8 +236,12 @@ pub async fn run(
     for worker in 0..shape.in_flight.max(1) {
         let mut client = clients[worker % clients.len()].clone();
         let (target, fixture) = (target.clone(), fixture.clone());
-        let (sequence, errors, first_error) =
-            (sequence.clone(), errors.clone(), first_error.clone());
+        let (sequence, errors, first_error, succeeded) = (
+            sequence.clone(),
+            errors.clone(),
+            first_error.clone(),
+            succeeded.clone(),
+        );
         workers.push(tokio::spawn(async move {
             // 1 µs to 60 s at 3 significant digits: a fixed few tens of KiB.
             let mut latencies =
@@ -224,6 +253,9 @@ pub async fn run(
                 }
                 let n = sequence.fetch_add(1, Ordering::Relaxed);
                 let answered = call(scenario, &mut client, &target, &fixture, n).await;
+                if answered.is_ok() {
+                    succeeded.fetch_add(1, Ordering::Relaxed);
+                }
                 if began < measure_from {
                     continue;
                 }
@@ -248,13 +280,36 @@ pub async fn run(
     for worker in workers {
         all.add(worker.await?)?;
     }
-    let measured = stop.saturating_duration_since(measure_from).as_secs_f64();
     let first_error = first_error.lock().unwrap_or_else(|e| e.into_inner()).take();
     Ok(Outcome {
-        per_second: all.len() as f64 / measured,
-        p50_us: all.value_at_quantile(0.50),
-        p99_us: all.value_at_quantile(0.99),
+        latencies: all,
+        seconds: stop.saturating_duration_since(measure_from).as_secs_f64(),
+        all_calls: succeeded.load(Ordering::Relaxed),
         errors: errors.load(Ordering::Relaxed),
         first_error,
     })
+}
+
+/// CPU time (user and system) so far of this process's threads whose names
+/// start with one of `prefixes`, in seconds (Linux, `/proc`).
+pub fn thread_cpu_seconds(prefixes: &[&str]) -> f64 {
+    let Ok(tasks) = std::fs::read_dir("/proc/self/task") else {
+        return 0.0;
+    };
+    let ticks: u64 = tasks
+        .flatten()
+        .filter(|task| {
+            std::fs::read_to_string(task.path().join("comm"))
+                .is_ok_and(|comm| prefixes.iter().any(|p| comm.trim().starts_with(p)))
+        })
+        .filter_map(|task| {
+            let stat = std::fs::read_to_string(task.path().join("stat")).ok()?;
+            // Fields after the parenthesised name: state is field 3, utime 14, stime 15.
+            let rest = &stat[stat.rfind(')')? + 2..];
+            let fields: Vec<&str> = rest.split_whitespace().collect();
+            Some(fields.get(11)?.parse::<u64>().ok()? + fields.get(12)?.parse::<u64>().ok()?)
+        })
+        .sum();
+    // USER_HZ is 100 on Linux.
+    ticks as f64 / 100.0
 }

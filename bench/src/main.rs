@@ -82,15 +82,19 @@ struct ShapeArgs {
 struct CompareArgs {
     #[command(flatten)]
     shape: ShapeArgs,
-    /// Seconds of load before measuring, per scenario and server.
-    #[arg(long, default_value_t = 2.0)]
+    /// Seconds of load before measuring, per round, scenario and server.
+    #[arg(long, default_value_t = 1.0)]
     warmup_seconds: f64,
-    /// Seconds measured, per scenario and server.
-    #[arg(long, default_value_t = 10.0)]
+    /// Seconds measured, per round, scenario and server.
+    #[arg(long, default_value_t = 5.0)]
     seconds: f64,
     /// Scenarios to run [default: all].
     #[arg(long, value_enum, value_delimiter = ',')]
     scenarios: Vec<Scenario>,
+    /// Rounds per scenario, alternating bare and real server (a noisy
+    /// machine's drift then falls on both alike); results add up.
+    #[arg(long, default_value_t = 3)]
+    rounds: usize,
 }
 
 #[derive(Args, Clone)]
@@ -152,9 +156,10 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             connect_in_flight: 8,
             tokens: 20_000,
         },
-        warmup_seconds: 2.0,
-        seconds: 10.0,
+        warmup_seconds: 1.0,
+        seconds: 5.0,
         scenarios: vec![],
+        rounds: 3,
     })) {
         Command::Compare(args) => compare(&material, args).await?,
         Command::Dynamodb { calls, dynamodb } => {
@@ -277,6 +282,11 @@ fn shape(args: &ShapeArgs, scenario: Scenario, warmup: f64, seconds: f64) -> Sha
     }
 }
 
+/// Threads of the bare server (see `servers`).
+const BARE_THREADS: &[&str] = &["bare-server"];
+/// Threads of the real server: its runtime and its log writer.
+const REAL_THREADS: &[&str] = &["notes-server", "notes-log-write"];
+
 /// The targets of issue 13: (minimum calls/s ratio, maximum p99 ratio).
 fn targets(scenario: Scenario) -> (Option<f64>, Option<f64>) {
     match scenario {
@@ -314,17 +324,18 @@ async fn compare(material: &DevMaterial, args: CompareArgs) -> anyhow::Result<Ex
         tokens: real_fixture.tokens.clone(),
     });
     println!(
-        "closed loop: {} connections, {} calls in flight ({} for new connections), {} s warm-up, {} s measured per row and server\n",
+        "closed loop: {} connections, {} calls in flight ({} for new connections); per scenario {} rounds alternating bare and real, each {} s warm-up and {} s measured\n",
         args.shape.connections,
         args.shape.in_flight,
         args.shape.connect_in_flight,
+        args.rounds.max(1),
         args.warmup_seconds,
         args.seconds
     );
     println!(
-        "| scenario | bare calls/s | real calls/s | ratio | bare p50 / p99 | real p50 / p99 | p99 ratio | target |"
+        "| scenario | bare calls/s | real calls/s | ratio | bare p50 / p99 | real p50 / p99 | p99 ratio | server CPU per call, bare / real | target |"
     );
-    println!("|---|---|---|---|---|---|---|---|");
+    println!("|---|---|---|---|---|---|---|---|---|");
     let mut failed = false;
     for scenario in scenarios {
         let shape = shape(&args.shape, scenario, args.warmup_seconds, args.seconds);
@@ -335,10 +346,30 @@ async fn compare(material: &DevMaterial, args: CompareArgs) -> anyhow::Result<Ex
         } else {
             scenario
         };
-        let b = load::run(bare_scenario, &bare_target, bare_fixture.clone(), shape).await?;
-        let r = load::run(scenario, &real_target, real_fixture.clone(), shape).await?;
-        let ratio = r.per_second / b.per_second.max(f64::MIN_POSITIVE);
-        let p99_ratio = r.p99_us as f64 / b.p99_us.max(1) as f64;
+        let (mut b, mut r) = (None::<load::Outcome>, None::<load::Outcome>);
+        let (mut b_cpu, mut r_cpu) = (0.0, 0.0);
+        for _ in 0..args.rounds.max(1) {
+            let before = load::thread_cpu_seconds(BARE_THREADS);
+            let round = load::run(bare_scenario, &bare_target, bare_fixture.clone(), shape).await?;
+            b_cpu += load::thread_cpu_seconds(BARE_THREADS) - before;
+            match &mut b {
+                Some(total) => total.add(round)?,
+                None => b = Some(round),
+            }
+            let before = load::thread_cpu_seconds(REAL_THREADS);
+            let round = load::run(scenario, &real_target, real_fixture.clone(), shape).await?;
+            r_cpu += load::thread_cpu_seconds(REAL_THREADS) - before;
+            match &mut r {
+                Some(total) => total.add(round)?,
+                None => r = Some(round),
+            }
+        }
+        let (b, r) = (b.expect("one round"), r.expect("one round"));
+        let ratio = r.per_second() / b.per_second().max(f64::MIN_POSITIVE);
+        let (b_p99, r_p99) = (b.percentile_us(0.99), r.percentile_us(0.99));
+        let p99_ratio = r_p99 as f64 / b_p99.max(1) as f64;
+        let b_cpu_us = b_cpu * 1e6 / b.all_calls.max(1) as f64;
+        let r_cpu_us = r_cpu * 1e6 / r.all_calls.max(1) as f64;
         let (min_ratio, max_p99) = targets(scenario);
         let mut verdict = Vec::new();
         if let Some(min) = min_ratio {
@@ -352,14 +383,13 @@ async fn compare(material: &DevMaterial, args: CompareArgs) -> anyhow::Result<Ex
             verdict.push(format!("p99 ≤ {max:.1}× {}", if ok { "✓" } else { "✗" }));
         }
         println!(
-            "| {} | {:.0} | {:.0} | {ratio:.2} | {} / {} µs | {} / {} µs | {p99_ratio:.2} | {} |",
+            "| {} | {:.0} | {:.0} | {ratio:.2} | {} / {b_p99} µs | {} / {r_p99} µs | {p99_ratio:.2} | {b_cpu_us:.1} / {r_cpu_us:.1} µs ({:.2}×) | {} |",
             scenario.label(),
-            b.per_second,
-            r.per_second,
-            b.p50_us,
-            b.p99_us,
-            r.p50_us,
-            r.p99_us,
+            b.per_second(),
+            r.per_second(),
+            b.percentile_us(0.5),
+            r.percentile_us(0.5),
+            r_cpu_us / b_cpu_us.max(f64::MIN_POSITIVE),
             if verdict.is_empty() {
                 "-".to_owned()
             } else {
@@ -454,8 +484,8 @@ async fn soak(material: &DevMaterial, args: SoakArgs) -> anyhow::Result<ExitCode
         println!(
             "| {:.0} s | {:.0} | {} µs | {} | {:.1} |",
             i as f64 * args.sample_seconds,
-            outcome.per_second,
-            outcome.p99_us,
+            outcome.per_second(),
+            outcome.percentile_us(0.99),
             outcome.errors,
             kib as f64 / 1024.0
         );

@@ -441,9 +441,72 @@ impl opentelemetry::propagation::Extractor for HeaderExtractor<'_> {
     }
 }
 
-/// The server span of a call: a child of the caller's `traceparent`, if
-/// any, with the RPC attributes and the trace id as a field of its own.
+/// The trace id of a W3C `traceparent` header (version 00), if it is a
+/// valid one: `00-<32 hex trace id>-<16 hex parent id>-<2 hex flags>`,
+/// lowercase, neither id all zeros.
+fn traceparent_trace_id(headers: &HeaderMap) -> Option<u128> {
+    let value = headers.get("traceparent")?.to_str().ok()?;
+    let mut parts = value.split('-');
+    let (version, trace_id, parent_id, flags) =
+        (parts.next()?, parts.next()?, parts.next()?, parts.next()?);
+    let hex = |s: &str, len: usize| {
+        s.len() == len
+            && s.bytes()
+                .all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b))
+    };
+    if parts.next().is_some()
+        || version != "00"
+        || !hex(trace_id, 32)
+        || !hex(parent_id, 16)
+        || !hex(flags, 2)
+        || parent_id.bytes().all(|b| b == b'0')
+    {
+        return None;
+    }
+    u128::from_str_radix(trace_id, 16)
+        .ok()
+        .filter(|id| *id != 0)
+}
+
+/// A new random trace id (not a secret: unique, not unpredictable).
+fn new_trace_id() -> u128 {
+    use std::cell::Cell;
+    thread_local! {
+        static STATE: Cell<u64> = Cell::new(uuid::Uuid::new_v4().as_u64_pair().0 | 1);
+    }
+    // splitmix64, twice.
+    let next = |state: &Cell<u64>| {
+        let mut z = state.get().wrapping_add(0x9E37_79B9_7F4A_7C15);
+        state.set(z);
+        z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
+        z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
+        z ^ (z >> 31)
+    };
+    STATE.with(|state| (u128::from(next(state)) << 64 | u128::from(next(state))).max(1))
+}
+
+/// A trace id as 32 lowercase hex digits, formatted only when logged.
+struct TraceIdHex(u128);
+
+impl std::fmt::Display for TraceIdHex {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{:032x}", self.0)
+    }
+}
+
+/// The server span of a call. Exporting traces (`--otlp`): an
+/// OpenTelemetry span, a child of the caller's `traceparent` if any, with
+/// the RPC attributes. Otherwise only what logs need: the method and the
+/// trace id (the caller's, or a new one), for every log line of the call.
 fn server_span(rpc: &Rpc, headers: &HeaderMap) -> tracing::Span {
+    if !crate::telemetry::exporting_traces() {
+        let trace_id = traceparent_trace_id(headers).unwrap_or_else(new_trace_id);
+        return tracing::info_span!(
+            "grpc",
+            rpc.method = rpc.method,
+            trace_id = %TraceIdHex(trace_id)
+        );
+    }
     use opentelemetry::trace::TraceContextExt;
     use tracing_opentelemetry::OpenTelemetrySpanExt;
     let span = tracing::info_span!(
@@ -538,6 +601,37 @@ where
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_valid_traceparent_gives_its_trace_id_and_nothing_else_does() {
+        let id = |value: &str| {
+            let mut headers = HeaderMap::new();
+            headers.insert("traceparent", value.parse().unwrap());
+            traceparent_trace_id(&headers)
+        };
+        assert_eq!(
+            id("00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01"),
+            Some(0x4bf92f3577b34da6a3ce929d0e0e4736)
+        );
+        for bad in [
+            "00-00000000000000000000000000000000-00f067aa0ba902b7-01",
+            "00-4bf92f3577b34da6a3ce929d0e0e4736-0000000000000000-01",
+            "00-4BF92F3577B34DA6A3CE929D0E0E4736-00f067aa0ba902b7-01",
+            "01-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01",
+            "00-4bf92f3577b34da6a3ce929d0e0e473-00f067aa0ba902b7-01",
+            "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01-x",
+            "00-+bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01",
+            "",
+        ] {
+            assert_eq!(id(bad), None, "{bad}");
+        }
+        assert_eq!(traceparent_trace_id(&HeaderMap::new()), None);
+        assert_ne!(new_trace_id(), new_trace_id());
+        assert_eq!(
+            TraceIdHex(0xab).to_string(),
+            "000000000000000000000000000000ab"
+        );
+    }
 
     #[test]
     fn code_names_follow_grpc_go() {

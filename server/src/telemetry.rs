@@ -143,12 +143,16 @@ where
             .with_service_name("notes-server")
             .build(),
     );
+    let mut exporting = false;
     if otlp {
         match opentelemetry_otlp::SpanExporter::builder()
             .with_tonic()
             .build()
         {
-            Ok(exporter) => provider = provider.with_batch_exporter(exporter),
+            Ok(exporter) => {
+                provider = provider.with_batch_exporter(exporter);
+                exporting = true;
+            }
             Err(err) => eprintln!("notes-server: OTLP export is off: {err}"),
         }
     }
@@ -162,19 +166,36 @@ where
     } else {
         fmt::layer().with_writer(writer).with_ansi(ansi).boxed()
     };
-    // Log lines as RUST_LOG says; spans of this crate always, whatever the
-    // log level, so traces and trace ids never depend on it.
+    // Spans of this crate always, whatever the log level, so traces never
+    // depend on it. Without an exporter there is nothing to build spans
+    // for: the call's trace id is then taken from its `traceparent` or made
+    // ([`exporting_traces`]), at a fraction of the cost.
     let spans = tracing_subscriber::filter::Targets::new()
         .with_target("notes_server", tracing::Level::INFO);
-    let installed = tracing_subscriber::registry()
-        .with(logs.with_filter(filter))
-        .with(
-            tracing_opentelemetry::layer()
-                .with_tracer(tracer)
-                .with_filter(spans),
-        )
-        .try_init();
+    let otel = exporting.then(|| {
+        tracing_opentelemetry::layer()
+            .with_tracer(tracer)
+            .with_filter(spans)
+    });
+    // (Not `.with(Option<layer>)`: an absent layer is interested in every
+    // callsite, which would build every disabled debug event.)
+    let logged = tracing_subscriber::registry().with(logs.with_filter(filter));
+    let installed = match otel {
+        Some(otel) => logged.with(otel).try_init(),
+        None => logged.try_init(),
+    };
+    if installed.is_ok() {
+        EXPORTING.store(exporting, std::sync::atomic::Ordering::Release);
+    }
     TelemetryGuard(installed.is_ok().then_some(provider), None)
+}
+
+static EXPORTING: std::sync::atomic::AtomicBool = std::sync::atomic::AtomicBool::new(false);
+
+/// Whether calls' spans are exported over OTLP (`--otlp`), so each call
+/// builds an OpenTelemetry span; otherwise a call only carries a trace id.
+pub fn exporting_traces() -> bool {
+    EXPORTING.load(std::sync::atomic::Ordering::Acquire)
 }
 
 /// Lets a repeated event through at most once per interval and counts what

@@ -419,8 +419,8 @@ async fn the_server_span_continues_the_callers_trace_and_reaches_an_otlp_collect
 #[tokio::test]
 async fn every_log_line_of_a_call_carries_its_trace_id() {
     let logs = LogSink::default();
-    // Installs the W3C propagator and the OpenTelemetry layer, as a calling
-    // service instrumented with OpenTelemetry has them.
+    // Without an exporter the server builds no OpenTelemetry span: the trace
+    // id comes from the caller's traceparent all the same.
     logs.install_server_telemetry();
     let app = TestApp::spawn().await;
     let mut request = with_token(ListNotesRequest::default(), &token_for("alice"));
@@ -445,7 +445,7 @@ async fn the_client_continues_the_callers_trace_into_the_server() {
     let logs = LogSink::default();
     // Installs the W3C propagator and the OpenTelemetry layer, as a calling
     // service instrumented with OpenTelemetry has them.
-    logs.install_server_telemetry();
+    logs.install_server_telemetry_exporting();
     let app = TestApp::spawn().await;
     let client = app.client_as("alice").await;
     let caller = tracing::info_span!(target: "notes_server", "billing job");

@@ -55,10 +55,21 @@ impl LogSink {
     /// text lines into this sink; for this test process (nextest runs each
     /// test in its own).
     pub fn install_server_telemetry(&self) {
+        self.install(false);
+    }
+
+    /// [`install_server_telemetry`](Self::install_server_telemetry) with
+    /// trace export on (`--otlp`; nothing listens at the default endpoint),
+    /// so every span, a caller's too, is an OpenTelemetry span.
+    pub fn install_server_telemetry_exporting(&self) {
+        self.install(true);
+    }
+
+    fn install(&self, otlp: bool) {
         let writer = self.clone();
         std::mem::forget(notes_server::telemetry::init_with_writer(
             false,
-            false,
+            otlp,
             move || writer.clone(),
         ));
     }
