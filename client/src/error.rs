@@ -39,6 +39,13 @@ pub enum Error {
         #[source]
         source: Option<BoxError>,
     },
+    /// The server refused this client's certificate during the TLS handshake
+    /// (a TLS alert: unknown CA, revoked, expired, ...). Not transient.
+    #[error("the server refused this client certificate: {alert}")]
+    CertificateRefused {
+        /// The alert and what it usually means.
+        alert: String,
+    },
     /// Any other status.
     #[error("{code:?}: {message}")]
     Other {
@@ -140,6 +147,40 @@ impl Error {
             message: err.to_string(),
             source: err.source().map(|s| Cause::chain(s) as BoxError),
         }
+        .refusal_named()
+    }
+
+    /// A connection error caused by a TLS alert from the server, as
+    /// [`Error::CertificateRefused`] naming what the alert means.
+    fn refusal_named(self) -> Self {
+        if !matches!(self, Error::Connect { .. }) {
+            return self;
+        }
+        let chain = self.chain();
+        let Some(at) = chain.find("received fatal alert: ") else {
+            return self;
+        };
+        let alert: String = chain[at + 22..]
+            .chars()
+            .take_while(|c| c.is_ascii_alphanumeric())
+            .collect();
+        let meaning = match alert.as_str() {
+            "UnknownCA" => "unknown CA: the server does not trust the CA that issued it",
+            "CertificateRevoked" => "revoked: the server's CRL lists it",
+            "CertificateExpired" => "expired, or not yet valid",
+            "BadCertificate" | "UnsupportedCertificate" => {
+                "not usable as a client certificate (its key usage or form)"
+            }
+            "CertificateRequired" => "none was sent: give --cert and --key",
+            "DecryptError" => {
+                "its signature does not verify: issued by another CA of the same name, or altered"
+            }
+            "AccessDenied" => "its identity is not allowed",
+            _ => "see the server's log for the reason",
+        };
+        Error::CertificateRefused {
+            alert: format!("{alert} ({meaning})"),
+        }
     }
 
     /// The gRPC code this error stands for, if it came from a call.
@@ -153,7 +194,10 @@ impl Error {
             Error::PermissionDenied(_) => Code::PermissionDenied,
             Error::Unavailable(_) => Code::Unavailable,
             Error::Other { code, .. } => *code,
-            Error::Connect { .. } | Error::Config { .. } | Error::Token { .. } => return None,
+            Error::Connect { .. }
+            | Error::CertificateRefused { .. }
+            | Error::Config { .. }
+            | Error::Token { .. } => return None,
         })
     }
 
@@ -203,7 +247,8 @@ impl From<Status> for Error {
             return Error::Connect {
                 message: status.message().to_owned(),
                 source: Some(Cause::chain(cause)),
-            };
+            }
+            .refusal_named();
         }
         let message = status.message().to_owned();
         match status.code() {

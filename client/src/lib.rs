@@ -127,11 +127,45 @@ impl TlsFiles {
                 Error::config_from(format!("cannot read {what} {}", path.display()), e)
             })
         };
-        Ok(TlsMaterial {
+        let material = TlsMaterial {
             ca_pem: read(&self.ca, "CA certificate")?,
             cert_pem: read(&self.cert, "client certificate")?,
             key_pem: read(&self.key, "client key")?,
-        })
+        };
+        // What each file must hold, checked here so the error names the file
+        // (the transport would only say it found no key).
+        let holds = |pem: &[u8], label: &str| {
+            String::from_utf8_lossy(pem).contains(&format!("-----BEGIN {label}"))
+                || (label == "PRIVATE KEY"
+                    && ["RSA PRIVATE KEY", "EC PRIVATE KEY"]
+                        .iter()
+                        .any(|l| String::from_utf8_lossy(pem).contains(&format!("-----BEGIN {l}"))))
+        };
+        let check = |pem: &[u8], path: &PathBuf, what: &str, label: &str| {
+            if holds(pem, label) {
+                return Ok(());
+            }
+            let swapped = if label == "PRIVATE KEY" && holds(pem, "CERTIFICATE") {
+                " (it holds a certificate: are --cert and --key swapped?)"
+            } else if label == "CERTIFICATE" && holds(pem, "PRIVATE KEY") {
+                " (it holds a private key: are --cert and --key swapped?)"
+            } else {
+                ""
+            };
+            Err(Error::config(format!(
+                "{what} {} holds no PEM {label}{swapped}",
+                path.display()
+            )))
+        };
+        check(&material.ca_pem, &self.ca, "CA certificate", "CERTIFICATE")?;
+        check(
+            &material.cert_pem,
+            &self.cert,
+            "client certificate",
+            "CERTIFICATE",
+        )?;
+        check(&material.key_pem, &self.key, "client key", "PRIVATE KEY")?;
+        Ok(material)
     }
 }
 

@@ -26,7 +26,8 @@ use serde::{Deserialize, Serialize};
     about = "Command-line client for the notes service"
 )]
 struct Cli {
-    /// Configuration file (TOML; keys as the long flags with '_' for '-').
+    /// Configuration file (TOML; keys as the long flags with '_' for '-';
+    /// relative paths in it are relative to the file).
     #[arg(long, env = "NOTES_CONFIG", global = true)]
     config: Option<PathBuf>,
     /// Service endpoint [default: https://localhost:50051].
@@ -151,8 +152,26 @@ fn settings(cli: &Cli) -> Result<Settings, Error> {
             let text = std::fs::read_to_string(path).map_err(|e| {
                 Error::config_from(format!("cannot read config {}", path.display()), e)
             })?;
-            toml::from_str(&text)
-                .map_err(|e| Error::config_from(format!("config {}", path.display()), e))?
+            let mut file: ConfigFile = toml::from_str(&text)
+                .map_err(|e| Error::config_from(format!("config {}", path.display()), e))?;
+            // Paths in the file are relative to the file, not to wherever
+            // the CLI happens to run.
+            let base = path.parent().unwrap_or(std::path::Path::new(""));
+            for p in [
+                &mut file.dev_dir,
+                &mut file.ca_cert,
+                &mut file.cert,
+                &mut file.key,
+                &mut file.token_file,
+            ]
+            .into_iter()
+            .flatten()
+            {
+                if p.is_relative() {
+                    *p = base.join(&*p);
+                }
+            }
+            file
         }
         None => ConfigFile::default(),
     };
@@ -161,22 +180,51 @@ fn settings(cli: &Cli) -> Result<Settings, Error> {
         .clone()
         .or_else(|| file.dev_dir.clone())
         .unwrap_or_else(|| PathBuf::from(".notes-dev"));
-    let pick = |flag: &Option<PathBuf>, from_file: &Option<PathBuf>, dev: &str| {
+    let mut from_dev_dir = false;
+    let mut pick = |flag: &Option<PathBuf>, from_file: &Option<PathBuf>, dev: &str| {
         flag.clone()
             .or_else(|| from_file.clone())
-            .unwrap_or_else(|| dev_dir.join(dev))
+            .unwrap_or_else(|| {
+                from_dev_dir = true;
+                dev_dir.join(dev)
+            })
     };
+    let (ca_cert, cert, key) = (
+        pick(&cli.ca_cert, &file.ca_cert, "ca.pem"),
+        pick(&cli.cert, &file.cert, "client.pem"),
+        pick(&cli.key, &file.key, "client.key"),
+    );
+    let token_file = if cli.token.is_some() {
+        // A token on the command line or in NOTES_TOKEN needs no file.
+        cli.token_file
+            .clone()
+            .unwrap_or_else(|| dev_dir.join("token"))
+    } else {
+        pick(&cli.token_file, &file.token_file, "token")
+    };
+    let connects = !matches!(cli.command, Command::Login { .. } | Command::Token);
+    if from_dev_dir && !dev_dir.is_dir() && connects {
+        let here = std::env::current_dir()
+            .map(|d| d.display().to_string())
+            .unwrap_or_else(|_| "the current folder".into());
+        return Err(Error::config(format!(
+            "no dev material: looked for the folder {} (from {here}). Run `notes-server dev` \
+             in that folder, pass the --dev-dir its banner names, or give --ca-cert, --cert, \
+             --key and --token-file (or a --config file naming them)",
+            dev_dir.display()
+        )));
+    }
     Ok(Settings {
         endpoint: cli
             .endpoint
             .clone()
             .or_else(|| file.endpoint.clone())
             .unwrap_or_else(|| "https://localhost:50051".into()),
-        ca_cert: pick(&cli.ca_cert, &file.ca_cert, "ca.pem"),
-        cert: pick(&cli.cert, &file.cert, "client.pem"),
-        key: pick(&cli.key, &file.key, "client.key"),
+        ca_cert,
+        cert,
+        key,
         token: cli.token.clone(),
-        token_file: pick(&cli.token_file, &file.token_file, "token"),
+        token_file,
         file,
     })
 }
@@ -248,7 +296,10 @@ fn exit_code(err: &Error) -> u8 {
         Error::NotFound(_) => 3,
         Error::Conflict(_) | Error::AlreadyExists(_) => 4,
         Error::InvalidArgument(_) => 5,
-        Error::Unauthenticated(_) | Error::PermissionDenied(_) | Error::Token { .. } => 6,
+        Error::Unauthenticated(_)
+        | Error::PermissionDenied(_)
+        | Error::CertificateRefused { .. }
+        | Error::Token { .. } => 6,
         Error::Unavailable(_) | Error::Connect { .. } => 7,
         Error::Config { .. } => 8,
         Error::Other { .. } => 1,

@@ -64,7 +64,7 @@ async fn main() -> ExitCode {
         eprintln!("notes-server: {message}");
         return ExitCode::from(2);
     }
-    let cli = Cli::parse();
+    let cli = Cli::try_parse().unwrap_or_else(|err| exit_with_origin(err));
     match run(cli).await {
         Ok(()) => ExitCode::SUCCESS,
         Err(err) => {
@@ -73,6 +73,35 @@ async fn main() -> ExitCode {
             ExitCode::FAILURE
         }
     }
+}
+
+/// Prints clap's error and exits; when settings conflict, says which of
+/// them came from `NOTES_*` variables (a variable exported long ago is easy
+/// to forget, and clap names only the flag).
+fn exit_with_origin(err: clap::Error) -> ! {
+    if err.kind() == clap::error::ErrorKind::ArgumentConflict {
+        let text = err.to_string();
+        let from_env: Vec<String> = std::env::vars_os()
+            .filter_map(|(name, _)| name.into_string().ok())
+            .filter_map(|name| {
+                let flag = format!(
+                    "--{}",
+                    name.strip_prefix("NOTES_")?.to_ascii_lowercase().replace('_', "-")
+                );
+                text.contains(&format!("'{flag}")).then(|| {
+                    format!("note: {flag} was set by the environment variable {name}; unset it to use the other setting")
+                })
+            })
+            .collect();
+        if !from_env.is_empty() {
+            eprint!("{text}");
+            for note in from_env {
+                eprintln!("{note}");
+            }
+            std::process::exit(2);
+        }
+    }
+    err.exit()
 }
 
 async fn run(cli: Cli) -> anyhow::Result<()> {

@@ -334,7 +334,78 @@ async fn the_certs_tool_stands_up_a_pki_that_serves_and_revokes() {
     };
 
     let before = list().await;
-    let revoked = certs(&["revoke", pki_dir.join("billing.pem").to_str().unwrap()]).await;
+    // Another CA's certificate: not trusted by the server (the alert is
+    // named, with the authentication exit code), and never put on this
+    // CA's CRL, even with the same CA name.
+    let other_dir = dir.path().join("other-pki");
+    for args in [
+        &["init-ca", "--name", "another CA"][..],
+        &[
+            "client",
+            "stranger",
+            "--uri",
+            "spiffe://example.org/stranger",
+        ],
+    ] {
+        let mut cmd = Command::new(bin("notes-server"));
+        cmd.arg("certs")
+            .arg("--certs-dir")
+            .arg(&other_dir)
+            .args(args);
+        assert!(run(cmd).await.status.success());
+    }
+    let mut stranger = Command::new(bin("notes"));
+    stranger
+        .args(["--endpoint", &format!("https://localhost:{port}")])
+        .arg("--ca-cert")
+        .arg(pki_dir.join("ca.pem"))
+        .arg("--cert")
+        .arg(other_dir.join("stranger.pem"))
+        .arg("--key")
+        .arg(other_dir.join("stranger.key"))
+        .args(["--token", &token_for("alice"), "list"]);
+    let stranger = run(stranger).await;
+    let stderr = String::from_utf8_lossy(&stranger.stderr);
+    assert_eq!(stranger.status.code(), Some(6), "{stderr}");
+    assert!(
+        stderr.contains("the server refused this client certificate: UnknownCA"),
+        "{stderr}"
+    );
+    let foreign = certs(&["revoke", other_dir.join("stranger.pem").to_str().unwrap()]).await;
+    let stderr = String::from_utf8_lossy(&foreign.stderr);
+    assert!(!foreign.status.success(), "{stderr}");
+    assert!(
+        stderr.contains("not a certificate of the CA in") && stderr.contains("another CA"),
+        "{stderr}"
+    );
+    // A CA of the same name but another key: refused all the same.
+    let twin_dir = dir.path().join("twin-pki");
+    for args in [
+        &["init-ca"][..],
+        &["client", "twin", "--uri", "spiffe://example.org/twin"],
+    ] {
+        let mut cmd = Command::new(bin("notes-server"));
+        cmd.arg("certs")
+            .arg("--certs-dir")
+            .arg(&twin_dir)
+            .args(args);
+        assert!(run(cmd).await.status.success());
+    }
+    let twin = certs(&["revoke", twin_dir.join("twin.pem").to_str().unwrap()]).await;
+    let stderr = String::from_utf8_lossy(&twin.stderr);
+    assert!(
+        stderr.contains("names this CA as issuer but is not signed by its key"),
+        "{stderr}"
+    );
+    let unknown = certs(&["revoke", "nobody"]).await;
+    assert!(
+        String::from_utf8_lossy(&unknown.stderr).contains("no certificate \"nobody\""),
+        "{}",
+        String::from_utf8_lossy(&unknown.stderr)
+    );
+
+    // Revoked by the NAME it was issued under.
+    let revoked = certs(&["revoke", "billing"]).await;
     let mut after = list().await;
     for _ in 0..40 {
         if !after.status.success() {
@@ -354,11 +425,13 @@ async fn the_certs_tool_stands_up_a_pki_that_serves_and_revokes() {
         "{}",
         String::from_utf8_lossy(&revoked.stderr)
     );
-    assert_eq!(
-        after.status.code(),
-        Some(7),
-        "{}",
-        String::from_utf8_lossy(&after.stderr)
+    // Refused for being revoked, said so, with the authentication exit code
+    // (not 7, which a crashed server or a stolen port would also give).
+    let stderr = String::from_utf8_lossy(&after.stderr);
+    assert_eq!(after.status.code(), Some(6), "{stderr}");
+    assert!(
+        stderr.contains("refused this client certificate: CertificateRevoked"),
+        "{stderr}"
     );
 }
 
@@ -985,4 +1058,133 @@ async fn create_table_without_ttl(table: &str) {
         .send()
         .await
         .unwrap();
+}
+
+/// The first hour's natural mistakes, through the real binaries: each gets
+/// a message that names the problem and the fix, with a documented exit code.
+#[tokio::test]
+async fn the_cli_names_the_fix_for_common_mistakes() {
+    let dir = tempfile::tempdir().unwrap();
+    let (_server, port) = start_dev(dir.path()).await;
+    let endpoint = format!("https://localhost:{port}");
+    let notes = |cwd: &Path, args: &[&str]| {
+        let mut cmd = Command::new(bin("notes"));
+        cmd.current_dir(cwd).args(args);
+        run(cmd)
+    };
+    let expect = |out: &Output, code: i32, text: &str| {
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert_eq!(out.status.code(), Some(code), "{text}: {stderr}");
+        assert!(stderr.contains(text), "{text}: {stderr}");
+        // No cause printed twice.
+        let line = stderr.trim();
+        for part in line.split(": ").filter(|p| p.len() > 12) {
+            assert_eq!(line.matches(part).count(), 1, "{part:?} twice in {line}");
+        }
+    };
+
+    // A scheme other than https://, or none.
+    for bad in [
+        format!("http://localhost:{port}"),
+        format!("localhost:{port}"),
+    ] {
+        let out = notes(dir.path(), &["--endpoint", &bad, "list"]).await;
+        expect(&out, 8, "use https://HOST:PORT");
+    }
+    // Swapped --cert and --key: the file and the likely cause are named.
+    let out = notes(
+        dir.path(),
+        &[
+            "--endpoint",
+            &endpoint,
+            "--cert",
+            ".notes-dev/client.key",
+            "--key",
+            ".notes-dev/client.pem",
+            "list",
+        ],
+    )
+    .await;
+    expect(&out, 8, "are --cert and --key swapped?");
+    // No dev material where the CLI looked: it says where and what to do.
+    let elsewhere = tempfile::tempdir().unwrap();
+    let out = notes(elsewhere.path(), &["--endpoint", &endpoint, "list"]).await;
+    expect(&out, 8, "no dev material: looked for the folder .notes-dev");
+
+    // Paths in a --config file are relative to the file, wherever the CLI runs.
+    std::fs::write(
+        dir.path().join("notes.toml"),
+        format!("endpoint = \"{endpoint}\"\ndev_dir = \".notes-dev\"\n"),
+    )
+    .unwrap();
+    let config = dir.path().join("notes.toml");
+    let out = notes(
+        elsewhere.path(),
+        &[
+            "--config",
+            config.to_str().unwrap(),
+            "create",
+            "from elsewhere",
+        ],
+    )
+    .await;
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
+/// A variable exported long ago that conflicts with a flag is named.
+#[tokio::test]
+async fn a_conflicting_variable_is_named_as_the_cause() {
+    let mut cmd = Command::new(bin("notes-server"));
+    cmd.args(["check", "--auth-config", "auth.toml"])
+        .env("NOTES_ISSUER", "https://issuer.example");
+    let out = run(cmd).await;
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(2), "{stderr}");
+    assert!(
+        stderr.contains("--issuer was set by the environment variable NOTES_ISSUER"),
+        "{stderr}"
+    );
+}
+
+/// The dev banner's commands reach this server: a port or folder other than
+/// the defaults is in them.
+#[tokio::test]
+async fn the_dev_banner_names_a_non_default_endpoint_and_folder() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut cmd = Command::new(bin("notes-server"));
+    cmd.kill_on_drop(true)
+        .current_dir(dir.path())
+        .args(["dev", "--dev-listen", "127.0.0.1:0", "--dev-dir", "dev55"])
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null());
+    let mut child = cmd.spawn().unwrap();
+    use tokio::io::{AsyncBufReadExt, BufReader};
+    let mut lines = BufReader::new(child.stdout.take().unwrap()).lines();
+    let mut banner = String::new();
+    tokio::time::timeout(Duration::from_secs(30), async {
+        while let Some(line) = lines.next_line().await.unwrap() {
+            banner.push_str(&line);
+            banner.push('\n');
+            if line.ends_with(" list") {
+                break;
+            }
+        }
+    })
+    .await
+    .expect("the dev banner within 30 s");
+    let port = banner
+        .split("listening on 127.0.0.1:")
+        .nth(1)
+        .and_then(|rest| rest.split_whitespace().next())
+        .expect("a port in the banner");
+    assert!(
+        banner.contains(&format!(
+            "notes -- --endpoint https://localhost:{port} --dev-dir dev55 list"
+        )),
+        "{banner}"
+    );
 }

@@ -461,7 +461,7 @@ fn a_reload_racing_200_revocations_never_drops_the_revocation() {
         days: 2,
     });
     let revoke = || CertsCommand::Revoke {
-        cert: pki_dir.join("victim.pem"),
+        cert: pki_dir.join("victim.pem").display().to_string(),
         crl_days: 1,
     };
     certs(revoke());
@@ -486,7 +486,7 @@ fn a_reload_racing_200_revocations_never_drops_the_revocation() {
                 run(
                     &pki_dir,
                     CertsCommand::Revoke {
-                        cert: pki_dir.join("victim.pem"),
+                        cert: pki_dir.join("victim.pem").display().to_string(),
                         crl_days: 1,
                     },
                 )

@@ -251,3 +251,71 @@ pub fn serial_of(cert_pem: &str) -> Result<Vec<u8>, NotACertificate> {
         x509_parser::certificate::X509Certificate::from_der(&der).map_err(NotACertificate::X509)?;
     Ok(cert.raw_serial().to_vec())
 }
+
+/// Why a certificate is not one of this CA's.
+#[derive(Debug, thiserror::Error)]
+pub enum NotIssuedHere {
+    /// The file is not a certificate.
+    #[error(transparent)]
+    Unreadable(#[from] NotACertificate),
+    /// Its issuer is another name.
+    #[error("was issued by {issuer:?}, not by this CA ({ca:?})")]
+    OtherIssuer {
+        /// The certificate's issuer.
+        issuer: String,
+        /// This CA's subject.
+        ca: String,
+    },
+    /// The issuer name matches but this CA's key did not sign it.
+    #[error("names this CA as issuer but is not signed by its key")]
+    BadSignature,
+}
+
+fn parse(der: &[u8]) -> Result<x509_parser::certificate::X509Certificate<'_>, NotACertificate> {
+    use x509_parser::prelude::FromDer;
+    Ok(x509_parser::certificate::X509Certificate::from_der(der)
+        .map_err(NotACertificate::X509)?
+        .1)
+}
+
+/// Checks that `cert_pem` was issued by the CA of `ca_pem`: the issuer is
+/// the CA's subject and the CA's key verifies the signature.
+pub fn check_issued_by(cert_pem: &str, ca_pem: &str) -> Result<(), NotIssuedHere> {
+    use aws_lc_rs::signature::{
+        ECDSA_P256_SHA256_ASN1, ECDSA_P384_SHA384_ASN1, ED25519, RSA_PKCS1_2048_8192_SHA256,
+        RSA_PKCS1_2048_8192_SHA384, RSA_PKCS1_2048_8192_SHA512, UnparsedPublicKey,
+        VerificationAlgorithm,
+    };
+    use rustls::pki_types::{CertificateDer, pem::PemObject};
+    use x509_parser::oid_registry as oid;
+    let cert_der =
+        CertificateDer::from_pem_slice(cert_pem.as_bytes()).map_err(NotACertificate::Pem)?;
+    let ca_der = CertificateDer::from_pem_slice(ca_pem.as_bytes()).map_err(NotACertificate::Pem)?;
+    let (cert, ca) = (parse(&cert_der)?, parse(&ca_der)?);
+    if cert.issuer().as_raw() != ca.subject().as_raw() {
+        return Err(NotIssuedHere::OtherIssuer {
+            issuer: cert.issuer().to_string(),
+            ca: ca.subject().to_string(),
+        });
+    }
+    let algorithm = &cert.signature_algorithm.algorithm;
+    let verification: &'static dyn VerificationAlgorithm =
+        if *algorithm == oid::OID_SIG_ECDSA_WITH_SHA256 {
+            &ECDSA_P256_SHA256_ASN1
+        } else if *algorithm == oid::OID_SIG_ECDSA_WITH_SHA384 {
+            &ECDSA_P384_SHA384_ASN1
+        } else if *algorithm == oid::OID_SIG_ED25519 {
+            &ED25519
+        } else if *algorithm == oid::OID_PKCS1_SHA256WITHRSA {
+            &RSA_PKCS1_2048_8192_SHA256
+        } else if *algorithm == oid::OID_PKCS1_SHA384WITHRSA {
+            &RSA_PKCS1_2048_8192_SHA384
+        } else if *algorithm == oid::OID_PKCS1_SHA512WITHRSA {
+            &RSA_PKCS1_2048_8192_SHA512
+        } else {
+            return Err(NotIssuedHere::BadSignature);
+        };
+    UnparsedPublicKey::new(verification, &ca.public_key().subject_public_key.data)
+        .verify(cert.tbs_certificate.as_ref(), &cert.signature_value.data)
+        .map_err(|_| NotIssuedHere::BadSignature)
+}

@@ -69,10 +69,11 @@ pub enum CertsCommand {
         #[arg(long, default_value_t = 30, value_parser = clap::value_parser!(u64).range(1..=36_500))]
         days: u64,
     },
-    /// Revoke a certificate and rewrite crl.pem.
+    /// Revoke a certificate this CA issued and rewrite crl.pem.
     Revoke {
-        /// The certificate (PEM) to revoke.
-        cert: PathBuf,
+        /// The certificate: a NAME given to `client`/`server` (the file
+        /// CERTS_DIR/NAME.pem), or the path of a PEM file.
+        cert: String,
         /// Days until the CRL's nextUpdate (1 to 36,500).
         #[arg(long, default_value_t = 7, value_parser = clap::value_parser!(u64).range(1..=36_500))]
         crl_days: u64,
@@ -235,9 +236,30 @@ pub fn run(dir: &Path, command: CertsCommand) -> anyhow::Result<String> {
         }
         CertsCommand::Revoke { cert, crl_days } => {
             let ca = load_ca(dir)?;
+            let named = dir.join(format!("{cert}.pem"));
+            let cert = if !cert.contains('/') && named.is_file() {
+                named
+            } else if Path::new(&cert).is_file() {
+                PathBuf::from(&cert)
+            } else {
+                bail!(
+                    "no certificate {cert:?}: neither {} (a NAME given to `certs client` or \
+                     `certs server`) nor a file {cert:?} exists",
+                    named.display()
+                );
+            };
             let pem =
                 fs::read_to_string(&cert).with_context(|| format!("reading {}", cert.display()))?;
             let serial = serial_of(&pem).with_context(|| cert.display().to_string())?;
+            // Only this CA's certificates go on its CRL: another CA's serial
+            // there would revoke nothing it means to and may collide with ours.
+            authority::check_issued_by(&pem, ca.cert_pem()).with_context(|| {
+                format!(
+                    "refusing to revoke {}: not a certificate of the CA in {}",
+                    cert.display(),
+                    dir.display()
+                )
+            })?;
             let revoked_path = dir.join("revoked.txt");
             let listing = match fs::read_to_string(&revoked_path) {
                 Ok(text) => text,
