@@ -20,7 +20,7 @@ use crate::{
     },
     dev::{DEV_CLIENT_ID, DEV_ISSUER, DEV_READ_SCOPE, DEV_WRITE_SCOPE, DevMaterial},
     error::error_chain,
-    store::{DynamoStore, MemoryStore, NoteStore},
+    store::{DynamoStore, MemoryStore, NoteStore, StoreError},
     tls::{Identity, ServerTls, TlsFiles},
 };
 
@@ -31,7 +31,13 @@ const PAGE_TOKEN_KEY_SETTING: &str = "--page-token-key-file / NOTES_PAGE_TOKEN_K
 
 /// Checks every setting of `serve`, checks the table, and assembles the server.
 pub async fn serve_app(config: &ServeConfig) -> Result<App, ConfigError> {
-    let authenticator = authenticator(config.auth.settings()?)?;
+    let settings = config.auth.settings()?;
+    let issuers: Vec<String> = settings
+        .issuers
+        .iter()
+        .map(|i| i.policy.issuer.clone())
+        .collect();
+    let authenticator = authenticator(settings)?;
     let tls = ServerTls::from_files(TlsFiles {
         cert: config.tls_cert.clone(),
         key: config.tls_key.clone(),
@@ -65,18 +71,14 @@ pub async fn serve_app(config: &ServeConfig) -> Result<App, ConfigError> {
         StoreKind::Memory => Arc::new(MemoryStore::new()),
         StoreKind::Dynamodb => {
             let store = dynamodb_store(&config.dynamodb).await?;
-            store.check_table().await.map_err(|e| {
-                config_err(
-                    "--table / NOTES_TABLE",
-                    format!(
-                        "{} (run `notes-server init-table` to create it)",
-                        error_chain(&e)
-                    ),
-                )
-            })?;
+            store
+                .check_table()
+                .await
+                .map_err(|e| table_error(&config.dynamodb, &e))?;
             Arc::new(store)
         }
     };
+    log_summary(config, &issuers, &limits);
     Ok(App {
         store,
         authenticator: Arc::new(authenticator),
@@ -187,16 +189,105 @@ pub async fn dynamodb_client(
         loader = loader.region(aws_config::Region::new(region.clone()));
     }
     if let Some(endpoint) = &config.dynamodb_endpoint {
+        check_endpoint(endpoint)?;
         loader = loader.endpoint_url(endpoint);
     }
     let shared = loader.load().await;
     if shared.region().is_none() {
         return Err(config_err(
             "--aws-region / NOTES_AWS_REGION (or AWS_REGION)",
-            "no AWS region configured",
+            "no AWS region configured: set one of them (the AWS SDK also looked in the \
+             AWS profile and, as on EC2, in instance metadata, and found none)",
         ));
     }
     Ok(aws_sdk_dynamodb::Client::new(&shared))
+}
+
+/// One line that says what `serve` is about to do, so an operator sees a
+/// setting that is not what they meant (a CRL missing, another table).
+fn log_summary(config: &ServeConfig, issuers: &[String], limits: &Limits) {
+    let crls: Vec<String> = config
+        .client_crls
+        .iter()
+        .map(|path| {
+            let revoked = std::fs::read(path)
+                .ok()
+                .and_then(|pem| crate::tls::parse_crls(&pem, &path.display().to_string()).ok())
+                .map_or_else(|| "?".to_owned(), |crls| crls.revoked.len().to_string());
+            format!("{} ({revoked} revoked)", path.display())
+        })
+        .collect();
+    let store = match config.store {
+        StoreKind::Memory => "memory (one instance, lost on exit)".to_owned(),
+        StoreKind::Dynamodb => format!(
+            "dynamodb table {:?}{}",
+            config.dynamodb.table.trim(),
+            config
+                .dynamodb
+                .dynamodb_endpoint
+                .as_deref()
+                .map(|e| format!(" at {e}"))
+                .unwrap_or_default()
+        ),
+    };
+    tracing::info!(
+        listen = %config.listen,
+        admin = %config.admin_listen,
+        issuers = %issuers.join(", "),
+        client_ca = %config.client_ca.display(),
+        crls = %if crls.is_empty() { "none".to_owned() } else { crls.join(", ") },
+        store = %store,
+        max_connections = limits.max_connections,
+        max_requests_in_flight = limits.max_requests_in_flight,
+        rate_limit = %limits
+            .rate_limit
+            .as_ref()
+            .map_or_else(|| "off".to_owned(), |r| format!("{}/s, burst {}", r.per_second, r.burst)),
+        "serve: settings"
+    );
+}
+
+const ENDPOINT_SETTING: &str = "--dynamodb-endpoint / NOTES_DYNAMODB_ENDPOINT";
+
+/// A DynamoDB endpoint is a URL with a scheme and a host.
+fn check_endpoint(endpoint: &str) -> Result<(), ConfigError> {
+    let uri: Option<http::Uri> = endpoint.parse().ok();
+    let usable = uri.as_ref().is_some_and(|uri| {
+        matches!(uri.scheme_str(), Some("http" | "https")) && uri.host().is_some()
+    });
+    if usable {
+        return Ok(());
+    }
+    Err(config_err(
+        ENDPOINT_SETTING,
+        format!(
+            "{endpoint:?} is not a URL with a scheme: use http://HOST:PORT (DynamoDB Local, \
+             moto, LocalStack) or https://HOST"
+        ),
+    ))
+}
+
+/// Why the table check failed, blamed on the setting that is wrong: the
+/// endpoint when nothing answered, the table otherwise.
+fn table_error(config: &DynamoConfig, err: &StoreError) -> ConfigError {
+    let chain = error_chain(err);
+    match err {
+        StoreError::Unavailable(_) => {
+            let endpoint = config.dynamodb_endpoint.as_deref().map_or_else(
+                || "the region's DynamoDB endpoint".to_owned(),
+                |e| e.to_owned(),
+            );
+            config_err(
+                ENDPOINT_SETTING,
+                format!("DynamoDB at {endpoint} did not answer: {chain}"),
+            )
+        }
+        _ if chain.contains("ResourceNotFound") || chain.contains("not found") => config_err(
+            "--table / NOTES_TABLE",
+            format!("{chain} (run `notes-server init-table` to create it)"),
+        ),
+        _ => config_err("--table / NOTES_TABLE", chain),
+    }
 }
 
 /// The store on the configured table (not checked: see

@@ -158,7 +158,10 @@ where
     }
     let provider = provider.build();
     let tracer = provider.tracer("notes-server");
-    let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info"));
+    // By default the AWS SDK's own warnings (multi-line instance-metadata
+    // dumps when no region is set) stay out: the start-up error says it.
+    let filter = EnvFilter::try_from_default_env()
+        .unwrap_or_else(|_| EnvFilter::new("info,aws_config=error"));
     // Colours only for a person at a terminal, never in a file or a pipe.
     let ansi = std::io::IsTerminal::is_terminal(&std::io::stderr());
     let logs = if json {

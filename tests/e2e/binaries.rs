@@ -1188,3 +1188,86 @@ async fn the_dev_banner_names_a_non_default_endpoint_and_folder() {
         "{banner}"
     );
 }
+
+/// Start-up errors blame the setting that is wrong, in one line, with no
+/// SDK dumps: the endpoint when nothing answers there, its form when it
+/// has no scheme, the region when there is none.
+#[tokio::test]
+async fn serve_start_up_errors_name_the_wrong_setting() {
+    let dir = tempfile::tempdir().unwrap();
+    write_files(dir.path());
+    let closed = free_port();
+    let cases: [(&[(&str, &str)], &str); 3] = [
+        (
+            &[(
+                "NOTES_DYNAMODB_ENDPOINT",
+                &*format!("http://127.0.0.1:{closed}"),
+            )],
+            "--dynamodb-endpoint / NOTES_DYNAMODB_ENDPOINT: DynamoDB at http://127.0.0.1:",
+        ),
+        (
+            &[("NOTES_DYNAMODB_ENDPOINT", "127.0.0.1:5000")],
+            "\"127.0.0.1:5000\" is not a URL with a scheme: use http://HOST:PORT",
+        ),
+        (
+            &[("AWS_REGION", ""), ("AWS_DEFAULT_REGION", "")],
+            "--aws-region / NOTES_AWS_REGION (or AWS_REGION): no AWS region configured",
+        ),
+    ];
+    for (env, expected) in cases {
+        let mut cmd = server_command(dir.path(), "notes-startup", 0);
+        cmd.env("NOTES_STORE", "dynamodb");
+        for (key, value) in env {
+            if value.is_empty() {
+                cmd.env_remove(key);
+            } else {
+                cmd.env(key, value);
+            }
+        }
+        let out = run(cmd).await;
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert!(!out.status.success(), "{expected}: {stderr}");
+        let last = stderr.lines().last().unwrap_or_default();
+        assert!(last.contains(expected), "{expected}: {stderr}");
+        assert!(
+            !stderr.contains("Request {") && !stderr.contains("IMDS"),
+            "an SDK dump: {stderr}"
+        );
+    }
+}
+
+/// `serve` says in one line what it is about to do: issuers, CA, CRLs with
+/// their revoked-entry counts, store and table, limits.
+#[tokio::test]
+async fn serve_logs_one_start_up_summary() {
+    let dir = tempfile::tempdir().unwrap();
+    write_files(dir.path());
+    let mut cmd = server_command(dir.path(), "notes-summary", 0);
+    cmd.env("NOTES_STORE", "memory")
+        .env("NOTES_LOG_FORMAT", "json")
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped());
+    let mut child = cmd.spawn().unwrap();
+    use tokio::io::{AsyncBufReadExt, BufReader};
+    let mut lines = BufReader::new(child.stderr.take().unwrap()).lines();
+    let summary = tokio::time::timeout(Duration::from_secs(30), async {
+        while let Some(line) = lines.next_line().await.unwrap() {
+            if line.contains("serve: settings") {
+                return line;
+            }
+        }
+        panic!("no summary line");
+    })
+    .await
+    .expect("a summary within 30 s");
+    let summary: serde_json::Value = serde_json::from_str(&summary).unwrap();
+    let fields = &summary["fields"];
+    assert_eq!(fields["issuers"], ISSUER, "{summary}");
+    assert_eq!(fields["crls"], "none", "{summary}");
+    assert!(
+        fields["store"].as_str().unwrap().starts_with("memory"),
+        "{summary}"
+    );
+    assert_eq!(fields["max_requests_in_flight"], 1024, "{summary}");
+    assert_eq!(fields["rate_limit"], "off", "{summary}");
+}
