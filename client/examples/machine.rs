@@ -2,8 +2,8 @@
 //!
 //! ```sh
 //! NOTES_ENDPOINT=https://notes.internal:50051 \
-//! NOTES_TOKEN_URL=https://my-pool.auth.eu-west-1.amazoncognito.com/oauth2/token \
-//! NOTES_CLIENT_ID=... NOTES_CLIENT_SECRET=... \
+//! COGNITO_TOKEN_URL=https://my-pool.auth.eu-west-1.amazoncognito.com/oauth2/token \
+//! COGNITO_CLIENT_ID=... COGNITO_CLIENT_SECRET=... \
 //! cargo run -p notes-client --example machine -- ca.pem service.pem service.key
 //! ```
 
@@ -22,9 +22,9 @@ async fn main() -> Result<(), Error> {
         return Err(Error::config("usage: machine CA_PEM CERT_PEM KEY_PEM"));
     };
     let tokens = ClientCredentials::new(
-        env("NOTES_TOKEN_URL")?,
-        env("NOTES_CLIENT_ID")?,
-        env("NOTES_CLIENT_SECRET")?,
+        env("COGNITO_TOKEN_URL")?,
+        env("COGNITO_CLIENT_ID")?,
+        env("COGNITO_CLIENT_SECRET")?,
     )?
     .scopes(["notes/read", "notes/write"]);
     let client = NotesClient::builder(env("NOTES_ENDPOINT")?, TlsFiles::new(ca, cert, key).load()?)

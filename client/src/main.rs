@@ -324,7 +324,16 @@ async fn run(cli: Cli) -> Result<(), Error> {
             cognito_endpoint,
             client_id,
             username,
-        } => return login(&settings, cognito_endpoint, client_id, username).await,
+        } => {
+            if cli.token_file.is_none() && settings.file.token_file.is_none() {
+                return Err(Error::config(format!(
+                    "login would overwrite the dev token {}: pass --token-file FILE (or \
+                     token_file in the --config file) here and to later commands",
+                    settings.token_file.display()
+                )));
+            }
+            return login(&settings, cognito_endpoint, client_id, username).await;
+        }
         Command::Token => return print_token(&settings).await,
         _ => {}
     }

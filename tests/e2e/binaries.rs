@@ -1271,3 +1271,84 @@ async fn serve_logs_one_start_up_summary() {
     assert_eq!(fields["max_requests_in_flight"], 1024, "{summary}");
     assert_eq!(fields["rate_limit"], "off", "{summary}");
 }
+
+/// The README's "Running for real" block, run as written from an empty
+/// folder (with `check` for `serve` and the memory store): the certs
+/// tool's file names, the page-token key command and the flags stay true.
+#[tokio::test]
+async fn the_readme_running_for_real_block_works_as_written() {
+    let readme = include_str!("../../README.md");
+    let block = readme
+        .split("## Running for real")
+        .nth(1)
+        .and_then(|section| section.split("```sh\n").nth(1))
+        .and_then(|rest| rest.split("```").next())
+        .expect("README's Running for real has a sh block");
+    assert!(block.contains("notes-server serve"), "{block}");
+    let script = block.replace("notes-server serve", "notes-server check --min-days-left 1");
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::write(
+        dir.path().join("jwks.json"),
+        serde_json::to_vec(&issuer().jwks).unwrap(),
+    )
+    .unwrap();
+    let bin_dir = bin("notes-server").parent().unwrap().to_owned();
+    let mut cmd = Command::new("bash");
+    cmd.current_dir(dir.path())
+        .args(["-euo", "pipefail", "-c", &script])
+        .env(
+            "PATH",
+            format!(
+                "{}:{}",
+                bin_dir.display(),
+                std::env::var("PATH").unwrap_or_default()
+            ),
+        )
+        .env("NOTES_STORE", "memory");
+    let out = run(cmd).await;
+    assert!(
+        out.status.success(),
+        "{}\n{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(String::from_utf8_lossy(&out.stdout).contains("checks passed"));
+}
+
+/// The README's Rust client snippet is `client/examples/machine.rs`, which
+/// the build compiles: the two must not drift.
+#[test]
+fn the_readme_rust_snippet_is_the_compiled_example() {
+    let readme = include_str!("../../README.md");
+    let example = include_str!("../../client/examples/machine.rs");
+    let body = &example[example.find("use std::sync::Arc;").unwrap()..];
+    assert!(
+        readme.contains(&format!("```rust\n{body}```")),
+        "README's Rust client snippet differs from client/examples/machine.rs"
+    );
+}
+
+/// `notes login` never overwrites the dev token by default.
+#[tokio::test]
+async fn login_refuses_to_overwrite_the_dev_token() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut cmd = Command::new(bin("notes"));
+    cmd.current_dir(dir.path())
+        .args([
+            "login",
+            "--cognito-endpoint",
+            "http://127.0.0.1:9",
+            "--client-id",
+            "x",
+            "--username",
+            "u",
+        ])
+        .env("NOTES_PASSWORD", "p");
+    let out = run(cmd).await;
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(8), "{stderr}");
+    assert!(
+        stderr.contains("login would overwrite the dev token"),
+        "{stderr}"
+    );
+}
