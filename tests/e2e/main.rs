@@ -45,6 +45,7 @@ mod observability;
 mod outage;
 mod policy;
 mod public_services;
+mod retries;
 mod settings;
 mod tokens;
 mod transport;
