@@ -35,9 +35,17 @@ async fn health_without_a_client_certificate_fails() {
     let app = TestApp::spawn().await;
     let mut health = HealthClient::new(app.channel(None).await);
 
-    let result = health.check(HealthCheckRequest::default()).await;
+    let status = health
+        .check(HealthCheckRequest::default())
+        .await
+        .expect_err("health answered a caller without a certificate");
 
-    assert!(result.is_err());
+    // The handshake refused it: health is public, but not without mTLS.
+    assert!(
+        crate::transport::cause_chain(&status)
+            .contains("received fatal alert: CertificateRequired"),
+        "{status:?}"
+    );
 }
 
 #[tokio::test]

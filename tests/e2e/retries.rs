@@ -217,7 +217,13 @@ async fn only_unavailable_is_retried() {
     let listed = client.list(0, "").await;
 
     assert!(
-        matches!(got, Err(Error::Other { code: tonic::Code::Internal, .. })),
+        matches!(
+            got,
+            Err(Error::Other {
+                code: tonic::Code::Internal,
+                ..
+            })
+        ),
         "{got:?}"
     );
     assert!(listed.is_err(), "{listed:?}");
