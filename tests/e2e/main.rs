@@ -10,9 +10,11 @@
 /// For each `async fn name(backend: Backend)`, a test per store.
 macro_rules! conformance {
     ($($name:ident),* $(,)?) => {
+        // Two worker threads: the server's tasks really run in parallel, so
+        // a store that is atomic only on one thread is caught.
         mod memory {
             $(
-                #[tokio::test]
+                #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
                 async fn $name() {
                     super::$name(crate::harness::Backend::Memory).await
                 }
@@ -20,7 +22,7 @@ macro_rules! conformance {
         }
         mod dynamodb {
             $(
-                #[tokio::test]
+                #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
                 async fn $name() {
                     super::$name(crate::harness::Backend::DynamoDb).await
                 }
