@@ -46,6 +46,7 @@ mod mtls;
 mod observability;
 mod outage;
 mod policy;
+mod promises;
 mod public_services;
 mod retries;
 mod settings;

@@ -1,0 +1,262 @@
+//! Promises the README makes that no other test checked: fail-closed paths,
+//! the audit trail's contents, TLS parameters, the table's TTL, and what a
+//! table that disappears at run time answers.
+
+use std::{sync::Arc, time::Duration};
+
+use notes_api::pb::{GetNoteRequest, ListNotesRequest};
+use notes_server::{startup, store::DynamoStore, store::NoteStore};
+use tokio::{
+    io::{AsyncReadExt, AsyncWriteExt},
+    net::TcpStream,
+};
+use tokio_rustls::TlsConnector;
+
+use crate::harness::{
+    LogSink, TestApp, dynamodb_config, dynamodb_endpoint, pki::pki, token_for, with_token,
+};
+
+/// A unary call to any path, with the notes API's empty request.
+async fn call_path(app: &TestApp, path: &'static str, token: Option<&str>) -> tonic::Status {
+    let mut grpc = tonic::client::Grpc::new(app.channel(Some(&pki().client)).await);
+    grpc.ready().await.unwrap();
+    let request = match token {
+        Some(token) => with_token(ListNotesRequest::default(), token),
+        None => tonic::Request::new(ListNotesRequest::default()),
+    };
+    grpc.unary::<_, notes_api::pb::ListNotesResponse, _>(
+        request,
+        tonic::codegen::http::uri::PathAndQuery::from_static(path),
+        tonic_prost::ProstCodec::default(),
+    )
+    .await
+    .expect_err("an unknown path answered")
+}
+
+/// An unknown path is refused UNAUTHENTICATED without a valid token (it
+/// never reaches the router); with one, it is authenticated, audited, and
+/// then UNIMPLEMENTED.
+#[tokio::test]
+async fn an_unknown_path_is_unauthenticated_without_a_valid_token() {
+    let app = TestApp::spawn().await;
+    let token = token_for("alice");
+    let forged = with_other_signature(&token);
+    for path in [
+        "/notes.v1.NotesService/ExportEverything",
+        "/notes.v2.NotesService/ListNotes",
+        "/grpc.admin.v1/Shutdown",
+    ] {
+        for bad in [None, Some(forged.as_str())] {
+            let status = call_path(&app, path, bad).await;
+            assert_eq!(
+                status.code(),
+                tonic::Code::Unauthenticated,
+                "{path}: {status:?}"
+            );
+        }
+        let status = call_path(&app, path, Some(&token)).await;
+        assert_eq!(
+            status.code(),
+            tonic::Code::Unimplemented,
+            "{path}: {status:?}"
+        );
+    }
+}
+
+/// `token` with the signature of another token of the same issuer: well
+/// formed, and refused only by the signature check.
+fn with_other_signature(token: &str) -> String {
+    let other = token_for("mallory");
+    let (signed, _) = token.rsplit_once('.').unwrap();
+    let (_, signature) = other.rsplit_once('.').unwrap();
+    format!("{signed}.{signature}")
+}
+
+#[tokio::test]
+async fn every_decision_writes_one_audit_event_with_its_fields_and_never_the_token() {
+    let logs = LogSink::default();
+    logs.install_server_telemetry();
+    let app = TestApp::spawn().await;
+    let token = token_for("alice");
+    let mut raw = app.raw().await;
+
+    raw.list_notes(with_token(ListNotesRequest::default(), &token))
+        .await
+        .unwrap();
+    let forged = with_other_signature(&token);
+    raw.get_note(with_token(
+        GetNoteRequest {
+            note_id: "x".into(),
+        },
+        &forged,
+    ))
+    .await
+    .unwrap_err();
+
+    let text = logs.text();
+    let audit: Vec<&str> = text
+        .lines()
+        .filter(|l| l.contains("notes::audit"))
+        .collect();
+    assert_eq!(audit.len(), 2, "{text}");
+    let (allow, deny) = (audit[0], audit[1]);
+    for field in [
+        "method=/notes.v1.NotesService/ListNotes",
+        "subject=alice",
+        "kind=User",
+        "peer=spiffe://notes.test/billing",
+        "decision=\"allow\"",
+        "reason=\"ok\"",
+    ] {
+        assert!(allow.contains(field), "{field} not in {allow}");
+    }
+    for field in [
+        "method=/notes.v1.NotesService/GetNote",
+        "peer=spiffe://notes.test/billing",
+        "decision=\"deny\"",
+        "reason=\"bad_signature\"",
+    ] {
+        assert!(deny.contains(field), "{field} not in {deny}");
+    }
+    // Neither the token nor its signature is ever written.
+    let signature = token.rsplit('.').next().unwrap();
+    assert!(!text.contains(signature), "a token reached the log");
+}
+
+/// TLS 1.2 is served only with AEAD suites, and ALPN offers only h2.
+#[tokio::test]
+async fn tls_1_2_negotiates_an_aead_suite_and_alpn_offers_only_h2() {
+    let app = TestApp::spawn().await;
+    let handshake = |versions: &'static [&'static rustls::SupportedProtocolVersion],
+                     alpn: Vec<Vec<u8>>| {
+        // The test client's roots and certificate, with these versions and ALPN.
+        let mut config =
+            rustls::ClientConfig::builder_with_provider(notes_server::tls::crypto_provider())
+                .with_protocol_versions(versions)
+                .unwrap()
+                .with_root_certificates(root_store())
+                .with_client_auth_cert(
+                    vec![pem_cert(&pki().client.cert_pem)],
+                    pem_key(&pki().client.key_pem),
+                )
+                .unwrap();
+        config.alpn_protocols = alpn;
+        let addr = app.addr;
+        async move {
+            let tcp = TcpStream::connect(addr).await.unwrap();
+            let mut stream = TlsConnector::from(Arc::new(config))
+                .connect("localhost".try_into().unwrap(), tcp)
+                .await?;
+            // The server's verdict arrives with its first bytes.
+            stream
+                .write_all(b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n")
+                .await?;
+            let mut buf = [0u8; 16];
+            let n = stream.read(&mut buf).await?;
+            let (_, conn) = stream.get_ref();
+            Ok::<_, std::io::Error>((
+                n,
+                conn.protocol_version(),
+                conn.negotiated_cipher_suite().map(|s| s.suite()),
+                conn.alpn_protocol().map(<[u8]>::to_vec),
+            ))
+        }
+    };
+
+    let (read, version, suite, alpn) = handshake(TLS12_ONLY, vec![b"h2".to_vec()]).await.unwrap();
+    assert!(read > 0);
+    assert_eq!(version, Some(rustls::ProtocolVersion::TLSv1_2));
+    let suite = format!("{:?}", suite.unwrap());
+    assert!(
+        suite.contains("GCM") || suite.contains("CHACHA20_POLY1305"),
+        "not an AEAD suite: {suite}"
+    );
+    assert_eq!(alpn.as_deref(), Some(&b"h2"[..]));
+
+    // A client offering only HTTP/1.1 is refused in the handshake; one
+    // offering nothing gets HTTP/2 all the same (there is nothing else).
+    let refused = handshake(TLS13_ONLY, vec![b"http/1.1".to_vec()]).await;
+    assert!(
+        refused
+            .as_ref()
+            .err()
+            .is_some_and(|e| e.to_string().contains("NoApplicationProtocol")),
+        "ALPN http/1.1 was served: {refused:?}"
+    );
+}
+
+static TLS12_ONLY: &[&rustls::SupportedProtocolVersion] = &[&rustls::version::TLS12];
+static TLS13_ONLY: &[&rustls::SupportedProtocolVersion] = &[&rustls::version::TLS13];
+
+fn root_store() -> rustls::RootCertStore {
+    let mut roots = rustls::RootCertStore::empty();
+    roots.add(pem_cert(&pki().ca_pem)).unwrap();
+    roots
+}
+
+fn pem_cert(pem: &str) -> rustls::pki_types::CertificateDer<'static> {
+    use rustls::pki_types::pem::PemObject;
+    rustls::pki_types::CertificateDer::from_pem_slice(pem.as_bytes()).unwrap()
+}
+
+fn pem_key(pem: &str) -> rustls::pki_types::PrivateKeyDer<'static> {
+    use rustls::pki_types::pem::PemObject;
+    rustls::pki_types::PrivateKeyDer::from_pem_slice(pem.as_bytes()).unwrap()
+}
+
+#[tokio::test]
+async fn init_table_enables_ttl_on_the_idempotency_records_attribute() {
+    let config = dynamodb_config(dynamodb_endpoint());
+    let store = startup::init_table(&config).await.unwrap();
+    let ttl = store
+        .client()
+        .describe_time_to_live()
+        .table_name(store.table())
+        .send()
+        .await
+        .unwrap();
+    let description = ttl.time_to_live_description().unwrap();
+    assert_eq!(description.attribute_name(), Some("expiresAt"));
+    assert_eq!(
+        description.time_to_live_status(),
+        Some(&aws_sdk_dynamodb::types::TimeToLiveStatus::Enabled)
+    );
+}
+
+#[tokio::test]
+async fn a_table_deleted_at_run_time_answers_internal_not_a_retryable_code() {
+    let config = dynamodb_config(dynamodb_endpoint());
+    let store: DynamoStore = startup::init_table(&config).await.unwrap();
+    let client = store.client().clone();
+    let table = store.table().to_owned();
+    let app = TestApp::builder()
+        .store_impl(Arc::new(store) as Arc<dyn NoteStore>)
+        .spawn()
+        .await;
+    let notes = app.client_as("alice").await;
+    let note = notes.create("here", None).await.unwrap();
+
+    client
+        .delete_table()
+        .table_name(&table)
+        .send()
+        .await
+        .unwrap();
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    let status = app
+        .raw()
+        .await
+        .get_note(with_token(
+            GetNoteRequest {
+                note_id: note.note_id.clone(),
+            },
+            &token_for("alice"),
+        ))
+        .await
+        .unwrap_err();
+
+    // A missing table is a deployment fault: INTERNAL (clients do not retry
+    // it), with no AWS detail in the message.
+    assert_eq!(status.code(), tonic::Code::Internal, "{status:?}");
+    assert!(!status.message().contains(&table), "{status:?}");
+}
