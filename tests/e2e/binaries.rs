@@ -1421,3 +1421,114 @@ async fn the_readmes_cli_and_dynamodb_commands_work_as_written() {
     let out = sh(dynamodb).await;
     assert!(check(&out, "DynamoDB block").contains("checks passed"));
 }
+
+/// SIGHUP reloads the TLS files at once (the periodic reload is an hour
+/// away here), and new connections get the new server certificate.
+#[tokio::test]
+async fn sighup_reloads_the_tls_files_at_once() {
+    use crate::harness::pki::{DAY, localhost, pki, tls_probe, write};
+    let dir = tempfile::tempdir().unwrap();
+    write_files(dir.path());
+    let (server, port) = start_serve(
+        dir.path(),
+        "notes-sighup",
+        0,
+        &[
+            ("NOTES_STORE", "memory"),
+            ("NOTES_TLS_RELOAD_INTERVAL_SECS", "3600"),
+        ],
+    )
+    .await;
+    let addr: std::net::SocketAddr = format!("127.0.0.1:{port}").parse().unwrap();
+    let before = tls_probe(addr, Some(&pki().client)).await.unwrap();
+    let rotated = pki().ca.issue_server(&localhost(), DAY).unwrap();
+    write(&dir.path().join("server.key"), rotated.key_pem.as_bytes());
+    write(&dir.path().join("server.pem"), rotated.cert_pem.as_bytes());
+    let pid = server.id().unwrap().to_string();
+
+    // Before the signal the old certificate is still served: the periodic
+    // reload is not what changes it.
+    assert_eq!(tls_probe(addr, Some(&pki().client)).await.unwrap(), before);
+    let status = std::process::Command::new("kill")
+        .args(["-HUP", &pid])
+        .status()
+        .unwrap();
+    assert!(status.success());
+    let mut served = before.clone();
+    for _ in 0..50 {
+        served = tls_probe(addr, Some(&pki().client)).await.unwrap();
+        if served != before {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    use rustls::pki_types::pem::PemObject;
+    let expected =
+        rustls::pki_types::CertificateDer::from_pem_slice(rotated.cert_pem.as_bytes()).unwrap();
+    assert_eq!(served, expected, "SIGHUP did not reload the certificate");
+}
+
+/// A table with another key schema stops start-up, naming what is wrong.
+#[tokio::test]
+async fn a_table_with_the_wrong_key_schema_stops_start_up() {
+    use aws_sdk_dynamodb::types::{
+        AttributeDefinition, BillingMode, KeySchemaElement, KeyType, ScalarAttributeType,
+    };
+    let dir = tempfile::tempdir().unwrap();
+    write_files(dir.path());
+    let table = format!("wrong-schema-{}", uuid::Uuid::new_v4().simple());
+    let config = crate::harness::dynamodb_config(dynamodb_endpoint());
+    let client = notes_server::startup::dynamodb_client(&config)
+        .await
+        .unwrap();
+    client
+        .create_table()
+        .table_name(&table)
+        .billing_mode(BillingMode::PayPerRequest)
+        .attribute_definitions(
+            AttributeDefinition::builder()
+                .attribute_name("id")
+                .attribute_type(ScalarAttributeType::S)
+                .build()
+                .unwrap(),
+        )
+        .key_schema(
+            KeySchemaElement::builder()
+                .attribute_name("id")
+                .key_type(KeyType::Hash)
+                .build()
+                .unwrap(),
+        )
+        .send()
+        .await
+        .unwrap();
+
+    let mut cmd = server_command(dir.path(), &table, 0);
+    cmd.env("NOTES_STORE", "dynamodb");
+    let out = run(cmd).await;
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success(), "{stderr}");
+    assert!(
+        stderr.contains("--table / NOTES_TABLE")
+            && stderr.contains("expected userId (S, HASH) and noteId (S, RANGE)"),
+        "{stderr}"
+    );
+}
+
+/// A JWKS URL must be HTTPS (plain HTTP only to loopback, for tests).
+#[tokio::test]
+async fn a_plain_http_jwks_url_beyond_loopback_is_refused() {
+    let dir = tempfile::tempdir().unwrap();
+    write_files(dir.path());
+    let mut cmd = server_command(dir.path(), "notes-jwks-url", 0);
+    cmd.env("NOTES_STORE", "memory")
+        .env_remove("NOTES_JWKS_FILE")
+        .env("NOTES_JWKS_URL", "http://keys.example.org/jwks.json");
+    let out = run(cmd).await;
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success(), "{stderr}");
+    assert!(
+        stderr.contains("--jwks-url") && stderr.contains("https"),
+        "{stderr}"
+    );
+}
