@@ -29,14 +29,6 @@ pub(crate) fn bin(name: &str) -> PathBuf {
     path
 }
 
-fn free_port() -> u16 {
-    TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
-}
-
 fn server_command(dir: &Path, table: &str, port: u16) -> Command {
     configured("serve", dir, table, port)
 }
@@ -92,19 +84,6 @@ async fn notes(dir: &Path, port: u16, args: &[&str]) -> Output {
     run(cmd).await
 }
 
-async fn wait_for_port(port: u16) {
-    for _ in 0..200 {
-        if tokio::net::TcpStream::connect(("127.0.0.1", port))
-            .await
-            .is_ok()
-        {
-            return;
-        }
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
-    panic!("notes-server did not listen on {port}");
-}
-
 #[tokio::test]
 async fn init_table_is_safe_to_run_twice() {
     let table = dynamodb_config(dynamodb_endpoint()).table;
@@ -128,13 +107,9 @@ async fn serve_on_dynamodb_answers_the_cli_and_stops_gracefully_on_sigterm() {
     write_files(dir.path());
     let table = dynamodb_config(dynamodb_endpoint()).table;
     assert!(init_table(&table).await.status.success());
-    let port = free_port();
-    let mut server: Child = server_command(dir.path(), &table, port)
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .spawn()
-        .unwrap();
-    wait_for_port(port).await;
+    // Port 0: the server binds a free port itself and logs it; nothing can
+    // take it between choosing and binding.
+    let (mut server, port) = start_serve(dir.path(), &table, 0, &[]).await;
 
     let created = notes(dir.path(), port, &["--json", "create", "from the CLI"]).await;
     assert!(
@@ -184,7 +159,7 @@ async fn serve_refuses_to_start_on_a_missing_table_and_names_the_setting() {
     let dir = tempfile::tempdir().unwrap();
     write_files(dir.path());
 
-    let out = run(server_command(dir.path(), "no-such-table", free_port())).await;
+    let out = run(server_command(dir.path(), "no-such-table", 0)).await;
 
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert!(!out.status.success());
@@ -200,10 +175,10 @@ async fn serve_refuses_an_invalid_setting_and_names_it() {
     write_files(dir.path());
     std::fs::write(dir.path().join("page.key"), b"short").unwrap();
 
-    let mut leeway = server_command(dir.path(), "notes", free_port());
+    let mut leeway = server_command(dir.path(), "notes", 0);
     leeway.env("NOTES_TOKEN_LEEWAY_SECS", "3600");
     let leeway = run(leeway).await;
-    let key = run(server_command(dir.path(), "notes", free_port())).await;
+    let key = run(server_command(dir.path(), "notes", 0)).await;
 
     let leeway = String::from_utf8_lossy(&leeway.stderr);
     let key = String::from_utf8_lossy(&key.stderr);
@@ -299,12 +274,12 @@ async fn the_certs_tool_stands_up_a_pki_that_serves_and_revokes() {
     )
     .unwrap();
     std::fs::write(dir.path().join("page.key"), [9u8; 32]).unwrap();
-    let port = free_port();
     let mut server = Command::new(bin("notes-server"));
     server
         .kill_on_drop(true)
         .arg("serve")
-        .env("NOTES_LISTEN", format!("127.0.0.1:{port}"))
+        .env("NOTES_LISTEN", "127.0.0.1:0")
+        .env("NOTES_LOG_FORMAT", "json")
         .env("NOTES_ADMIN_LISTEN", "127.0.0.1:0")
         .env("NOTES_TLS_CERT", pki_dir.join("notes.pem"))
         .env("NOTES_TLS_KEY", pki_dir.join("notes.key"))
@@ -317,9 +292,9 @@ async fn the_certs_tool_stands_up_a_pki_that_serves_and_revokes() {
         .env("NOTES_PAGE_TOKEN_KEY_FILE", dir.path().join("page.key"))
         .env("NOTES_STORE", "memory")
         .stdout(Stdio::null())
-        .stderr(Stdio::null());
-    let _server: Child = server.spawn().unwrap();
-    wait_for_port(port).await;
+        .stderr(Stdio::piped());
+    let mut server: Child = server.spawn().unwrap();
+    let (port, _) = serving_ports(&mut server).await;
     let list = || {
         let mut cmd = Command::new(bin("notes"));
         cmd.args(["--endpoint", &format!("https://localhost:{port}")])
@@ -576,7 +551,6 @@ pub(crate) async fn start_serve_with_admin(
     port: u16,
     env: &[(&str, &str)],
 ) -> (Child, u16, u16) {
-    use tokio::io::{AsyncBufReadExt, BufReader};
     let mut cmd = server_command(dir, table, port);
     cmd.env("NOTES_LOG_FORMAT", "json");
     // An empty value removes the variable.
@@ -592,6 +566,14 @@ pub(crate) async fn start_serve_with_admin(
         .stderr(Stdio::piped())
         .spawn()
         .unwrap();
+    let (bound, admin) = serving_ports(&mut child).await;
+    (child, bound, admin)
+}
+
+/// Reads a `serve` child's JSON logs (stderr, piped) until it serves;
+/// returns the ports it bound (data plane, admin) and keeps draining them.
+async fn serving_ports(child: &mut Child) -> (u16, u16) {
+    use tokio::io::{AsyncBufReadExt, BufReader};
     let mut lines = BufReader::new(child.stderr.take().unwrap()).lines();
     let (bound, admin) = tokio::time::timeout(Duration::from_secs(30), async {
         let mut admin = 0;
@@ -610,7 +592,7 @@ pub(crate) async fn start_serve_with_admin(
     .await
     .expect("notes-server serve did not start within 30 s");
     tokio::spawn(async move { while let Ok(Some(_)) = lines.next_line().await {} });
-    (child, bound, admin)
+    (bound, admin)
 }
 
 /// What one writer saw.
@@ -1196,12 +1178,14 @@ async fn the_dev_banner_names_a_non_default_endpoint_and_folder() {
 async fn serve_start_up_errors_name_the_wrong_setting() {
     let dir = tempfile::tempdir().unwrap();
     write_files(dir.path());
-    let closed = free_port();
+    // Held, never accepted from: DynamoDB there never answers (no port race).
+    let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+    let silent = listener.local_addr().unwrap().port();
     let cases: [(&[(&str, &str)], &str); 3] = [
         (
             &[(
                 "NOTES_DYNAMODB_ENDPOINT",
-                &*format!("http://127.0.0.1:{closed}"),
+                &*format!("http://127.0.0.1:{silent}"),
             )],
             "--dynamodb-endpoint / NOTES_DYNAMODB_ENDPOINT: DynamoDB at http://127.0.0.1:",
         ),

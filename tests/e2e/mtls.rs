@@ -111,17 +111,18 @@ async fn a_server_certificate_presented_as_a_client_certificate_fails_the_handsh
     assert_eq!(err, alert(AlertDescription::UnsupportedCertificate));
 }
 
-/// Captures the server's logs for this test process (nextest runs each test
-/// in its own process, so the global subscriber is this test's).
-fn capture_logs(filter: &str) -> Arc<Mutex<Vec<u8>>> {
+/// Captures the logs of this test's thread while the guard lives. A
+/// `#[tokio::test]` runs the server's tasks on that same thread, so this
+/// needs no process of its own and leaves the global subscriber alone.
+fn capture_logs(filter: &str) -> (Arc<Mutex<Vec<u8>>>, tracing::subscriber::DefaultGuard) {
     let sink = LogSink::default();
     let logs = sink.0.clone();
-    tracing_subscriber::fmt()
+    let subscriber = tracing_subscriber::fmt()
         .with_env_filter(filter)
         .with_ansi(false)
         .with_writer(move || sink.clone())
-        .init();
-    logs
+        .finish();
+    (logs, tracing::subscriber::set_default(subscriber))
 }
 
 fn text(logs: &Arc<Mutex<Vec<u8>>>) -> String {
@@ -130,7 +131,7 @@ fn text(logs: &Arc<Mutex<Vec<u8>>>) -> String {
 
 #[tokio::test]
 async fn a_refused_certificate_is_logged_with_its_name_and_reason() {
-    let logs = capture_logs("notes_server::tls=warn");
+    let (logs, _scope) = capture_logs("notes_server::tls=warn");
     let app = TestApp::spawn().await;
     // A neutral name: the reason must come from the verifier, not the name.
     let expired = expired_client("probe-client");
@@ -151,7 +152,7 @@ async fn a_refused_certificate_is_logged_with_its_name_and_reason() {
 
 #[tokio::test]
 async fn the_callers_certificate_identity_reaches_the_handler() {
-    let logs = capture_logs("notes_server::api=debug");
+    let (logs, _scope) = capture_logs("notes_server::api=debug");
     let app = TestApp::spawn().await;
 
     app.raw()
@@ -524,7 +525,7 @@ fn a_reload_racing_200_revocations_never_drops_the_revocation() {
 
 #[tokio::test]
 async fn a_certificate_name_with_a_newline_cannot_forge_a_log_line() {
-    let logs = capture_logs("notes_server=info,notes::audit=info");
+    let (logs, _scope) = capture_logs("notes_server=info,notes::audit=info");
     let app = TestApp::spawn().await;
     let forged = "evil\nFORGED 2026-01-01T00:00:00Z INFO notes::audit: decision=\"allow\"";
     let subject = notes_server::certs::authority::Subject {
