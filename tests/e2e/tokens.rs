@@ -485,3 +485,24 @@ async fn a_token_without_any_scope_can_neither_read_nor_write() {
         "create",
     );
 }
+
+/// RS384 and RS512 verify once the issuer's policy lists them (and only
+/// then: the refused case is in `each_kind_of_bad_token_gets_its_code_and_reason`).
+#[tokio::test]
+async fn rs384_and_rs512_are_accepted_when_enabled() {
+    let mut policy = test_policy();
+    policy.algorithms = vec![Algorithm::RS256, Algorithm::RS384, Algorithm::RS512];
+    // A key that states no `alg` of its own, so the policy alone decides.
+    let (signer, mut jwk) = new_key("any-rs-key");
+    jwk.common.key_algorithm = None;
+    let mut set = issuer().jwks.clone();
+    set.keys.push(jwk);
+    let keys = StaticKeys::from_jwk_set(&set).unwrap();
+    let auth = Authenticator::new(TokenVerifier::new(policy, Arc::new(keys)));
+    let app = TestApp::builder().authenticator(auth).spawn().await;
+    for alg in [Algorithm::RS384, Algorithm::RS512] {
+        let token = sign_with(alg, "any-rs-key", &claims("alice"), &signer);
+        let listed = list_as(&app, &token).await;
+        assert!(listed.is_ok(), "{alg:?}: {listed:?}");
+    }
+}
