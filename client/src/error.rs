@@ -263,3 +263,82 @@ impl From<Status> for Error {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn connect_failure(chain: &[&str]) -> Error {
+        let mut source: Option<Box<Cause>> = None;
+        for text in chain.iter().rev() {
+            source = Some(Box::new(Cause {
+                text: (*text).to_owned(),
+                source,
+            }));
+        }
+        Error::Connect {
+            message: "transport error".into(),
+            source: source.map(|c| c as BoxError),
+        }
+    }
+
+    #[test]
+    fn a_tls_alert_names_the_refusal_and_what_it_means() {
+        for (alert, meaning) in [
+            ("UnknownCA", "unknown CA"),
+            ("CertificateRevoked", "revoked"),
+            ("CertificateExpired", "expired"),
+            ("BadCertificate", "not usable as a client certificate"),
+            (
+                "UnsupportedCertificate",
+                "not usable as a client certificate",
+            ),
+            ("CertificateRequired", "none was sent"),
+            ("DecryptError", "signature does not verify"),
+            ("AccessDenied", "identity is not allowed"),
+            ("HandshakeFailure", "see the server's log"),
+        ] {
+            let err = connect_failure(&[
+                "connection error",
+                &format!("received fatal alert: {alert}"),
+            ])
+            .refusal_named();
+            let Error::CertificateRefused { alert: text } = &err else {
+                panic!("{alert}: {err:?}");
+            };
+            assert!(text.starts_with(&format!("{alert} (")), "{text}");
+            assert!(text.contains(meaning), "{alert}: {text}");
+            assert!(!err.is_transient(), "{alert} would be retried");
+        }
+        // No alert: still a connection failure, and transient.
+        let refused = connect_failure(&["tcp connect error", "Connection refused"]).refusal_named();
+        assert!(matches!(refused, Error::Connect { .. }), "{refused:?}");
+        assert!(refused.is_transient());
+        // A certificate problem on our side is not retried either.
+        assert!(!connect_failure(&["invalid peer certificate: UnknownIssuer"]).is_transient());
+        // Only connection errors are looked at.
+        assert!(matches!(
+            Error::config("x").refusal_named(),
+            Error::Config { .. }
+        ));
+    }
+
+    #[test]
+    fn the_chain_joins_causes_once_each() {
+        let err = connect_failure(&[
+            "tcp connect error",
+            "Connection refused",
+            "Connection refused",
+        ]);
+        assert_eq!(
+            err.chain(),
+            "cannot connect: transport error: tcp connect error: Connection refused"
+        );
+        let nested = Cause::chain(&connect_failure(&["inner"]));
+        assert_eq!(nested.to_string(), "cannot connect: transport error");
+        assert_eq!(
+            std::error::Error::source(&*nested).map(ToString::to_string),
+            Some("inner".to_owned())
+        );
+    }
+}

@@ -61,6 +61,12 @@ mod tests {
     use super::*;
 
     #[test]
+    fn none_means_one_attempt() {
+        assert_eq!(RetryPolicy::none().max_attempts, 1);
+        assert_eq!(RetryPolicy::default().max_attempts, 4);
+    }
+
+    #[test]
     fn backoff_stays_under_a_doubling_ceiling() {
         let policy = RetryPolicy {
             max_attempts: 10,

@@ -624,6 +624,16 @@ mod tests {
             })),
             AuthError::IssuedInFuture
         );
+        // `iat` at exactly now + leeway (60 s) is still accepted.
+        let at_the_edge = check_claims(
+            &mut claims(serde_json::json!({
+                "sub": "u", "token_use": "access", "client_id": "app", "username": "u",
+                "iat": 1060.0
+            })),
+            &policy,
+            1000.0,
+        );
+        assert!(at_the_edge.is_ok(), "{:?}", at_the_edge.err());
     }
 
     #[test]
