@@ -260,3 +260,64 @@ async fn a_table_deleted_at_run_time_answers_internal_not_a_retryable_code() {
     assert_eq!(status.code(), tonic::Code::Internal, "{status:?}");
     assert!(!status.message().contains(&table), "{status:?}");
 }
+
+/// `--audit-allowed false`: allowed calls write no audit event, refusals
+/// still do.
+#[tokio::test]
+async fn with_allowed_calls_unaudited_only_refusals_are_audited() {
+    let logs = LogSink::default();
+    logs.install_server_telemetry();
+    let app = TestApp::builder()
+        .authenticator(crate::harness::test_authenticator().with_audit_allowed(false))
+        .spawn()
+        .await;
+    let token = token_for("alice");
+    let mut raw = app.raw().await;
+    raw.list_notes(with_token(ListNotesRequest::default(), &token))
+        .await
+        .unwrap();
+    raw.list_notes(with_token(
+        ListNotesRequest::default(),
+        &with_other_signature(&token),
+    ))
+    .await
+    .unwrap_err();
+
+    let text = logs.text();
+    let audit: Vec<&str> = text
+        .lines()
+        .filter(|l| l.contains("notes::audit"))
+        .collect();
+    assert_eq!(audit.len(), 1, "{text}");
+    assert!(audit[0].contains("decision=\"deny\""), "{text}");
+}
+
+/// An identity off the allow-list may hold 4 connections (enough to be
+/// told PERMISSION_DENIED), and the next are closed at once.
+#[tokio::test]
+async fn an_identity_off_the_allow_list_holds_at_most_four_connections() {
+    use notes_server::tls::Identity;
+    let allowed = [Identity::parse("uri:spiffe://notes.test/someone-else").unwrap()].into();
+    let app = TestApp::builder()
+        .authenticator(crate::harness::test_authenticator().with_allowed_identities(allowed))
+        .spawn()
+        .await;
+    let mut held = Vec::new();
+    let mut served = Vec::new();
+    for _ in 0..6 {
+        let tcp = TcpStream::connect(app.addr).await.unwrap();
+        let mut stream =
+            TlsConnector::from(crate::harness::pki::client_config(Some(&pki().client)))
+                .connect("localhost".try_into().unwrap(), tcp)
+                .await
+                .unwrap();
+        stream
+            .write_all(b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n")
+            .await
+            .unwrap();
+        let mut buf = [0u8; 16];
+        served.push(matches!(stream.read(&mut buf).await, Ok(n) if n > 0));
+        held.push(stream);
+    }
+    assert_eq!(served, [true, true, true, true, false, false]);
+}
