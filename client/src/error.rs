@@ -176,7 +176,9 @@ impl Error {
                 "its signature does not verify: issued by another CA of the same name, or altered"
             }
             "AccessDenied" => "its identity is not allowed",
-            _ => "see the server's log for the reason",
+            // Other alerts (protocol version, ALPN, internal errors) are not
+            // about the certificate: the connection error stays as it is.
+            _ => return self,
         };
         Error::CertificateRefused {
             alert: format!("{alert} ({meaning})"),
@@ -296,7 +298,6 @@ mod tests {
             ("CertificateRequired", "none was sent"),
             ("DecryptError", "signature does not verify"),
             ("AccessDenied", "identity is not allowed"),
-            ("HandshakeFailure", "see the server's log"),
         ] {
             let err = connect_failure(&[
                 "connection error",
@@ -310,6 +311,10 @@ mod tests {
             assert!(text.contains(meaning), "{alert}: {text}");
             assert!(!err.is_transient(), "{alert} would be retried");
         }
+        // An alert that is not about the certificate stays a connection error.
+        let other =
+            connect_failure(&["received fatal alert: NoApplicationProtocol"]).refusal_named();
+        assert!(matches!(other, Error::Connect { .. }), "{other:?}");
         // No alert: still a connection failure, and transient.
         let refused = connect_failure(&["tcp connect error", "Connection refused"]).refusal_named();
         assert!(matches!(refused, Error::Connect { .. }), "{refused:?}");

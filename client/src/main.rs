@@ -198,6 +198,7 @@ fn settings(cli: &Cli) -> Result<Settings, Error> {
         // A token on the command line or in NOTES_TOKEN needs no file.
         cli.token_file
             .clone()
+            .or_else(|| file.token_file.clone())
             .unwrap_or_else(|| dev_dir.join("token"))
     } else {
         pick(&cli.token_file, &file.token_file, "token")
@@ -325,7 +326,14 @@ async fn run(cli: Cli) -> Result<(), Error> {
             client_id,
             username,
         } => {
-            if cli.token_file.is_none() && settings.file.token_file.is_none() {
+            let dev_token = cli
+                .dev_dir
+                .clone()
+                .or_else(|| settings.file.dev_dir.clone())
+                .unwrap_or_else(|| PathBuf::from(".notes-dev"))
+                .join("token");
+            let named = cli.token_file.is_some() || settings.file.token_file.is_some();
+            if !named || settings.token_file == dev_token {
                 return Err(Error::config(format!(
                     "login would overwrite the dev token {}: pass --token-file FILE (or \
                      token_file in the --config file) here and to later commands",

@@ -88,7 +88,7 @@ fn exit_with_origin(err: clap::Error) -> ! {
                     "--{}",
                     name.strip_prefix("NOTES_")?.to_ascii_lowercase().replace('_', "-")
                 );
-                text.contains(&format!("'{flag}")).then(|| {
+                (text.contains(&format!("'{flag} ")) || text.contains(&format!("'{flag}'"))).then(|| {
                     format!("note: {flag} was set by the environment variable {name}; unset it to use the other setting")
                 })
             })

@@ -253,7 +253,11 @@ const ENDPOINT_SETTING: &str = "--dynamodb-endpoint / NOTES_DYNAMODB_ENDPOINT";
 fn check_endpoint(endpoint: &str) -> Result<(), ConfigError> {
     let uri: Option<http::Uri> = endpoint.parse().ok();
     let usable = uri.as_ref().is_some_and(|uri| {
-        matches!(uri.scheme_str(), Some("http" | "https")) && uri.host().is_some()
+        matches!(uri.scheme_str(), Some("http" | "https"))
+            && uri.host().is_some()
+            // Credentials in the URL would end up in logs: the SDK takes them
+            // from the AWS chain.
+            && !uri.authority().is_some_and(|a| a.as_str().contains('@'))
     });
     if usable {
         return Ok(());
@@ -261,7 +265,7 @@ fn check_endpoint(endpoint: &str) -> Result<(), ConfigError> {
     Err(config_err(
         ENDPOINT_SETTING,
         format!(
-            "{endpoint:?} is not a URL with a scheme: use http://HOST:PORT (DynamoDB Local, \
+            "{endpoint:?} is not a URL with a scheme and a host (and no credentials): use http://HOST:PORT (DynamoDB Local, \
              moto, LocalStack) or https://HOST"
         ),
     ))

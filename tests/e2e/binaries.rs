@@ -1191,7 +1191,7 @@ async fn serve_start_up_errors_name_the_wrong_setting() {
         ),
         (
             &[("NOTES_DYNAMODB_ENDPOINT", "127.0.0.1:5000")],
-            "\"127.0.0.1:5000\" is not a URL with a scheme: use http://HOST:PORT",
+            "\"127.0.0.1:5000\" is not a URL with a scheme and a host",
         ),
         (
             &[("AWS_REGION", ""), ("AWS_DEFAULT_REGION", "")],

@@ -35,6 +35,12 @@ impl VerifyKey {
     /// A key from its big-endian modulus and exponent, or `None` when they
     /// do not form an RSA public key.
     pub fn from_rsa_components(n: &[u8], e: &[u8], alg: Option<Algorithm>) -> Option<Self> {
+        // 2,048 to 8,192 bits, as verification will require: a key outside
+        // that range is not usable, so it is not loaded.
+        let significant = n.iter().skip_while(|b| **b == 0).count();
+        if !(256..=1024).contains(&significant) {
+            return None;
+        }
         let components = RsaPublicKeyComponents { n, e };
         Some(Self {
             rs256: components

@@ -251,6 +251,12 @@ pub fn run(dir: &Path, command: CertsCommand) -> anyhow::Result<String> {
             let pem =
                 fs::read_to_string(&cert).with_context(|| format!("reading {}", cert.display()))?;
             let serial = serial_of(&pem).with_context(|| cert.display().to_string())?;
+            if pem.trim() == ca.cert_pem().trim() {
+                bail!(
+                    "refusing to revoke {}: it is the CA itself (rotate the CA instead)",
+                    cert.display()
+                );
+            }
             // Only this CA's certificates go on its CRL: another CA's serial
             // there would revoke nothing it means to and may collide with ours.
             authority::check_issued_by(&pem, ca.cert_pem()).with_context(|| {
