@@ -143,7 +143,7 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         false,
         false,
         log,
-        notes_server::telemetry::LOG_QUEUE_LINES,
+        notes_server::telemetry::LOG_QUEUE_BYTES,
     );
     notes_server::tls::install_crypto_provider();
     let dir = tempfile::tempdir()?;

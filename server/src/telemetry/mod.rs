@@ -5,6 +5,8 @@
 
 use tracing_subscriber::{EnvFilter, fmt};
 
+pub mod queue;
+
 /// How log lines are written.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
 pub enum LogFormat {
@@ -68,7 +70,7 @@ pub fn escape(text: &str) -> std::borrow::Cow<'_, str> {
 /// the spans and lines not yet written.
 pub struct TelemetryGuard(
     Option<opentelemetry_sdk::trace::SdkTracerProvider>,
-    Option<tracing_appender::non_blocking::WorkerGuard>,
+    Option<queue::QueueGuard>,
 );
 
 impl Drop for TelemetryGuard {
@@ -80,38 +82,30 @@ impl Drop for TelemetryGuard {
     }
 }
 
-/// Log lines a full queue made the non-blocking writer drop, once
-/// [`init_non_blocking`] installed it.
-static DROPPED_LINES: std::sync::OnceLock<tracing_appender::non_blocking::ErrorCounter> =
-    std::sync::OnceLock::new();
+/// The queue [`init_non_blocking`] installed, for its drop count.
+static LOG_QUEUE: std::sync::OnceLock<std::sync::Arc<queue::LogQueue>> = std::sync::OnceLock::new();
 
 /// Log lines (audit events included) dropped because the writer's queue was
 /// full, so far.
 pub fn dropped_log_lines() -> u64 {
-    DROPPED_LINES
-        .get()
-        .map_or(0, |counter| counter.dropped_lines() as u64)
+    LOG_QUEUE.get().map_or(0, |queue| queue.dropped())
 }
 
-/// Lines the non-blocking writer queues before it drops: a burst of about
-/// 100 MB of logs at most, and a call never waits for stderr.
-pub const LOG_QUEUE_LINES: usize = 128 * 1024;
+/// Bytes of log lines the queue holds before it drops: about 100,000
+/// audit lines, and a call never waits for stderr.
+pub const LOG_QUEUE_BYTES: usize = 32 * 1024 * 1024;
 
-/// [`init_with_writer`] behind a non-blocking writer: lines go to a bounded
-/// queue (`queue_lines`) that one thread writes out; when it is full, lines
-/// are dropped and counted ([`dropped_log_lines`], metric
-/// `notes_log_lines_dropped_total`), never blocking a call.
-pub fn init_non_blocking<W>(json: bool, otlp: bool, writer: W, queue_lines: usize) -> TelemetryGuard
+/// [`init_with_writer`] behind the log queue ([`queue`]): lines go to a
+/// bounded queue (`queue_bytes`) that one thread writes out in batches;
+/// when it is full, lines are dropped and counted ([`dropped_log_lines`],
+/// metric `notes_log_lines_dropped_total`), never blocking a call.
+pub fn init_non_blocking<W>(json: bool, otlp: bool, writer: W, queue_bytes: usize) -> TelemetryGuard
 where
     W: std::io::Write + Send + 'static,
 {
-    let (non_blocking, worker) = tracing_appender::non_blocking::NonBlockingBuilder::default()
-        .lossy(true)
-        .buffered_lines_limit(queue_lines)
-        .thread_name("notes-log-writer")
-        .finish(writer);
-    let _ = DROPPED_LINES.set(non_blocking.error_counter());
-    let mut guard = init_with_writer(json, otlp, non_blocking);
+    let (writer, worker) = queue::spawn(writer, queue_bytes);
+    let _ = LOG_QUEUE.set(writer.queue().clone());
+    let mut guard = init_with_writer(json, otlp, writer);
     guard.1 = Some(worker);
     guard
 }
@@ -124,7 +118,7 @@ where
 /// exported over OTLP/gRPC to `OTEL_EXPORTER_OTLP_ENDPOINT` (default
 /// `http://localhost:4317`). Calling it twice is harmless.
 pub fn init(json: bool, otlp: bool) -> TelemetryGuard {
-    init_non_blocking(json, otlp, std::io::stderr(), LOG_QUEUE_LINES)
+    init_non_blocking(json, otlp, std::io::stderr(), LOG_QUEUE_BYTES)
 }
 
 /// [`init`], writing log lines to `writer` (tests capture them).
