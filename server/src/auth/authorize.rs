@@ -83,7 +83,7 @@ impl Authenticator {
     /// Whether `peer` may connect at all (the identity allow-list); the
     /// accept loop asks once per connection, `authorize` again per call.
     pub fn admits(&self, peer: &crate::tls::PeerIdentity) -> bool {
-        self.allowed_identities.is_empty() || self.allowed_identities.contains(&peer.identity())
+        self.allowed_identities.is_empty() || self.allowed_identities.contains(peer.identity())
     }
 
     /// Lets each client-certificate identity draw refusals at `budget`; past
@@ -137,14 +137,14 @@ impl Authenticator {
         let (Some(budget), Some(conn)) = (&self.refusals, conn) else {
             return self.decide(path, headers, conn).await;
         };
-        let peer = conn.peer.identity().to_string();
+        let peer = conn.peer.identity_text();
         let now = std::time::Instant::now();
-        if !budget.has_token(&peer, now) {
+        if !budget.has_token(peer, now) {
             return Err(AuthError::TooManyRefusals);
         }
         let decision = self.decide(path, headers, Some(conn)).await;
         if decision.is_err() {
-            budget.take(&peer, now);
+            budget.take(peer, now);
         }
         decision
     }
@@ -157,7 +157,7 @@ impl Authenticator {
     ) -> Result<Option<Caller>, AuthError> {
         let conn = conn.ok_or(AuthError::NoPeerCertificate)?;
         let identity = conn.peer.identity();
-        if !self.allowed_identities.is_empty() && !self.allowed_identities.contains(&identity) {
+        if !self.allowed_identities.is_empty() && !self.allowed_identities.contains(identity) {
             return Err(AuthError::IdentityNotAllowed(conn.peer.name().to_owned()));
         }
         let access = Access::of_path(path);
@@ -176,7 +176,7 @@ impl Authenticator {
         {
             return Err(AuthError::CertificateMismatch);
         }
-        let bound_here = self.bindings.get(&identity);
+        let bound_here = self.bindings.get(identity);
         let allowed_here = bound_here.is_none_or(|clients| clients.contains(&verified.client_id));
         let client_bound_elsewhere = self.bound_clients.contains(&verified.client_id)
             && !bound_here.is_some_and(|clients| clients.contains(&verified.client_id));

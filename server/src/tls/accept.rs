@@ -36,7 +36,7 @@ use tokio_stream::wrappers::ReceiverStream;
 use tokio_util::sync::CancellationToken;
 use tonic::transport::server::Connected;
 
-use super::PeerIdentity;
+use super::{PeerIdentity, identity::IdentityCache};
 use crate::telemetry::{LogEvery, escape};
 
 /// Lets one open connection be closed from outside: its reads and writes
@@ -88,7 +88,7 @@ impl OpenConnections {
     ) -> Option<(u64, Arc<Closer>)> {
         {
             let mut per_identity = self.per_identity.lock().unwrap_or_else(|e| e.into_inner());
-            let held = per_identity.entry(peer.identity()).or_default();
+            let held = per_identity.entry(peer.identity().clone()).or_default();
             if *held >= max_per_identity {
                 return None;
             }
@@ -114,10 +114,10 @@ impl OpenConnections {
         if let Some((peer, _)) = removed {
             let mut per_identity = self.per_identity.lock().unwrap_or_else(|e| e.into_inner());
             let identity = peer.identity();
-            if let Some(held) = per_identity.get_mut(&identity) {
+            if let Some(held) = per_identity.get_mut(identity) {
                 *held -= 1;
                 if *held == 0 {
-                    per_identity.remove(&identity);
+                    per_identity.remove(identity);
                 }
             }
         }
@@ -527,7 +527,9 @@ async fn handshake(
         .1
         .peer_certificates()
         .and_then(|certs| certs.first());
-    let peer = match leaf.map(|der| PeerIdentity::from_der(der)) {
+    static IDENTITIES: std::sync::LazyLock<IdentityCache> =
+        std::sync::LazyLock::new(IdentityCache::default);
+    let peer = match leaf.map(|der| IDENTITIES.identity_of(der)) {
         Some(Ok(peer)) => peer,
         Some(Err(err)) => {
             tracing::info!(%remote_addr, error = %crate::error::error_chain(&err), "client certificate unreadable");
@@ -540,11 +542,5 @@ async fn handshake(
         }
     };
     tracing::debug!(%remote_addr, peer = %peer, "mTLS connection established");
-    Some((
-        stream,
-        ConnInfo {
-            remote_addr,
-            peer: Arc::new(peer),
-        },
-    ))
+    Some((stream, ConnInfo { remote_addr, peer }))
 }

@@ -1,6 +1,6 @@
 //! What a client certificate says about the caller.
 
-use std::fmt;
+use std::{collections::HashMap, fmt, sync::Arc};
 
 use base64::{Engine, engine::general_purpose::URL_SAFE_NO_PAD};
 use x509_parser::{extensions::GeneralName, prelude::FromDer};
@@ -25,11 +25,25 @@ pub struct PeerIdentity {
     pub issuer_and_serial: (Vec<u8>, Vec<u8>),
     /// `notAfter`, Unix seconds.
     pub not_after: i64,
+    /// [`name`](Self::name) with its kind, worked out once.
+    identity: Identity,
+    /// [`identity`](Self::identity) as logs and per-caller maps key it.
+    identity_text: String,
 }
 
 impl PeerIdentity {
     /// Reads the identity from a certificate the TLS handshake already verified.
     pub fn from_der(der: &[u8]) -> Result<Self, UnreadableCertificate> {
+        Self::with_digest(
+            der,
+            aws_lc_rs::digest::digest(&aws_lc_rs::digest::SHA256, der),
+        )
+    }
+
+    fn with_digest(
+        der: &[u8],
+        digest: aws_lc_rs::digest::Digest,
+    ) -> Result<Self, UnreadableCertificate> {
         let (_, cert) = x509_parser::certificate::X509Certificate::from_der(der)
             .map_err(UnreadableCertificate)?;
         let mut uris = Vec::new();
@@ -43,14 +57,21 @@ impl PeerIdentity {
                 }
             }
         }
-        let digest = aws_lc_rs::digest::digest(&aws_lc_rs::digest::SHA256, der);
+        let subject = cert.subject().to_string();
+        let identity = match (uris.first(), dns_names.first()) {
+            (Some(uri), _) => Identity::Uri(uri.clone()),
+            (None, Some(dns)) => Identity::Dns(normalize_dns(dns)),
+            (None, None) => Identity::Subject(subject.clone()),
+        };
         Ok(Self {
             uris,
             dns_names,
-            subject: cert.subject().to_string(),
+            subject,
             x5t_s256: URL_SAFE_NO_PAD.encode(digest.as_ref()),
             issuer_and_serial: (cert.issuer().as_raw().to_vec(), cert.raw_serial().to_vec()),
             not_after: cert.validity().not_after.timestamp(),
+            identity_text: identity.to_string(),
+            identity,
         })
     }
 
@@ -64,12 +85,44 @@ impl PeerIdentity {
     }
 
     /// [`name`](Self::name) with its kind, for allow-lists and bindings.
-    pub fn identity(&self) -> Identity {
-        match (self.uris.first(), self.dns_names.first()) {
-            (Some(uri), _) => Identity::Uri(uri.clone()),
-            (None, Some(dns)) => Identity::Dns(normalize_dns(dns)),
-            (None, None) => Identity::Subject(self.subject.clone()),
+    pub fn identity(&self) -> &Identity {
+        &self.identity
+    }
+
+    /// [`identity`](Self::identity) as text (escaped): the key of the
+    /// per-caller rate limit and refusal budget.
+    pub fn identity_text(&self) -> &str {
+        &self.identity_text
+    }
+}
+
+/// Identities of the client certificates seen lately, by the SHA-256 of
+/// their DER: a service reconnecting with the same certificate is not
+/// parsed again. Only certificates the handshake verified are looked up, so
+/// outsiders cannot fill it; at [`IdentityCache::CAPACITY`] entries it
+/// starts over.
+#[derive(Default)]
+pub struct IdentityCache(std::sync::Mutex<HashMap<[u8; 32], Arc<PeerIdentity>>>);
+
+impl IdentityCache {
+    /// Certificates remembered at most.
+    pub const CAPACITY: usize = 4096;
+
+    /// The identity of `der`, parsed once per certificate.
+    pub fn identity_of(&self, der: &[u8]) -> Result<Arc<PeerIdentity>, UnreadableCertificate> {
+        let digest = aws_lc_rs::digest::digest(&aws_lc_rs::digest::SHA256, der);
+        let key: [u8; 32] = digest.as_ref().try_into().expect("SHA-256 is 32 bytes");
+        let lock = || self.0.lock().unwrap_or_else(|e| e.into_inner());
+        if let Some(known) = lock().get(&key) {
+            return Ok(known.clone());
         }
+        let peer = Arc::new(PeerIdentity::with_digest(der, digest)?);
+        let mut known = lock();
+        if known.len() >= Self::CAPACITY {
+            known.clear();
+        }
+        known.insert(key, peer.clone());
+        Ok(peer)
     }
 }
 
@@ -139,6 +192,29 @@ impl fmt::Display for PeerIdentity {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    fn certificate(dns_name: &str) -> Vec<u8> {
+        let key = rcgen::KeyPair::generate().unwrap();
+        rcgen::CertificateParams::new(vec![dns_name.to_owned()])
+            .unwrap()
+            .self_signed(&key)
+            .unwrap()
+            .der()
+            .to_vec()
+    }
+
+    #[test]
+    fn the_cache_parses_a_certificate_once_and_tells_certificates_apart() {
+        let cache = IdentityCache::default();
+        let (a, b) = (certificate("a.example"), certificate("b.example"));
+        let first = cache.identity_of(&a).unwrap();
+        assert!(Arc::ptr_eq(&first, &cache.identity_of(&a).unwrap()));
+        assert_eq!(*first, PeerIdentity::from_der(&a).unwrap());
+        let other = cache.identity_of(&b).unwrap();
+        assert_eq!(other.identity(), &Identity::Dns("b.example".into()));
+        assert_eq!(other.identity_text(), "b.example");
+        assert!(cache.identity_of(b"not a certificate").is_err());
+    }
 
     #[test]
     fn configured_identities_name_their_kind() {
