@@ -1,12 +1,12 @@
-//! Writes whose reply is lost on the way back from DynamoDB, so the server's
-//! SDK sends them again: each must answer as if it had been applied once.
-//! A proxy between the server and moto forwards the first write of one kind
-//! and drops its answer.
+//! DynamoDB's faults, through a proxy between the server and moto: writes
+//! whose reply is lost on the way back (the server sends them again, and
+//! each must answer as if it had been applied once), a stalled DynamoDB,
+//! throttling, denied access and unexpected errors.
 
 use notes_api::pb::{CreateNoteRequest, DeleteNoteRequest};
 
 use crate::harness::{
-    Backend, TestApp, create_request, dynamodb_endpoint,
+    Backend, LogSink, TestApp, create_request, dynamodb_endpoint,
     net::{Fault, LostReplyProxy},
     token_for, with_token,
 };
@@ -177,4 +177,161 @@ async fn throttling_answers_unavailable_and_is_counted() {
         ),
         "{text}"
     );
+}
+
+/// A server on moto through a proxy doing `fault` to `operation`.
+async fn server_with(operation: &str, fault: Fault) -> (TestApp, LostReplyProxy) {
+    let proxy = LostReplyProxy::with_fault(&dynamodb_endpoint(), operation, fault).await;
+    let app = TestApp::builder()
+        .store(Backend::DynamoDbAt(proxy.endpoint.clone()))
+        .spawn()
+        .await;
+    (app, proxy)
+}
+
+/// The sum of a metric's series whose labels contain every one of `labels`.
+fn metric_sum(name: &str, labels: &[&str]) -> f64 {
+    notes_server::metrics::metrics()
+        .render()
+        .lines()
+        .filter(|l| l.starts_with(&format!("{name}{{")) && labels.iter().all(|x| l.contains(x)))
+        .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
+        .sum()
+}
+
+async fn raw_delete(app: &TestApp, note_id: &str) -> Result<(), tonic::Status> {
+    app.raw()
+        .await
+        .delete_note(with_token(
+            DeleteNoteRequest {
+                note_id: note_id.to_owned(),
+                expected_version: 1,
+            },
+            &token_for("alice"),
+        ))
+        .await
+        .map(|_| ())
+}
+
+#[tokio::test]
+async fn a_delete_throttled_once_is_sent_again_and_succeeds() {
+    let (app, proxy) = server_with("DeleteItem", Fault::ThrottleFirst).await;
+    let client = app.client_as("alice").await;
+    let note = client.create("doomed", None).await.unwrap();
+
+    let deleted = raw_delete(&app, &note.note_id).await;
+    let after = client.get(&note.note_id).await;
+
+    assert!(deleted.is_ok(), "{deleted:?}");
+    assert_eq!(proxy.requests(), 2);
+    assert!(
+        matches!(after, Err(notes_client::Error::NotFound(_))),
+        "{after:?}"
+    );
+}
+
+#[tokio::test]
+async fn a_delete_throttled_every_time_is_sent_three_times_then_answers_unavailable() {
+    let (app, proxy) = server_with("DeleteItem", Fault::Throttle).await;
+    let client = app.client_as("alice").await;
+    let note = client.create("kept", None).await.unwrap();
+
+    let status = raw_delete(&app, &note.note_id).await.unwrap_err();
+
+    assert_eq!(status.code(), tonic::Code::Unavailable, "{status:?}");
+    assert_eq!(proxy.requests(), 3, "the server's delete attempts");
+    assert_eq!(client.get(&note.note_id).await.unwrap().content, "kept");
+}
+
+#[tokio::test]
+async fn denied_access_answers_internal_and_the_log_says_access_was_denied() {
+    let (logs, _scope) = LogSink::capture("notes_server=error");
+    let (app, proxy) = server_with("GetItem", Fault::Answer("AccessDeniedException")).await;
+    let client = app.client_as("alice").await;
+    let note = client.create("private", None).await.unwrap();
+
+    let status = app
+        .raw()
+        .await
+        .get_note(with_token(
+            notes_api::pb::GetNoteRequest {
+                note_id: note.note_id,
+            },
+            &token_for("alice"),
+        ))
+        .await
+        .unwrap_err();
+
+    // A deployment fault: INTERNAL (clients do not retry), no AWS detail.
+    assert_eq!(status.code(), tonic::Code::Internal, "{status:?}");
+    assert_eq!(status.message(), "internal error");
+    assert_eq!(proxy.requests(), 1, "denied access is not retried");
+    let text = logs.text();
+    assert!(text.contains("access to DynamoDB table"), "{text}");
+    assert!(text.contains("was denied"), "{text}");
+}
+
+#[tokio::test]
+async fn an_unexpected_dynamodb_error_is_internal_and_is_neither_denial_nor_throttling() {
+    let (logs, _scope) = LogSink::capture("notes_server=error");
+    let (app, _proxy) = server_with("GetItem", Fault::Answer("ValidationException")).await;
+    let client = app.client_as("alice").await;
+    let note = client.create("odd", None).await.unwrap();
+
+    let status = app
+        .raw()
+        .await
+        .get_note(with_token(
+            notes_api::pb::GetNoteRequest {
+                note_id: note.note_id,
+            },
+            &token_for("alice"),
+        ))
+        .await
+        .unwrap_err();
+
+    assert_eq!(status.code(), tonic::Code::Internal, "{status:?}");
+    let text = logs.text();
+    assert!(text.contains("DynamoDB request on"), "{text}");
+    assert!(!text.contains("denied"), "{text}");
+    assert!(metric_sum("notes_dynamodb_requests_total", &["GetItem", "\"error\""]) >= 1.0);
+    assert_eq!(
+        metric_sum("notes_dynamodb_throttles_total", &["GetItem"]),
+        0.0
+    );
+}
+
+#[tokio::test]
+async fn a_refused_conditional_write_costs_one_request_counted_as_a_failed_condition() {
+    let app = TestApp::builder().store(Backend::DynamoDb).spawn().await;
+    let client = app.client_as("alice").await;
+    let note = client.create("v1", None).await.unwrap();
+    let reads_before = metric_sum("notes_dynamodb_requests_total", &["GetItem"]);
+
+    let stale_update = client.update(&note.note_id, "v2", 7).await;
+    let stale_delete = client.delete(&note.note_id, 7).await;
+
+    assert!(
+        matches!(stale_update, Err(notes_client::Error::Conflict(_))),
+        "{stale_update:?}"
+    );
+    assert!(
+        matches!(stale_delete, Err(notes_client::Error::Conflict(_))),
+        "{stale_delete:?}"
+    );
+    // DynamoDB returned the item with the refusal: nothing is read again.
+    assert_eq!(
+        metric_sum("notes_dynamodb_requests_total", &["GetItem"]),
+        reads_before
+    );
+    for operation in ["UpdateItem", "DeleteItem"] {
+        assert_eq!(
+            metric_sum(
+                "notes_dynamodb_requests_total",
+                &[operation, "condition_failed"]
+            ),
+            1.0,
+            "{operation}"
+        );
+    }
 }

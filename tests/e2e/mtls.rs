@@ -4,10 +4,7 @@
 //! of the server certificate and the CRL without dropping connections, and a
 //! broken file that changes nothing.
 
-use std::{
-    sync::{Arc, Mutex},
-    time::Duration,
-};
+use std::{sync::Arc, time::Duration};
 
 use notes_api::pb::ListNotesRequest;
 use notes_server::{
@@ -111,22 +108,13 @@ async fn a_server_certificate_presented_as_a_client_certificate_fails_the_handsh
     assert_eq!(err, alert(AlertDescription::UnsupportedCertificate));
 }
 
-/// Captures the logs of this test's thread while the guard lives. A
-/// `#[tokio::test]` runs the server's tasks on that same thread, so this
-/// needs no process of its own and leaves the global subscriber alone.
-fn capture_logs(filter: &str) -> (Arc<Mutex<Vec<u8>>>, tracing::subscriber::DefaultGuard) {
-    let sink = LogSink::default();
-    let logs = sink.0.clone();
-    let subscriber = tracing_subscriber::fmt()
-        .with_env_filter(filter)
-        .with_ansi(false)
-        .with_writer(move || sink.clone())
-        .finish();
-    (logs, tracing::subscriber::set_default(subscriber))
+/// Captures the logs of this test's thread while the guard lives ([`LogSink::capture`]).
+fn capture_logs(filter: &str) -> (LogSink, tracing::subscriber::DefaultGuard) {
+    LogSink::capture(filter)
 }
 
-fn text(logs: &Arc<Mutex<Vec<u8>>>) -> String {
-    String::from_utf8_lossy(&logs.lock().unwrap()).into_owned()
+fn text(logs: &LogSink) -> String {
+    logs.text()
 }
 
 #[tokio::test]

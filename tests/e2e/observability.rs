@@ -17,7 +17,8 @@ use tonic_health::pb::{HealthCheckRequest, health_client::HealthClient};
 use crate::{
     binaries::start_serve_with_admin,
     harness::{
-        LogSink, TestApp, claims, create_as, pki, pki::write_files, sign, token_for, with_token,
+        LogSink, TestApp, claims, create_as, dynamodb_config, dynamodb_endpoint, pki,
+        pki::write_files, sign, token_for, with_token,
     },
 };
 
@@ -108,6 +109,28 @@ async fn readyz_is_503_until_keys_load_200_when_ready_and_503_while_draining() {
 
     assert!(draining.contains("draining"), "{draining}");
     assert!(exited.success());
+}
+
+#[tokio::test]
+async fn readyz_turns_503_naming_the_store_when_its_table_goes_away() {
+    let dir = tempfile::tempdir().unwrap();
+    write_files(dir.path());
+    let config = dynamodb_config(dynamodb_endpoint());
+    let store = notes_server::startup::init_table(&config).await.unwrap();
+    let (_server, _, admin) = start_serve_with_admin(dir.path(), store.table(), 0, &[]).await;
+    wait_ready(admin, 200).await;
+
+    store
+        .client()
+        .delete_table()
+        .table_name(store.table())
+        .send()
+        .await
+        .unwrap();
+    // The store is probed every 5 s.
+    let unready = wait_ready(admin, 503).await;
+
+    assert!(unready.contains("store"), "{unready}");
 }
 
 /// `promtool` and `prometheus`, installed by the test command.

@@ -225,6 +225,7 @@ async fn init_table_enables_ttl_on_the_idempotency_records_attribute() {
 
 #[tokio::test]
 async fn a_table_deleted_at_run_time_answers_internal_not_a_retryable_code() {
+    let (logs, _scope) = crate::harness::LogSink::capture("notes_server=error");
     let config = dynamodb_config(dynamodb_endpoint());
     let store: DynamoStore = startup::init_table(&config).await.unwrap();
     let client = store.client().clone();
@@ -259,6 +260,12 @@ async fn a_table_deleted_at_run_time_answers_internal_not_a_retryable_code() {
     // it), with no AWS detail in the message.
     assert_eq!(status.code(), tonic::Code::Internal, "{status:?}");
     assert!(!status.message().contains(&table), "{status:?}");
+    // The operator's log says what is wrong.
+    let text = logs.text();
+    assert!(
+        text.contains(&format!("DynamoDB table \"{table}\" does not exist")),
+        "{text}"
+    );
 }
 
 /// `--audit-allowed false`: allowed calls write no audit event, refusals

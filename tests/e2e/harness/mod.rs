@@ -46,6 +46,21 @@ impl std::io::Write for LogSink {
 }
 
 impl LogSink {
+    /// Captures the logs of this test's thread (`filter` in `RUST_LOG`
+    /// syntax) while the guard lives. A `#[tokio::test]` runs the server's
+    /// tasks on that same thread, so this needs no process of its own and
+    /// leaves the global subscriber alone.
+    pub fn capture(filter: &str) -> (LogSink, tracing::subscriber::DefaultGuard) {
+        let sink = LogSink::default();
+        let writer = sink.clone();
+        let subscriber = tracing_subscriber::fmt()
+            .with_env_filter(filter)
+            .with_ansi(false)
+            .with_writer(move || writer.clone())
+            .finish();
+        (sink, tracing::subscriber::set_default(subscriber))
+    }
+
     /// Everything logged so far.
     pub fn text(&self) -> String {
         String::from_utf8_lossy(&self.0.lock().unwrap()).into_owned()

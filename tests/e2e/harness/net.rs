@@ -75,6 +75,12 @@ pub enum Fault {
     Stall,
     /// Answer every one with DynamoDB's ThrottlingException, unforwarded.
     Throttle,
+    /// Answer the first one with ThrottlingException, forward the rest.
+    ThrottleFirst,
+    /// Answer every one with this DynamoDB error code, unforwarded: e.g.
+    /// `AccessDeniedException`, what DynamoDB tells a role whose IAM policy
+    /// lacks the action (moto does not enforce IAM).
+    Answer(&'static str),
 }
 
 /// An HTTP/1.1 proxy to DynamoDB with the faults real networks and DynamoDB
@@ -85,7 +91,16 @@ pub struct LostReplyProxy {
     dropped: std::sync::Arc<std::sync::atomic::AtomicUsize>,
 }
 
-const THROTTLED: &str = "HTTP/1.1 400 Bad Request\r\ncontent-type: application/x-amz-json-1.0\r\nx-amzn-requestid: fault-proxy\r\ncontent-length: 91\r\n\r\n{\"__type\":\"com.amazonaws.dynamodb.v20120810#ThrottlingException\",\"message\":\"Rate exceeded\"}";
+/// DynamoDB's answer with error `code`, as its JSON protocol sends it.
+fn error_response(code: &str) -> String {
+    let body = format!(
+        "{{\"__type\":\"com.amazonaws.dynamodb.v20120810#{code}\",\"message\":\"injected by the fault proxy\"}}"
+    );
+    format!(
+        "HTTP/1.1 400 Bad Request\r\ncontent-type: application/x-amz-json-1.0\r\nx-amzn-requestid: fault-proxy\r\ncontent-length: {}\r\n\r\n{body}",
+        body.len()
+    )
+}
 
 /// One HTTP/1.1 message (head and a Content-Length body) read from `from`,
 /// with the value of `header` if it is there; `None` at EOF.
@@ -145,16 +160,23 @@ impl LostReplyProxy {
                     while let Some((request, op)) = read_message(&mut inbound, "x-amz-target").await
                     {
                         if op.as_deref() == Some(target.as_str()) {
-                            count.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
-                            match fault {
-                                Fault::Stall => std::future::pending::<()>().await,
-                                Fault::Throttle => {
-                                    if inbound.write_all(THROTTLED.as_bytes()).await.is_err() {
-                                        return;
-                                    }
-                                    continue;
+                            let nth = count.fetch_add(1, std::sync::atomic::Ordering::SeqCst) + 1;
+                            let answer = match fault {
+                                Fault::Stall => std::future::pending::<Option<&str>>().await,
+                                Fault::Throttle => Some("ThrottlingException"),
+                                Fault::ThrottleFirst if nth == 1 => Some("ThrottlingException"),
+                                Fault::Answer(code) => Some(code),
+                                Fault::ThrottleFirst | Fault::LoseReply => None,
+                            };
+                            if let Some(code) = answer {
+                                if inbound
+                                    .write_all(error_response(code).as_bytes())
+                                    .await
+                                    .is_err()
+                                {
+                                    return;
                                 }
-                                Fault::LoseReply => {}
+                                continue;
                             }
                         }
                         if outbound.write_all(&request).await.is_err() {
@@ -164,7 +186,8 @@ impl LostReplyProxy {
                             return;
                         };
                         // Only the first reply of the operation is lost.
-                        let drop_it = op.as_deref() == Some(target.as_str())
+                        let drop_it = fault == Fault::LoseReply
+                            && op.as_deref() == Some(target.as_str())
                             && count.load(std::sync::atomic::Ordering::SeqCst) == 1
                             && !lost.swap(true, std::sync::atomic::Ordering::SeqCst);
                         if drop_it {
