@@ -131,7 +131,14 @@ async fn the_server_reports_ready_only_once_the_keys_are_loaded() {
         service: service.into(),
     };
 
-    tokio::time::sleep(Duration::from_millis(300)).await;
+    // The loader has tried (and is retrying) while the endpoint is down.
+    for _ in 0..3000 {
+        if jwks.fetches() >= 2 {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    assert!(jwks.fetches() >= 2, "the keys were never fetched");
     let before = health
         .check(status("notes.v1.NotesService"))
         .await
@@ -368,4 +375,69 @@ async fn a_chunked_jwks_body_is_refused_at_the_cap_without_being_read_whole() {
 
 fn bytes_of(len: usize) -> Vec<u8> {
     vec![b' '; len]
+}
+
+/// A key source that counts its background refreshes.
+struct CountingRefreshes {
+    inner: Arc<dyn KeySource>,
+    interval: Duration,
+    refreshes: std::sync::atomic::AtomicUsize,
+}
+
+#[async_trait::async_trait]
+impl KeySource for CountingRefreshes {
+    async fn key(
+        &self,
+        kid: &str,
+    ) -> Result<Option<Arc<notes_server::auth::keys::VerifyKey>>, notes_server::auth::keys::KeyError>
+    {
+        self.inner.key(kid).await
+    }
+
+    fn cached_key(&self, kid: &str) -> Option<Arc<notes_server::auth::keys::VerifyKey>> {
+        self.inner.cached_key(kid)
+    }
+
+    async fn refresh(&self) -> Result<(), notes_server::auth::keys::KeyError> {
+        self.refreshes
+            .fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+        Ok(())
+    }
+
+    fn refresh_interval(&self) -> Option<Duration> {
+        Some(self.interval)
+    }
+}
+
+#[tokio::test]
+async fn a_pools_keys_are_refreshed_hourly_by_default_and_on_their_interval_until_stopped() {
+    // The default: hourly, and a pool's key source asks for it.
+    let hourly = JwksSettings::default().refresh_interval;
+    assert_eq!(hourly, Duration::from_secs(3600));
+    let remote = RemoteJwks::new("https://127.0.0.1:9/jwks.json", JwksSettings::default()).unwrap();
+    assert_eq!(remote.refresh_interval(), Some(hourly));
+
+    // The background refresh runs on each source's interval (short here,
+    // so the test does not wait an hour) and stops with the server.
+    let source = Arc::new(CountingRefreshes {
+        inner: crate::harness::test_keys(),
+        interval: Duration::from_millis(20),
+        refreshes: Default::default(),
+    });
+    let verifier = TokenVerifier::new(test_policy(), source.clone());
+    let stop = tokio_util::sync::CancellationToken::new();
+    jwks::spawn_refresh(&verifier, &stop);
+    let count = || source.refreshes.load(std::sync::atomic::Ordering::SeqCst);
+    for _ in 0..1000 {
+        if count() >= 3 {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    assert!(count() >= 3, "{} refreshes", count());
+    stop.cancel();
+    tokio::time::sleep(Duration::from_millis(50)).await;
+    let stopped_at = count();
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    assert_eq!(count(), stopped_at, "refreshed after the stop");
 }

@@ -224,7 +224,13 @@ async fn a_reused_token_skips_signature_verification_until_it_expires() {
         inner: test_keys(),
         lookups: AtomicUsize::new(0),
     });
-    let verifier = TokenVerifier::new(test_policy(), keys.clone());
+    // The verifier's clock, in seconds; moved on by the test, not waited for.
+    let clock_secs = Arc::new(std::sync::atomic::AtomicU64::new(now()));
+    let read = clock_secs.clone();
+    let verifier =
+        TokenVerifier::new(test_policy(), keys.clone()).with_clock(Arc::new(move || {
+            Duration::from_secs(read.load(Ordering::SeqCst))
+        }));
     let mut short = claims("alice");
     short["exp"] = json!(now() + 2);
     let token = sign_with(Algorithm::RS256, KID, &short, &issuer().signer);
@@ -233,10 +239,15 @@ async fn a_reused_token_skips_signature_verification_until_it_expires() {
         verifier.verify(&token).await.unwrap();
     }
     let while_valid = keys.lookups.load(Ordering::SeqCst);
-    tokio::time::sleep(Duration::from_millis(3100)).await;
+    clock_secs.fetch_add(3, Ordering::SeqCst);
     // Past `exp` the cache entry is gone; the 60 s leeway still admits it after full verification.
     verifier.verify(&token).await.unwrap();
+    let past_exp = keys.lookups.load(Ordering::SeqCst);
+    clock_secs.fetch_add(60, Ordering::SeqCst);
+    // Past the leeway too: refused, however recently it was verified.
+    let refused = verifier.verify(&token).await;
 
     assert_eq!(while_valid, 1);
-    assert_eq!(keys.lookups.load(Ordering::SeqCst), 2);
+    assert_eq!(past_exp, 2);
+    assert_eq!(refused.unwrap_err(), notes_server::auth::AuthError::Expired);
 }

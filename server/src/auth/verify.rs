@@ -165,13 +165,20 @@ pub struct TokenVerifier {
     issuers: HashMap<String, Issuer>,
     max_token_bytes: usize,
     cache: TokenCache,
+    clock: Clock,
 }
 
-fn now_secs() -> u64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .unwrap_or_default()
-        .as_secs()
+/// What time it is, as a duration since the Unix epoch: the system clock,
+/// or one a test sets ([`TokenVerifier::with_clock`]).
+pub type Clock = Arc<dyn Fn() -> Duration + Send + Sync>;
+
+/// The system clock.
+pub fn system_clock() -> Clock {
+    Arc::new(|| {
+        SystemTime::now()
+            .duration_since(UNIX_EPOCH)
+            .unwrap_or_default()
+    })
 }
 
 /// Step 1: the size limit, before any decoding.
@@ -417,7 +424,19 @@ impl TokenVerifier {
             issuers,
             max_token_bytes,
             cache: TokenCache::new(cache_capacity),
+            clock: system_clock(),
         }
+    }
+
+    /// Reads the time from `clock` instead of the system clock (for tests
+    /// of expiry that do not wait for it).
+    pub fn with_clock(mut self, clock: Clock) -> Self {
+        self.clock = clock;
+        self
+    }
+
+    fn now_secs(&self) -> u64 {
+        (self.clock)().as_secs()
     }
 
     /// The policy of `issuer`.
@@ -433,7 +452,7 @@ impl TokenVerifier {
     /// Verifies `token`, from the cache when it was verified before.
     pub async fn verify(&self, token: &str) -> Result<Arc<VerifiedToken>, AuthError> {
         check_size(token, self.max_token_bytes)?;
-        if let Some(cached) = self.cache.get(token, now_secs()) {
+        if let Some(cached) = self.cache.get(token, self.now_secs()) {
             // A token whose key has left the issuer's set is verified afresh (and fails).
             let key_known = self
                 .issuers
@@ -447,7 +466,7 @@ impl TokenVerifier {
         }
         crate::metrics::metrics().token_cache_misses.inc();
         let verified = Arc::new(self.verify_uncached(token).await?);
-        self.cache.insert(token, verified.clone(), now_secs());
+        self.cache.insert(token, verified.clone(), self.now_secs());
         Ok(verified)
     }
 
@@ -463,9 +482,7 @@ impl TokenVerifier {
             .ok_or(AuthError::WrongIssuer)?;
         let key = lookup_key(issuer, &header).await?;
         check_signature(&segments, header.alg, &key)?;
-        let now = SystemTime::now()
-            .duration_since(UNIX_EPOCH)
-            .unwrap_or_default();
+        let now = (self.clock)();
         let exp = check_validity(&claims, &issuer.policy, now.as_secs())?;
         let checked = check_claims(&mut claims, &issuer.policy, now.as_secs_f64())?;
         let kind = caller_kind(&checked)?;
