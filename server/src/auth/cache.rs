@@ -6,8 +6,8 @@
 //! constant time). The map is keyed by the token's last 32 bytes, which are
 //! signature bytes: no hashing of the whole token is needed to find the
 //! entry, and a presented token that merely shares them is a miss (then
-//! verified in full). At most `capacity` tokens of at most the verifier's
-//! size limit are held. An entry never outlives its token's `exp`, is
+//! verified in full). At most `capacity` tokens and [`MAX_BYTES`] of token
+//! text are held (10,000 tokens at the 8 KiB size limit would be 80 MB). An entry never outlives its token's `exp`, is
 //! dropped when its signing key leaves the issuer's set, and holds only what
 //! verification established: scopes, bindings and groups are still checked
 //! on every call.
@@ -46,18 +46,44 @@ impl Entry {
     }
 }
 
+/// Bytes of token text the cache holds at most, whatever its capacity:
+/// Cognito access tokens are about 1 KB, so 16 MiB is room for 16,000.
+pub const MAX_BYTES: usize = 16 * 1024 * 1024;
+
+#[derive(Default)]
+struct Entries {
+    map: HashMap<[u8; KEY_BYTES], Entry>,
+    /// The sum of the held tokens' lengths.
+    bytes: usize,
+}
+
+impl Entries {
+    fn remove(&mut self, key: &[u8; KEY_BYTES]) {
+        if let Some(old) = self.map.remove(key) {
+            self.bytes -= old.token.len();
+        }
+    }
+}
+
 /// The cache; capacity 0 disables it.
 pub struct TokenCache {
     capacity: usize,
-    entries: Mutex<HashMap<[u8; KEY_BYTES], Entry>>,
+    max_bytes: usize,
+    entries: Mutex<Entries>,
 }
 
 impl TokenCache {
-    /// A cache holding at most `capacity` tokens.
+    /// A cache holding at most `capacity` tokens and [`MAX_BYTES`] of them.
     pub fn new(capacity: usize) -> Self {
+        Self::with_max_bytes(capacity, MAX_BYTES)
+    }
+
+    /// A cache holding at most `capacity` tokens and `max_bytes` of them.
+    pub fn with_max_bytes(capacity: usize, max_bytes: usize) -> Self {
         Self {
             capacity,
-            entries: Mutex::new(HashMap::new()),
+            max_bytes,
+            entries: Mutex::default(),
         }
     }
 
@@ -68,7 +94,7 @@ impl TokenCache {
         }
         let key = key(token);
         let mut entries = self.entries.lock().unwrap_or_else(|e| e.into_inner());
-        match entries.get(&key) {
+        match entries.map.get(&key) {
             Some(entry) if !entry.is(token) => None,
             Some(entry) if entry.verified.exp > now => Some(entry.verified.clone()),
             Some(_) => {
@@ -79,22 +105,28 @@ impl TokenCache {
         }
     }
 
-    /// Remembers a verified token; when full, expired entries go first and,
-    /// if that frees nothing, the whole cache is cleared (bounded memory over
-    /// perfect hit rates).
+    /// Remembers a verified token; when full (tokens or bytes), expired
+    /// entries go first and, if that does not make room, the whole cache is
+    /// cleared (bounded memory over perfect hit rates).
     pub fn insert(&self, token: &str, verified: Arc<VerifiedToken>, now: u64) {
-        if self.capacity == 0 {
+        if self.capacity == 0 || token.len() > self.max_bytes {
             return;
         }
+        let key = key(token);
         let mut entries = self.entries.lock().unwrap_or_else(|e| e.into_inner());
-        if entries.len() >= self.capacity {
-            entries.retain(|_, e| e.verified.exp > now);
-            if entries.len() >= self.capacity {
-                entries.clear();
+        entries.remove(&key);
+        let full =
+            |e: &Entries| e.map.len() >= self.capacity || e.bytes + token.len() > self.max_bytes;
+        if full(&entries) {
+            entries.map.retain(|_, e| e.verified.exp > now);
+            entries.bytes = entries.map.values().map(|e| e.token.len()).sum();
+            if full(&entries) {
+                *entries = Entries::default();
             }
         }
-        entries.insert(
-            key(token),
+        entries.bytes += token.len();
+        entries.map.insert(
+            key,
             Entry {
                 token: token.into(),
                 verified,
@@ -102,21 +134,30 @@ impl TokenCache {
         );
         crate::metrics::metrics()
             .token_cache_entries
-            .set(i64::try_from(entries.len()).unwrap_or(i64::MAX));
+            .set(i64::try_from(entries.map.len()).unwrap_or(i64::MAX));
     }
 
     /// Forgets `token` (its signing key is gone).
     pub fn remove(&self, token: &str) {
         let mut entries = self.entries.lock().unwrap_or_else(|e| e.into_inner());
         let key = key(token);
-        if entries.get(&key).is_some_and(|e| e.is(token)) {
+        if entries.map.get(&key).is_some_and(|e| e.is(token)) {
             entries.remove(&key);
         }
     }
 
     /// How many tokens are cached.
     pub fn len(&self) -> usize {
-        self.entries.lock().unwrap_or_else(|e| e.into_inner()).len()
+        self.entries
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .map
+            .len()
+    }
+
+    /// Bytes of token text held.
+    pub fn bytes(&self) -> usize {
+        self.entries.lock().unwrap_or_else(|e| e.into_inner()).bytes
     }
 
     /// Whether nothing is cached.
@@ -178,5 +219,31 @@ mod tests {
         let off = TokenCache::new(0);
         off.insert("a", verified("a", 100), 0);
         assert!(off.get("a", 0).is_none() && off.is_empty());
+    }
+
+    #[test]
+    fn the_bytes_held_are_bounded_whatever_the_capacity() {
+        let cache = TokenCache::with_max_bytes(1000, 100);
+        for i in 0..20 {
+            let token = format!("{i:02}{}", "t".repeat(28));
+            cache.insert(&token, verified("a", 100), 0);
+            assert!(cache.bytes() <= 100, "{}", cache.bytes());
+            assert_eq!(cache.bytes(), cache.len() * 30);
+            assert!(cache.get(&token, 0).is_some(), "the newest is held");
+        }
+        // Re-inserting a held token does not count it twice.
+        let token = format!("19{}", "t".repeat(28));
+        cache.insert(&token, verified("a", 100), 0);
+        assert_eq!(cache.bytes(), cache.len() * 30);
+        // Expired entries make room before anything else goes.
+        let cache = TokenCache::with_max_bytes(1000, 100);
+        cache.insert(&"o".repeat(60), verified("old", 5), 0);
+        cache.insert(&"k".repeat(30), verified("kept", 100), 0);
+        cache.insert(&"n".repeat(30), verified("new", 100), 10);
+        assert!(cache.get(&"k".repeat(30), 10).is_some());
+        assert_eq!(cache.bytes(), 60);
+        // A token larger than the whole budget is not cached at all.
+        cache.insert(&"x".repeat(101), verified("x", 100), 10);
+        assert!(cache.get(&"x".repeat(101), 10).is_none());
     }
 }
