@@ -335,6 +335,48 @@ async fn a_client_certificate_revoked_by_a_reloaded_crl_fails_its_next_connectio
     tls_probe(app.addr, Some(&pki().client)).await.unwrap();
 }
 
+#[tokio::test]
+async fn a_client_ca_added_to_the_bundle_by_a_reload_is_trusted_and_the_old_one_still_is() {
+    let files = TlsDir::new();
+    let app = TestApp::builder().tls(files.server_tls()).spawn().await;
+    let partner_ca =
+        notes_server::certs::authority::CertificateAuthority::generate("partner CA", DAY).unwrap();
+    let partner = partner_ca
+        .issue_client(
+            &notes_server::certs::authority::Subject {
+                common_name: "partner".into(),
+                uris: vec!["spiffe://partner.test/reports".into()],
+                ..Default::default()
+            },
+            DAY,
+        )
+        .unwrap();
+    let before = tls_probe(app.addr, Some(&partner)).await;
+
+    // The bundle gains the partner's CA, and the CRL file its CRL (the
+    // server wants a CRL for every CA it trusts).
+    let bundle = format!("{}{}", pki().ca_pem, partner_ca.cert_pem());
+    let crls = format!(
+        "{}{}",
+        std::fs::read_to_string(files.path("crl.pem")).unwrap(),
+        partner_ca.crl(&[], 1, DAY).unwrap()
+    );
+    write(&files.path("crl.pem"), crls.as_bytes());
+    write(&files.path("ca.pem"), bundle.as_bytes());
+    let mut after = before.clone();
+    for _ in 0..100 {
+        after = tls_probe(app.addr, Some(&partner)).await;
+        if after.is_ok() {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+
+    assert_eq!(before, Err(alert(AlertDescription::UnknownCA)));
+    assert!(after.is_ok(), "{after:?}");
+    tls_probe(app.addr, Some(&pki().client)).await.unwrap();
+}
+
 /// A NotesService stub on one channel presenting `identity`.
 async fn stub_for(
     app: &TestApp,
