@@ -30,6 +30,7 @@ use notes_server::{
     config::DynamoConfig,
     dev::{self, DevMaterial},
     store::MemoryStore,
+    telemetry::LogFormat,
 };
 
 #[derive(Parser)]
@@ -39,6 +40,10 @@ struct Cli {
     /// as in production, through the server's non-blocking queue.
     #[arg(long, global = true, default_value = "/dev/null")]
     server_log: PathBuf,
+    /// How the server writes its log lines: `text` as `dev` does, `json` as
+    /// `serve` does by default.
+    #[arg(long, global = true, value_enum, default_value_t = LogFormat::Text)]
+    server_log_format: LogFormat,
     #[command(subcommand)]
     command: Option<Command>,
 }
@@ -140,7 +145,7 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         .open(&cli.server_log)
         .with_context(|| format!("opening {}", cli.server_log.display()))?;
     let _telemetry = notes_server::telemetry::init_non_blocking(
-        false,
+        cli.server_log_format == LogFormat::Json,
         false,
         log,
         notes_server::telemetry::LOG_QUEUE_BYTES,

@@ -115,7 +115,7 @@ where
                             .inc();
                         if auth.audits_allowed() {
                             tracing::info!(
-                                target: "notes::audit",
+                                target: crate::telemetry::AUDIT_TARGET,
                                 method = %Escaped(&path, MAX_LOGGED_PATH),
                                 subject = %Escaped(&caller.subject, usize::MAX),
                                 client_id = %Escaped(&caller.client_id, usize::MAX),
@@ -138,7 +138,7 @@ where
                         .with_label_values(&["deny", err.reason(), "none", "none"])
                         .inc();
                     tracing::info!(
-                        target: "notes::audit",
+                        target: crate::telemetry::AUDIT_TARGET,
                         method = %Escaped(&path, MAX_LOGGED_PATH),
                         peer = %DisplayPeer(peer(&req)),
                         decision = "deny",

@@ -1,0 +1,473 @@
+//! The log line formats, with a fast path for the audit trail.
+//!
+//! Every allowed call writes one audit line, so its formatting is on the
+//! request path. tracing-subscriber's formats are general: `Full` writes
+//! each part through ANSI styles (even with colours off) and each field
+//! through a generic visitor, and `Json` parses every span's fields back
+//! from JSON, twice per line, to write them out again. For `notes::audit`
+//! events these formats write the same line directly; every other event,
+//! and every line for a terminal (colours), goes to tracing-subscriber's
+//! format unchanged. Unit tests hold the two outputs together.
+
+use std::fmt::{self, Write as _};
+
+use tracing::field::{Field, Visit};
+use tracing::{Event, Level, Subscriber};
+use tracing_subscriber::fmt::format::{self, FormatEvent, FormatFields, Writer};
+use tracing_subscriber::fmt::time::{FormatTime, SystemTime};
+use tracing_subscriber::fmt::{FmtContext, FormattedFields};
+use tracing_subscriber::registry::LookupSpan;
+
+/// The audit trail's target.
+pub const AUDIT_TARGET: &str = "notes::audit";
+
+/// `Full`, with audit events written directly when colours are off. The
+/// line is byte for byte what `Full` writes without colours (a unit test
+/// holds them together).
+pub struct TextFormat {
+    full: format::Format<format::Full, SystemTime>,
+}
+
+impl TextFormat {
+    /// The text format, with colours when `ansi`.
+    pub fn new(ansi: bool) -> Self {
+        Self {
+            full: format::Format::default().with_ansi(ansi),
+        }
+    }
+}
+
+impl<S, N> FormatEvent<S, N> for TextFormat
+where
+    S: Subscriber + for<'a> LookupSpan<'a>,
+    N: for<'a> FormatFields<'a> + 'static,
+{
+    fn format_event(
+        &self,
+        ctx: &FmtContext<'_, S, N>,
+        mut writer: Writer<'_>,
+        event: &Event<'_>,
+    ) -> fmt::Result {
+        let meta = event.metadata();
+        if meta.target() != AUDIT_TARGET || writer.has_ansi_escapes() {
+            return self.full.format_event(ctx, writer, event);
+        }
+        SystemTime.format_time(&mut writer)?;
+        writer.write_str(match *meta.level() {
+            Level::TRACE => " TRACE ",
+            Level::DEBUG => " DEBUG ",
+            Level::INFO => "  INFO ",
+            Level::WARN => "  WARN ",
+            Level::ERROR => " ERROR ",
+        })?;
+        if let Some(scope) = ctx.event_scope() {
+            let mut seen = false;
+            for span in scope.from_root() {
+                writer.write_str(span.metadata().name())?;
+                seen = true;
+                let ext = span.extensions();
+                if let Some(fields) = ext.get::<FormattedFields<N>>()
+                    && !fields.is_empty()
+                {
+                    writer.write_char('{')?;
+                    writer.write_str(fields)?;
+                    writer.write_char('}')?;
+                }
+                writer.write_char(':')?;
+            }
+            if seen {
+                writer.write_char(' ')?;
+            }
+        }
+        writer.write_str(meta.target())?;
+        writer.write_str(": ")?;
+        let mut fields = Fields {
+            writer: &mut writer,
+            first: true,
+            result: Ok(()),
+        };
+        event.record(&mut fields);
+        fields.result?;
+        writer.write_char('\n')
+    }
+}
+
+/// Writes fields as `Full` does: `name=value` separated by spaces, `str`
+/// values quoted (`Debug`), the message without its name.
+struct Fields<'a, 'w> {
+    writer: &'a mut Writer<'w>,
+    first: bool,
+    result: fmt::Result,
+}
+
+impl Fields<'_, '_> {
+    fn name(&mut self, field: &Field) -> fmt::Result {
+        if !std::mem::take(&mut self.first) {
+            self.writer.write_char(' ')?;
+        }
+        if field.name() != "message" {
+            self.writer.write_str(field.name())?;
+            self.writer.write_char('=')?;
+        }
+        Ok(())
+    }
+}
+
+impl Visit for Fields<'_, '_> {
+    fn record_str(&mut self, field: &Field, value: &str) {
+        if self.result.is_ok() {
+            self.result = self.name(field).and_then(|()| {
+                if field.name() == "message" {
+                    self.writer.write_str(value)
+                } else {
+                    write!(self.writer, "{value:?}")
+                }
+            });
+        }
+    }
+
+    fn record_debug(&mut self, field: &Field, value: &dyn fmt::Debug) {
+        if self.result.is_ok() {
+            self.result = self
+                .name(field)
+                .and_then(|()| write!(self.writer, "{value:?}"));
+        }
+    }
+}
+
+/// tracing-subscriber's `Json` format, with audit events written directly:
+/// the same keys, values and order, byte for byte.
+pub struct JsonFormat {
+    json: format::Format<format::Json, SystemTime>,
+}
+
+impl JsonFormat {
+    /// The JSON format.
+    pub fn new() -> Self {
+        Self::default()
+    }
+}
+
+impl Default for JsonFormat {
+    fn default() -> Self {
+        Self {
+            json: format::Format::default().json(),
+        }
+    }
+}
+
+impl<S, N> FormatEvent<S, N> for JsonFormat
+where
+    S: Subscriber + for<'a> LookupSpan<'a>,
+    N: for<'a> FormatFields<'a> + 'static,
+{
+    fn format_event(
+        &self,
+        ctx: &FmtContext<'_, S, N>,
+        mut writer: Writer<'_>,
+        event: &Event<'_>,
+    ) -> fmt::Result {
+        let meta = event.metadata();
+        let current = event
+            .parent()
+            .and_then(|id| ctx.span(id))
+            .or_else(|| ctx.lookup_current());
+        // A span's fields are kept as the JSON object `Json` wrote them
+        // (keys sorted); anything else goes the general way.
+        let spans_well_formed = current.as_ref().is_none_or(|current| {
+            current.scope().all(|span| {
+                span.extensions()
+                    .get::<FormattedFields<N>>()
+                    .is_some_and(|fields| fields.starts_with('{') && fields.ends_with('}'))
+            })
+        });
+        if meta.target() != AUDIT_TARGET || !spans_well_formed {
+            return self.json.format_event(ctx, writer, event);
+        }
+        writer.write_str("{\"timestamp\":\"")?;
+        SystemTime.format_time(&mut writer)?;
+        writer.write_str("\",\"level\":\"")?;
+        writer.write_str(meta.level().as_str())?;
+        writer.write_str("\",\"fields\":{")?;
+        let mut fields = JsonFields {
+            writer: &mut writer,
+            first: true,
+            result: Ok(()),
+        };
+        event.record(&mut fields);
+        fields.result?;
+        writer.write_str("},\"target\":")?;
+        json_str(&mut writer, meta.target())?;
+        if let Some(current) = current {
+            writer.write_str(",\"span\":")?;
+            json_span::<S, N>(&mut writer, &current)?;
+            writer.write_str(",\"spans\":[")?;
+            if let Some(leaf) = ctx.lookup_current() {
+                for (i, span) in leaf.scope().from_root().enumerate() {
+                    if i > 0 {
+                        writer.write_char(',')?;
+                    }
+                    json_span::<S, N>(&mut writer, &span)?;
+                }
+            }
+            writer.write_char(']')?;
+        }
+        writer.write_str("}\n")
+    }
+}
+
+/// A span as `Json` writes it: its fields, then its name.
+fn json_span<S, N>(
+    writer: &mut Writer<'_>,
+    span: &tracing_subscriber::registry::SpanRef<'_, S>,
+) -> fmt::Result
+where
+    S: for<'a> LookupSpan<'a>,
+    N: for<'a> FormatFields<'a> + 'static,
+{
+    let ext = span.extensions();
+    let fields = ext
+        .get::<FormattedFields<N>>()
+        .map_or("{}", |fields| fields.fields.as_str());
+    let inner = &fields[1..fields.len() - 1];
+    writer.write_char('{')?;
+    writer.write_str(inner)?;
+    if !inner.is_empty() {
+        writer.write_char(',')?;
+    }
+    writer.write_str("\"name\":")?;
+    json_str(writer, span.metadata().name())?;
+    writer.write_char('}')
+}
+
+/// Writes `text` as a JSON string, escaped as serde_json escapes it.
+fn json_str(writer: &mut Writer<'_>, text: &str) -> fmt::Result {
+    writer.write_char('"')?;
+    JsonEscaped(writer).write_str(text)?;
+    writer.write_char('"')
+}
+
+/// Escapes what is written through it as serde_json does inside a string:
+/// `"`, `\\` and the control characters, nothing else.
+struct JsonEscaped<'a, 'w>(&'a mut Writer<'w>);
+
+impl fmt::Write for JsonEscaped<'_, '_> {
+    fn write_str(&mut self, text: &str) -> fmt::Result {
+        const HEX: &[u8; 16] = b"0123456789abcdef";
+        let mut from = 0;
+        for (at, byte) in text.bytes().enumerate() {
+            let escape = match byte {
+                b'"' => "\\\"",
+                b'\\' => "\\\\",
+                b'\n' => "\\n",
+                b'\r' => "\\r",
+                b'\t' => "\\t",
+                0x08 => "\\b",
+                0x0c => "\\f",
+                0..0x20 => "",
+                _ => continue,
+            };
+            self.0.write_str(&text[from..at])?;
+            from = at + 1;
+            if escape.is_empty() {
+                self.0.write_str("\\u00")?;
+                self.0.write_char(HEX[usize::from(byte >> 4)].into())?;
+                self.0.write_char(HEX[usize::from(byte & 0xf)].into())?;
+            } else {
+                self.0.write_str(escape)?;
+            }
+        }
+        self.0.write_str(&text[from..])
+    }
+}
+
+/// Writes an event's fields as `Json` does: in order, `str` and `Debug`
+/// values as strings, numbers and booleans as themselves.
+struct JsonFields<'a, 'w> {
+    writer: &'a mut Writer<'w>,
+    first: bool,
+    result: fmt::Result,
+}
+
+impl JsonFields<'_, '_> {
+    fn entry(&mut self, field: &Field, value: impl FnOnce(&mut Writer<'_>) -> fmt::Result) {
+        if self.result.is_ok() {
+            self.result = (|| {
+                if !std::mem::take(&mut self.first) {
+                    self.writer.write_char(',')?;
+                }
+                json_str(self.writer, field.name())?;
+                self.writer.write_char(':')?;
+                value(self.writer)
+            })();
+        }
+    }
+
+    fn number(&mut self, field: &Field, value: impl serde::Serialize) {
+        self.entry(field, |writer| {
+            writer.write_str(&serde_json::to_string(&value).map_err(|_| fmt::Error)?)
+        });
+    }
+}
+
+impl Visit for JsonFields<'_, '_> {
+    fn record_str(&mut self, field: &Field, value: &str) {
+        self.entry(field, |writer| json_str(writer, value));
+    }
+
+    fn record_debug(&mut self, field: &Field, value: &dyn fmt::Debug) {
+        self.entry(field, |writer| {
+            writer.write_char('"')?;
+            write!(JsonEscaped(writer), "{value:?}")?;
+            writer.write_char('"')
+        });
+    }
+
+    fn record_bool(&mut self, field: &Field, value: bool) {
+        self.number(field, value);
+    }
+
+    fn record_i64(&mut self, field: &Field, value: i64) {
+        self.number(field, value);
+    }
+
+    fn record_u64(&mut self, field: &Field, value: u64) {
+        self.number(field, value);
+    }
+
+    fn record_f64(&mut self, field: &Field, value: f64) {
+        self.number(field, value);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::sync::{Arc, Mutex};
+    use tracing_subscriber::layer::SubscriberExt;
+
+    #[derive(Clone, Default)]
+    struct Buffer(Arc<Mutex<Vec<u8>>>);
+
+    impl std::io::Write for Buffer {
+        fn write(&mut self, bytes: &[u8]) -> std::io::Result<usize> {
+            self.0.lock().unwrap().extend_from_slice(bytes);
+            Ok(bytes.len())
+        }
+        fn flush(&mut self) -> std::io::Result<()> {
+            Ok(())
+        }
+    }
+
+    #[derive(Clone, Copy, PartialEq)]
+    enum Output {
+        Text,
+        FastText,
+        Json,
+        FastJson,
+    }
+
+    /// The lines `emit` writes in `output`, timestamps cut.
+    fn lines(output: Output, emit: impl Fn()) -> Vec<String> {
+        let buffer = Buffer::default();
+        let sink = buffer.clone();
+        let layer = tracing_subscriber::fmt::layer()
+            .with_ansi(false)
+            .with_writer(move || sink.clone());
+        let subscriber = tracing_subscriber::registry();
+        match output {
+            Output::Text => tracing::subscriber::with_default(subscriber.with(layer), &emit),
+            Output::FastText => {
+                let layer = layer.event_format(TextFormat::new(false));
+                tracing::subscriber::with_default(subscriber.with(layer), &emit);
+            }
+            Output::Json => {
+                tracing::subscriber::with_default(subscriber.with(layer.json()), &emit);
+            }
+            Output::FastJson => {
+                let layer = layer
+                    .fmt_fields(tracing_subscriber::fmt::format::JsonFields::new())
+                    .event_format(JsonFormat::new());
+                tracing::subscriber::with_default(subscriber.with(layer), &emit);
+            }
+        }
+        let text = String::from_utf8(buffer.0.lock().unwrap().clone()).unwrap();
+        let json = matches!(output, Output::Json | Output::FastJson);
+        text.lines()
+            .map(|line| {
+                if json {
+                    // {"timestamp":"2026-...Z",...
+                    let (_, rest) = line.split_at(line.find("Z\"").unwrap() + 2);
+                    rest.to_owned()
+                } else {
+                    line.split_once(' ').unwrap().1.to_owned()
+                }
+            })
+            .collect()
+    }
+
+    /// Audit events as the server writes them, in a call's span (with a
+    /// field recorded later, as `trace_id` is when exporting), outside any
+    /// span, with strings that need escaping, and an event that is not
+    /// audit.
+    fn emit() {
+        let span = tracing::info_span!(
+            "grpc",
+            rpc.method = "GetNote",
+            trace_id = tracing::field::Empty,
+            otel.kind = "server"
+        );
+        span.record("trace_id", tracing::field::display("4bf9"));
+        let _in = span.enter();
+        let inner = tracing::info_span!("inner");
+        let _inner = inner.enter();
+        tracing::info!(
+            target: "notes::audit",
+            method = %"/notes.v1.NotesService/GetNote",
+            subject = %"alice\u{1}\u{7f}é",
+            kind = ?Some(1),
+            decision = "allow",
+            reason = "quote\"and\\\n\r\t\u{8}\u{c}",
+        );
+        tracing::warn!(target: "notes::audit", decision = "deny", n = 3u64, i = -3i64,
+            b = true, f = 1.5f64, big = 1e300f64, "with a message");
+        tracing::info!(target: "notes::other", answer = 42, "not audit");
+    }
+
+    #[test]
+    fn audit_lines_are_written_as_full_writes_them() {
+        let fast = lines(Output::FastText, emit);
+        assert_eq!(fast, lines(Output::Text, emit));
+        assert_eq!(fast.len(), 3);
+        assert!(
+            fast[0].starts_with(
+                " INFO grpc{rpc.method=\"GetNote\" otel.kind=\"server\" trace_id=4bf9}:inner: \
+                 notes::audit: method=/notes.v1.NotesService/GetNote subject=alice"
+            ),
+            "{}",
+            fast[0]
+        );
+        let outside = || tracing::error!(target: "notes::audit", n = 1u8);
+        assert_eq!(
+            lines(Output::FastText, outside),
+            lines(Output::Text, outside)
+        );
+    }
+
+    #[test]
+    fn audit_lines_are_written_as_json_writes_them() {
+        let fast = lines(Output::FastJson, emit);
+        assert_eq!(fast, lines(Output::Json, emit));
+        assert_eq!(fast.len(), 3);
+        let outside = || tracing::error!(target: "notes::audit", n = 1u8, s = "x");
+        assert_eq!(
+            lines(Output::FastJson, outside),
+            lines(Output::Json, outside)
+        );
+        // And they are JSON.
+        for line in &fast {
+            let line = format!("{{\"timestamp\":\"Z\"{line}");
+            serde_json::from_str::<serde_json::Value>(&line).unwrap();
+        }
+    }
+}
