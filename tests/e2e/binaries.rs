@@ -1516,3 +1516,34 @@ async fn a_plain_http_jwks_url_beyond_loopback_is_refused() {
         "{stderr}"
     );
 }
+
+/// The default handshake timeout holds in the built binary: a client that
+/// connects and sends nothing is disconnected once it has passed, not
+/// before (the other handshake tests set a short timeout of their own).
+#[tokio::test]
+async fn dev_mode_disconnects_a_silent_client_after_the_default_handshake_timeout() {
+    use tokio::io::AsyncReadExt;
+    let dir = tempfile::tempdir().unwrap();
+    let (_server, port) = start_dev(dir.path()).await;
+    let default = notes_server::limits::HANDSHAKE_TIMEOUT;
+    assert_eq!(default, Duration::from_secs(10), "the README states 10 s");
+
+    let started = std::time::Instant::now();
+    let mut tcp = tokio::net::TcpStream::connect(("127.0.0.1", port))
+        .await
+        .unwrap();
+    let mut buf = [0u8; 16];
+    let read = tokio::time::timeout(default * 4, tcp.read(&mut buf)).await;
+    let waited = started.elapsed();
+
+    assert!(
+        matches!(read, Ok(Ok(0)) | Ok(Err(_))),
+        "a silent connection was still open after {waited:?}: {read:?}"
+    );
+    // Closed by the timeout, not before it (the upper side is loose: a
+    // busy machine may be late, never early).
+    assert!(
+        waited >= default - Duration::from_millis(50),
+        "closed after {waited:?}, before the {default:?} timeout"
+    );
+}

@@ -216,14 +216,17 @@ impl TlsDir {
         write(&self.path("server.pem"), server.cert_pem.as_bytes());
     }
 
-    fn server_tls(&self) -> Arc<ServerTls> {
-        ServerTls::from_files(TlsFiles {
+    fn files(&self) -> TlsFiles {
+        TlsFiles {
             cert: self.path("server.pem"),
             key: self.path("server.key"),
             client_ca: self.path("ca.pem"),
             crls: vec![self.path("crl.pem")],
-        })
-        .unwrap()
+        }
+    }
+
+    fn server_tls(&self) -> Arc<ServerTls> {
+        ServerTls::from_files(self.files()).unwrap()
     }
 }
 
@@ -402,12 +405,14 @@ async fn an_open_connection_whose_certificate_a_reload_revokes_is_closed() {
         .crl(std::slice::from_ref(&doomed.serial), 2, DAY)
         .unwrap();
     write(&files.path("crl.pem"), crl.as_bytes());
-    // One reload interval (100 ms here) plus one second.
-    tokio::time::sleep(Duration::from_millis(1100)).await;
-    let after = doomed_stub.list_notes(list()).await;
-
+    // The watcher checks every 100 ms here.
+    let refused = until_refused(|| {
+        let mut stub = doomed_stub.clone();
+        async move { stub.list_notes(list()).await.err() }
+    })
+    .await;
     assert!(
-        after.is_err(),
+        refused.is_some(),
         "the revoked certificate's open connection still serves"
     );
     other_stub
@@ -418,32 +423,69 @@ async fn an_open_connection_whose_certificate_a_reload_revokes_is_closed() {
 
 #[tokio::test]
 async fn an_open_connection_whose_certificate_expires_is_closed() {
+    // The server's clock is the test's: the certificate expires when the
+    // clock is moved, not after a wait.
+    let clock = Arc::new(std::sync::atomic::AtomicU64::new(
+        OffsetDateTime::now_utc().unix_timestamp() as u64,
+    ));
     let files = TlsDir::new();
-    let app = TestApp::builder().tls(files.server_tls()).spawn().await;
+    let tls = {
+        let clock = clock.clone();
+        ServerTls::from_files_with_clock(
+            files.files(),
+            Arc::new(move || Duration::from_secs(clock.load(std::sync::atomic::Ordering::SeqCst))),
+        )
+        .unwrap()
+    };
+    let app = TestApp::builder().tls(tls).spawn().await;
     let now = OffsetDateTime::now_utc();
     let brief = client(
         "brief",
         Usage::Client,
         Validity {
             not_before: now - time::Duration::minutes(5),
-            not_after: now + time::Duration::seconds(2),
+            not_after: now + time::Duration::minutes(10),
         },
     );
     let mut stub = stub_for(&app, &brief).await;
     let token = token_for("alice");
-    stub.list_notes(with_token(ListNotesRequest::default(), &token))
+    let list = || with_token(ListNotesRequest::default(), &token);
+    stub.list_notes(list()).await.unwrap();
+    // Within its validity by the server's clock, it keeps serving across
+    // several watcher checks (100 ms apart here).
+    clock.fetch_add(9 * 60, std::sync::atomic::Ordering::SeqCst);
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    stub.list_notes(list())
         .await
-        .unwrap();
+        .expect("a certificate still valid by the server's clock is not closed");
 
-    tokio::time::sleep(Duration::from_millis(3200)).await;
-    let after = stub
-        .list_notes(with_token(ListNotesRequest::default(), &token))
-        .await;
-
+    clock.fetch_add(2 * 60, std::sync::atomic::Ordering::SeqCst);
+    let refused = until_refused(|| {
+        let mut stub = stub.clone();
+        async move { stub.list_notes(list()).await.err() }
+    })
+    .await;
     assert!(
-        after.is_err(),
+        refused.is_some(),
         "an expired certificate's open connection still serves"
     );
+}
+
+/// Calls `call` every 50 ms until it fails, for at most 10 s: the failure,
+/// or `None` if every call succeeded.
+async fn until_refused<F, Fut>(call: F) -> Option<tonic::Status>
+where
+    F: Fn() -> Fut,
+    Fut: std::future::Future<Output = Option<tonic::Status>>,
+{
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+    while tokio::time::Instant::now() < deadline {
+        if let Some(status) = call().await {
+            return Some(status);
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    None
 }
 
 #[tokio::test]

@@ -455,7 +455,7 @@ pub fn incoming(
                     .filter(|(_, info)| {
                         // The verifier checked both already; this keeps them
                         // true even if a session were ever resumed.
-                        let live = !tls.is_revoked(&info.peer) && info.peer.not_after >= now_unix();
+                        let live = tls.is_live(&info.peer);
                         if !live {
                             tracing::info!(%remote_addr, "client certificate revoked or expired; connection refused");
                         }
@@ -484,12 +484,6 @@ pub fn incoming(
         tracing::debug!("accept loop stopped");
     });
     ReceiverStream::new(rx)
-}
-
-fn now_unix() -> i64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map_or(0, |d| i64::try_from(d.as_secs()).unwrap_or(i64::MAX))
 }
 
 async fn handshake(

@@ -14,6 +14,8 @@ use std::{
     time::{Duration, SystemTime, UNIX_EPOCH},
 };
 
+use crate::auth::verify::{Clock, system_clock};
+
 use rustls::ServerConfig;
 use tokio_util::sync::CancellationToken;
 
@@ -23,6 +25,10 @@ fn now_unix() -> i64 {
     SystemTime::now()
         .duration_since(UNIX_EPOCH)
         .map_or(0, |d| i64::try_from(d.as_secs()).unwrap_or(i64::MAX))
+}
+
+fn unix_secs(since_epoch: Duration) -> i64 {
+    i64::try_from(since_epoch.as_secs()).unwrap_or(i64::MAX)
 }
 
 /// The files the server's TLS configuration is made from.
@@ -98,6 +104,7 @@ pub struct ServerTls {
     revoked: RwLock<Arc<Revoked>>,
     files: Option<TlsFiles>,
     loaded_digest: Mutex<Vec<u8>>,
+    clock: Clock,
 }
 
 impl ServerTls {
@@ -108,18 +115,38 @@ impl ServerTls {
             revoked: RwLock::default(),
             files: None,
             loaded_digest: Mutex::default(),
+            clock: system_clock(),
         })
     }
 
     /// Loads `files`; later [`reload`](Self::reload)s read them again.
     pub fn from_files(files: TlsFiles) -> Result<Arc<Self>, TlsError> {
+        Self::from_files_with_clock(files, system_clock())
+    }
+
+    /// [`from_files`](Self::from_files), with the time read from `clock`
+    /// for the expiry checks of established connections (tests move it;
+    /// the handshake itself checks validity against the system clock).
+    pub fn from_files_with_clock(files: TlsFiles, clock: Clock) -> Result<Arc<Self>, TlsError> {
         let (material, digest) = files.load()?;
         Ok(Arc::new(Self {
             current: RwLock::new(server_config(&material)?),
             revoked: RwLock::new(Arc::new(material.revoked)),
             files: Some(files),
             loaded_digest: Mutex::new(digest),
+            clock,
         }))
+    }
+
+    /// Now, in Unix seconds, by this configuration's clock.
+    pub fn now_unix(&self) -> i64 {
+        unix_secs((self.clock)())
+    }
+
+    /// Whether `peer`'s certificate is still good: not revoked by the CRLs
+    /// in force, and not expired.
+    pub fn is_live(&self, peer: &PeerIdentity) -> bool {
+        !self.is_revoked(peer) && peer.not_after >= self.now_unix()
     }
 
     /// The configuration for the next connection.
@@ -166,8 +193,7 @@ impl ServerTls {
 
     /// Closes the open connections whose certificate is now revoked or expired.
     fn close_revoked(&self, open: &OpenConnections) {
-        let now = now_unix();
-        let closed = open.close_where(|peer| self.is_revoked(peer) || peer.not_after < now);
+        let closed = open.close_where(|peer| !self.is_live(peer));
         if closed > 0 {
             tracing::warn!(
                 closed,
