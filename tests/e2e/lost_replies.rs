@@ -1,7 +1,8 @@
 //! DynamoDB's faults, through a proxy between the server and moto: writes
 //! whose reply is lost on the way back (the server sends them again, and
 //! each must answer as if it had been applied once), a stalled DynamoDB,
-//! throttling, denied access and unexpected errors.
+//! throttling, denied access, unexpected errors, and listings DynamoDB cut
+//! at 1 MB.
 
 use notes_api::pb::{CreateNoteRequest, DeleteNoteRequest};
 
@@ -334,4 +335,56 @@ async fn a_refused_conditional_write_costs_one_request_counted_as_a_failed_condi
             "{operation}"
         );
     }
+}
+
+/// DynamoDB stops a Query at 1 MB of items and answers what it read with a
+/// `LastEvaluatedKey` (moto never does: the proxy cuts its answers to two
+/// items). A page is still filled from the continuation, nothing is lost or
+/// repeated across pages, and each continuation asks only for what the
+/// page still lacks.
+#[tokio::test]
+async fn a_listing_dynamodb_cuts_short_continues_where_it_stopped() {
+    let proxy = LostReplyProxy::with_fault(&dynamodb_endpoint(), "Query", Fault::Cut(2)).await;
+    let app = TestApp::builder()
+        .store(Backend::DynamoDbAt(proxy.endpoint.clone()))
+        .spawn()
+        .await;
+    let client = app.client_as("alice").await;
+    let mut created = Vec::new();
+    for n in 0..5 {
+        created.push(
+            client
+                .create(&format!("note {n}"), None)
+                .await
+                .unwrap()
+                .note_id,
+        );
+    }
+
+    let first = client.list(4, "").await.unwrap();
+    let second = client.list(4, &first.next_page_token).await.unwrap();
+
+    let ids = |page: &notes_api::pb::ListNotesResponse| -> Vec<String> {
+        page.notes.iter().map(|n| n.note_id.clone()).collect()
+    };
+    assert_eq!(
+        ids(&first).len(),
+        4,
+        "the first page was not filled: {first:?}"
+    );
+    assert!(!first.next_page_token.is_empty(), "the listing ended early");
+    assert_eq!(ids(&second).len(), 1, "{second:?}");
+    assert!(second.next_page_token.is_empty());
+    let mut listed = [ids(&first), ids(&second)].concat();
+    listed.sort();
+    created.sort();
+    assert_eq!(listed, created, "a note was lost or repeated");
+    // Page 1: 5 asked (4 and one to tell whether a next page exists), 2
+    // read; then 3; then 1. Page 2: 5, and 1 is all there is.
+    let limits: Vec<i64> = proxy
+        .request_bodies()
+        .iter()
+        .map(|body| body["Limit"].as_i64().unwrap_or(-1))
+        .collect();
+    assert_eq!(limits, [5, 3, 1, 5]);
 }

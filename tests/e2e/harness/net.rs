@@ -81,6 +81,50 @@ pub enum Fault {
     /// `AccessDeniedException`, what DynamoDB tells a role whose IAM policy
     /// lacks the action (moto does not enforce IAM).
     Answer(&'static str),
+    /// Forward every one, and cut each answer with more than this many
+    /// items down to them, with a `LastEvaluatedKey` at the last one kept:
+    /// what DynamoDB does to a Query or Scan whose items pass 1 MB (moto
+    /// does not apply that limit).
+    Cut(usize),
+}
+
+/// `response` (an HTTP/1.1 message with a JSON body) with at most `keep`
+/// items, as DynamoDB answers when it stops at 1 MB: the items it read,
+/// their count and the key of the last one to continue from.
+fn cut_items(response: &[u8], keep: usize, key_attrs: &[&str]) -> Vec<u8> {
+    let split = response
+        .windows(4)
+        .position(|w| w == b"\r\n\r\n")
+        .expect("an HTTP message")
+        + 4;
+    let (head, body) = response.split_at(split);
+    let mut json: serde_json::Value = serde_json::from_slice(body).expect("a JSON answer");
+    let Some(items) = json.get_mut("Items").and_then(|i| i.as_array_mut()) else {
+        return response.to_vec();
+    };
+    if items.len() <= keep || keep == 0 {
+        return response.to_vec();
+    }
+    items.truncate(keep);
+    let last = &items[keep - 1];
+    let key: serde_json::Map<String, serde_json::Value> = key_attrs
+        .iter()
+        .map(|attr| ((*attr).to_owned(), last[*attr].clone()))
+        .collect();
+    json["Count"] = keep.into();
+    json["ScannedCount"] = keep.into();
+    json["LastEvaluatedKey"] = key.into();
+    let body = serde_json::to_vec(&json).unwrap();
+    let head = String::from_utf8_lossy(head);
+    let mut out: String = head
+        .lines()
+        .filter(|l| !l.is_empty() && !l.to_ascii_lowercase().starts_with("content-length:"))
+        .map(|l| format!("{l}\r\n"))
+        .collect();
+    out.push_str(&format!("content-length: {}\r\n\r\n", body.len()));
+    let mut out = out.into_bytes();
+    out.extend(body);
+    out
 }
 
 /// An HTTP/1.1 proxy to DynamoDB with the faults real networks and DynamoDB
@@ -89,6 +133,7 @@ pub enum Fault {
 pub struct LostReplyProxy {
     pub endpoint: String,
     dropped: std::sync::Arc<std::sync::atomic::AtomicUsize>,
+    bodies: std::sync::Arc<std::sync::Mutex<Vec<serde_json::Value>>>,
 }
 
 /// DynamoDB's answer with error `code`, as its JSON protocol sends it.
@@ -147,12 +192,15 @@ impl LostReplyProxy {
         let dropped = std::sync::Arc::new(std::sync::atomic::AtomicUsize::new(0));
         let count = dropped.clone();
         let lost = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let bodies = std::sync::Arc::new(std::sync::Mutex::new(Vec::new()));
+        let seen = bodies.clone();
         tokio::spawn(async move {
             while let Ok((mut inbound, _)) = listener.accept().await {
                 let upstream = upstream.clone();
                 let target = target.clone();
                 let count = count.clone();
                 let lost = lost.clone();
+                let seen = seen.clone();
                 tokio::spawn(async move {
                     let Ok(mut outbound) = TcpStream::connect(&upstream).await else {
                         return;
@@ -160,13 +208,18 @@ impl LostReplyProxy {
                     while let Some((request, op)) = read_message(&mut inbound, "x-amz-target").await
                     {
                         if op.as_deref() == Some(target.as_str()) {
+                            let body = request
+                                .windows(4)
+                                .position(|w| w == b"\r\n\r\n")
+                                .and_then(|at| serde_json::from_slice(&request[at + 4..]).ok());
+                            seen.lock().unwrap().push(body.unwrap_or_default());
                             let nth = count.fetch_add(1, std::sync::atomic::Ordering::SeqCst) + 1;
                             let answer = match fault {
                                 Fault::Stall => std::future::pending::<Option<&str>>().await,
                                 Fault::Throttle => Some("ThrottlingException"),
                                 Fault::ThrottleFirst if nth == 1 => Some("ThrottlingException"),
                                 Fault::Answer(code) => Some(code),
-                                Fault::ThrottleFirst | Fault::LoseReply => None,
+                                Fault::ThrottleFirst | Fault::LoseReply | Fault::Cut(_) => None,
                             };
                             if let Some(code) = answer {
                                 if inbound
@@ -182,9 +235,14 @@ impl LostReplyProxy {
                         if outbound.write_all(&request).await.is_err() {
                             return;
                         }
-                        let Some((response, _)) = read_message(&mut outbound, "").await else {
+                        let Some((mut response, _)) = read_message(&mut outbound, "").await else {
                             return;
                         };
+                        if let Fault::Cut(keep) = fault
+                            && op.as_deref() == Some(target.as_str())
+                        {
+                            response = cut_items(&response, keep, &["userId", "noteId"]);
+                        }
                         // Only the first reply of the operation is lost.
                         let drop_it = fault == Fault::LoseReply
                             && op.as_deref() == Some(target.as_str())
@@ -200,7 +258,16 @@ impl LostReplyProxy {
                 });
             }
         });
-        LostReplyProxy { endpoint, dropped }
+        LostReplyProxy {
+            endpoint,
+            dropped,
+            bodies,
+        }
+    }
+
+    /// The JSON bodies of the operation's requests, in order.
+    pub fn request_bodies(&self) -> Vec<serde_json::Value> {
+        self.bodies.lock().unwrap().clone()
     }
 
     /// How many requests of the operation arrived (with `LoseReply`, the
