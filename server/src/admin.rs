@@ -39,7 +39,7 @@ impl Readiness {
             missing.push("token keys: not every issuer's keys are loaded");
         }
         if !self.store.load(Ordering::Acquire) {
-            missing.push("store: did not answer its last probe");
+            missing.push("store: its last probe failed (the log says why)");
         }
         if missing.is_empty() {
             Ok(())

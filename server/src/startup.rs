@@ -272,7 +272,8 @@ fn check_endpoint(endpoint: &str) -> Result<(), ConfigError> {
 }
 
 /// Why the table check failed, blamed on the setting that is wrong: the
-/// endpoint when nothing answered, the table otherwise.
+/// endpoint when DynamoDB was unavailable (no answer, throttling, a server
+/// error), the table otherwise.
 fn table_error(config: &DynamoConfig, err: &StoreError) -> ConfigError {
     let chain = error_chain(err);
     match err {
@@ -283,7 +284,10 @@ fn table_error(config: &DynamoConfig, err: &StoreError) -> ConfigError {
             );
             config_err(
                 ENDPOINT_SETTING,
-                format!("DynamoDB at {endpoint} did not answer: {chain}"),
+                format!(
+                    "DynamoDB at {endpoint} is unavailable (no answer in time, throttling or a \
+                     server error): {chain}"
+                ),
             )
         }
         _ if chain.contains("ResourceNotFound") || chain.contains("not found") => config_err(
