@@ -282,9 +282,9 @@ fn parse(der: &[u8]) -> Result<x509_parser::certificate::X509Certificate<'_>, No
 /// the CA's subject and the CA's key verifies the signature.
 pub fn check_issued_by(cert_pem: &str, ca_pem: &str) -> Result<(), NotIssuedHere> {
     use aws_lc_rs::signature::{
-        ECDSA_P256_SHA256_ASN1, ECDSA_P384_SHA384_ASN1, ED25519, RSA_PKCS1_2048_8192_SHA256,
-        RSA_PKCS1_2048_8192_SHA384, RSA_PKCS1_2048_8192_SHA512, UnparsedPublicKey,
-        VerificationAlgorithm,
+        ECDSA_P256_SHA256_ASN1, ECDSA_P256_SHA384_ASN1, ECDSA_P384_SHA256_ASN1,
+        ECDSA_P384_SHA384_ASN1, ED25519, RSA_PKCS1_2048_8192_SHA256, RSA_PKCS1_2048_8192_SHA384,
+        RSA_PKCS1_2048_8192_SHA512, UnparsedPublicKey, VerificationAlgorithm,
     };
     use rustls::pki_types::{CertificateDer, pem::PemObject};
     use x509_parser::oid_registry as oid;
@@ -299,11 +299,23 @@ pub fn check_issued_by(cert_pem: &str, ca_pem: &str) -> Result<(), NotIssuedHere
         });
     }
     let algorithm = &cert.signature_algorithm.algorithm;
+    let ca_key = &ca.public_key().subject_public_key.data;
+    // An ECDSA algorithm names the hash; the curve is the CA key's (a P-384
+    // point is 97 bytes uncompressed, 49 compressed).
+    let p384 = matches!(ca_key.len(), 49 | 97);
     let verification: &'static dyn VerificationAlgorithm =
         if *algorithm == oid::OID_SIG_ECDSA_WITH_SHA256 {
-            &ECDSA_P256_SHA256_ASN1
+            if p384 {
+                &ECDSA_P384_SHA256_ASN1
+            } else {
+                &ECDSA_P256_SHA256_ASN1
+            }
         } else if *algorithm == oid::OID_SIG_ECDSA_WITH_SHA384 {
-            &ECDSA_P384_SHA384_ASN1
+            if p384 {
+                &ECDSA_P384_SHA384_ASN1
+            } else {
+                &ECDSA_P256_SHA384_ASN1
+            }
         } else if *algorithm == oid::OID_SIG_ED25519 {
             &ED25519
         } else if *algorithm == oid::OID_PKCS1_SHA256WITHRSA {
@@ -315,7 +327,89 @@ pub fn check_issued_by(cert_pem: &str, ca_pem: &str) -> Result<(), NotIssuedHere
         } else {
             return Err(NotIssuedHere::BadSignature);
         };
-    UnparsedPublicKey::new(verification, &ca.public_key().subject_public_key.data)
+    UnparsedPublicKey::new(verification, ca_key)
         .verify(cert.tbs_certificate.as_ref(), &cert.signature_value.data)
         .map_err(|_| NotIssuedHere::BadSignature)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// DER: `tag`, its length, `content`.
+    fn der(tag: u8, content: &[u8]) -> Vec<u8> {
+        let mut out = vec![tag];
+        let len = content.len();
+        if len < 0x80 {
+            out.push(len as u8);
+        } else {
+            let bytes: Vec<u8> = len
+                .to_be_bytes()
+                .into_iter()
+                .skip_while(|b| *b == 0)
+                .collect();
+            out.push(0x80 | bytes.len() as u8);
+            out.extend(bytes);
+        }
+        out.extend(content);
+        out
+    }
+
+    /// `cert` re-signed by `ca` with ECDSA over SHA-384 (on the CA key's
+    /// P-256 curve: a valid pairing rcgen does not make).
+    fn resigned_with_sha384(cert_pem: &str, ca: &CertificateAuthority) -> String {
+        use p256::ecdsa::signature::hazmat::PrehashSigner;
+        use p256::pkcs8::DecodePrivateKey;
+        use rustls::pki_types::{CertificateDer, pem::PemObject};
+        const SHA256: [u8; 10] = [0x06, 0x08, 0x2a, 0x86, 0x48, 0xce, 0x3d, 0x04, 0x03, 0x02];
+        const SHA384: [u8; 10] = [0x06, 0x08, 0x2a, 0x86, 0x48, 0xce, 0x3d, 0x04, 0x03, 0x03];
+        let cert_der = CertificateDer::from_pem_slice(cert_pem.as_bytes()).unwrap();
+        let parsed = parse(&cert_der).unwrap();
+        let mut tbs = parsed.tbs_certificate.as_ref().to_vec();
+        let at = tbs.windows(SHA256.len()).position(|w| w == SHA256).unwrap();
+        tbs[at..at + SHA384.len()].copy_from_slice(&SHA384);
+        let key = rcgen::KeyPair::from_pem(&ca.key_pem()).unwrap();
+        let signer = p256::ecdsa::SigningKey::from_pkcs8_der(&key.serialize_der()).unwrap();
+        let digest = aws_lc_rs::digest::digest(&aws_lc_rs::digest::SHA384, &tbs);
+        let signature: p256::ecdsa::Signature = signer.sign_prehash(digest.as_ref()).unwrap();
+        let mut bits = vec![0];
+        bits.extend(signature.to_der().as_bytes());
+        let body = [tbs, der(0x30, &SHA384), der(0x03, &bits)].concat();
+        let cert = der(0x30, &body);
+        let b64 = base64::Engine::encode(&base64::engine::general_purpose::STANDARD, &cert);
+        let lines: Vec<&str> = b64
+            .as_bytes()
+            .chunks(64)
+            .map(|c| std::str::from_utf8(c).unwrap())
+            .collect();
+        format!(
+            "-----BEGIN CERTIFICATE-----\n{}\n-----END CERTIFICATE-----\n",
+            lines.join("\n")
+        )
+    }
+
+    #[test]
+    fn a_p256_ca_signing_with_sha384_is_recognised_and_another_ca_is_not() {
+        let ca = CertificateAuthority::generate("ca", Duration::from_secs(3600)).unwrap();
+        let other = CertificateAuthority::generate("ca", Duration::from_secs(3600)).unwrap();
+        let subject = Subject {
+            common_name: "svc".into(),
+            dns_names: vec![],
+            ips: vec![],
+            uris: vec![],
+        };
+        let cert = ca
+            .issue_client(&subject, Duration::from_secs(3600))
+            .unwrap();
+        check_issued_by(&cert.cert_pem, ca.cert_pem()).unwrap();
+
+        let sha384 = resigned_with_sha384(&cert.cert_pem, &ca);
+        assert_ne!(sha384, cert.cert_pem);
+        check_issued_by(&sha384, ca.cert_pem()).expect("P-256 with SHA-384 is a valid pairing");
+        // Same name, other key: the signature decides.
+        assert!(matches!(
+            check_issued_by(&sha384, other.cert_pem()),
+            Err(NotIssuedHere::BadSignature)
+        ));
+    }
 }

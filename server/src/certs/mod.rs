@@ -29,6 +29,11 @@ pub(crate) fn write_file(path: &Path, bytes: &[u8], mode: u32) -> anyhow::Result
 
 const DAY: u64 = 24 * 3600;
 
+/// Days until a CRL's nextUpdate, by default: past the 14 days at which
+/// `check` fails and the `NotesCrlNextUpdateSoon` alert fires, so a fresh
+/// CRL passes both, with two weeks of warning before it goes stale.
+const CRL_DAYS: u64 = 30;
+
 /// The `certs` subcommands.
 #[derive(Debug, clap::Subcommand)]
 pub enum CertsCommand {
@@ -75,7 +80,7 @@ pub enum CertsCommand {
         /// CERTS_DIR/NAME.pem), or the path of a PEM file.
         cert: String,
         /// Days until the CRL's nextUpdate (1 to 36,500).
-        #[arg(long, default_value_t = 7, value_parser = clap::value_parser!(u64).range(1..=36_500))]
+        #[arg(long, default_value_t = CRL_DAYS, value_parser = clap::value_parser!(u64).range(1..=36_500))]
         crl_days: u64,
     },
 }
@@ -191,7 +196,7 @@ pub fn run(dir: &Path, command: CertsCommand) -> anyhow::Result<String> {
             write_file(&dir.join("ca.key"), ca.key_pem().as_bytes(), 0o600)?;
             write_file(
                 &dir.join("crl.pem"),
-                ca.crl(&[], 1, Duration::from_secs(7 * DAY))?.as_bytes(),
+                ca.crl(&[], 1, days_of(CRL_DAYS))?.as_bytes(),
                 0o644,
             )?;
             write_file(&dir.join("crl-number"), b"1", 0o644)?;
