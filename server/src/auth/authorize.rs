@@ -203,13 +203,7 @@ impl Authenticator {
         }
         Ok(Some(Caller {
             owner: format!("{}{}", policy.owner_prefix, verified.subject),
-            subject: verified.subject.clone(),
-            kind: verified.kind,
-            issuer: verified.issuer.clone(),
-            groups: verified.groups.clone(),
-            client_id: verified.client_id.clone(),
-            username: verified.username.clone(),
-            scopes: verified.scopes.clone(),
+            token: verified,
             peer: conn.peer.clone(),
         }))
     }

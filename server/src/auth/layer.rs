@@ -105,21 +105,21 @@ where
             match decision {
                 Ok(caller) => {
                     if let Some(caller) = caller {
-                        let kind = match caller.kind {
+                        let kind = match caller.token.kind {
                             super::CallerKind::User => "user",
                             super::CallerKind::Machine => "machine",
                         };
                         crate::metrics::metrics()
                             .auth_decisions
-                            .with_label_values(&["allow", "ok", &caller.issuer, kind])
+                            .with_label_values(&["allow", "ok", &caller.token.issuer, kind])
                             .inc();
                         if auth.audits_allowed() {
                             tracing::info!(
                                 target: crate::telemetry::AUDIT_TARGET,
                                 method = %Escaped(&path, MAX_LOGGED_PATH),
-                                subject = %Escaped(&caller.subject, usize::MAX),
-                                client_id = %Escaped(&caller.client_id, usize::MAX),
-                                kind = ?caller.kind,
+                                subject = %Escaped(&caller.token.subject, usize::MAX),
+                                client_id = %Escaped(&caller.token.client_id, usize::MAX),
+                                kind = ?caller.token.kind,
                                 peer = %DisplayPeer(peer(&req)),
                                 decision = "allow",
                                 reason = "ok",

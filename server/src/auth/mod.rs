@@ -23,14 +23,14 @@ pub mod policy;
 pub mod signer;
 pub mod verify;
 
-use std::{collections::BTreeSet, sync::Arc};
+use std::sync::Arc;
 
 use tonic::Status;
 
 pub use authorize::{Authenticator, Bindings};
 pub use layer::AuthLayer;
 pub use policy::{Access, AccessScopes, ScopePolicy};
-pub use verify::{TokenPolicy, TokenVerifier};
+pub use verify::{TokenPolicy, TokenVerifier, VerifiedToken};
 
 use crate::tls::PeerIdentity;
 
@@ -51,20 +51,11 @@ pub struct Caller {
     /// The owner of the notes this call may touch: the token's `sub` under
     /// its issuer's owner prefix (none with a single pool).
     pub owner: String,
-    /// The token's `sub` claim, for logs.
-    pub subject: String,
-    /// User or service.
-    pub kind: CallerKind,
-    /// The issuer (user pool) that vouched for it.
-    pub issuer: String,
-    /// `cognito:groups`.
-    pub groups: BTreeSet<String>,
-    /// The token's `client_id`: the Cognito app client that obtained it.
-    pub client_id: String,
-    /// Cognito `username`, absent for machine (client-credentials) tokens.
-    pub username: Option<String>,
-    /// The token's scopes.
-    pub scopes: BTreeSet<String>,
+    /// What the token established: `sub` (for logs), user or service,
+    /// the issuer (user pool) that vouched for it, `cognito:groups`, the
+    /// app client, the username and the scopes. Shared with the token
+    /// cache, not copied per call.
+    pub token: Arc<VerifiedToken>,
     /// The client certificate this call arrived over.
     pub peer: Arc<PeerIdentity>,
 }
