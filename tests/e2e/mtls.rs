@@ -390,6 +390,7 @@ async fn stub_for(
 
 #[tokio::test]
 async fn an_open_connection_whose_certificate_a_reload_revokes_is_closed() {
+    let (logs, _scope) = capture_logs("notes_server::tls=warn");
     let files = TlsDir::new();
     let app = TestApp::builder().tls(files.server_tls()).spawn().await;
     let doomed = client("doomed-open", Usage::Client, valid());
@@ -419,6 +420,9 @@ async fn an_open_connection_whose_certificate_a_reload_revokes_is_closed() {
         .list_notes(list())
         .await
         .expect("other connections stay open");
+    // The channel reconnects on its own, so the calls above cannot tell a
+    // closed connection from an open one: the server's count can.
+    assert_eq!(closed_counts(&logs), [1], "{}", text(&logs));
 }
 
 #[tokio::test]
@@ -428,6 +432,7 @@ async fn an_open_connection_whose_certificate_expires_is_closed() {
     let clock = Arc::new(std::sync::atomic::AtomicU64::new(
         OffsetDateTime::now_utc().unix_timestamp() as u64,
     ));
+    let (logs, _scope) = capture_logs("notes_server::tls=warn");
     let files = TlsDir::new();
     let tls = {
         let clock = clock.clone();
@@ -458,6 +463,9 @@ async fn an_open_connection_whose_certificate_expires_is_closed() {
     stub.list_notes(list())
         .await
         .expect("a certificate still valid by the server's clock is not closed");
+    // (The channel would reconnect after a close: the server's count says
+    // none happened.)
+    assert_eq!(closed_counts(&logs), [0; 0], "{}", text(&logs));
 
     clock.fetch_add(2 * 60, std::sync::atomic::Ordering::SeqCst);
     let refused = until_refused(|| {
@@ -469,6 +477,20 @@ async fn an_open_connection_whose_certificate_expires_is_closed() {
         refused.is_some(),
         "an expired certificate's open connection still serves"
     );
+    assert_eq!(closed_counts(&logs), [1], "{}", text(&logs));
+}
+
+/// The `closed` count of each "closed connections whose client certificate
+/// is revoked or expired" line in `logs`.
+fn closed_counts(logs: &LogSink) -> Vec<u64> {
+    text(logs)
+        .lines()
+        .filter(|l| l.contains("closed connections whose client certificate"))
+        .map(|l| {
+            let (_, rest) = l.split_once("closed=").expect("a closed= field");
+            rest.split(' ').next().unwrap().parse().unwrap()
+        })
+        .collect()
 }
 
 /// Calls `call` every 50 ms until it fails, for at most 10 s: the failure,

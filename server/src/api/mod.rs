@@ -171,8 +171,8 @@ fn owner<T>(request: &Request<T>, method: &'static str) -> Result<String, Status
     tracing::debug!(
         method,
         owner = %crate::telemetry::escape(&caller.owner),
-        subject = %crate::telemetry::escape(&caller.subject),
-        kind = ?caller.kind,
+        subject = %crate::telemetry::escape(&caller.token.subject),
+        kind = ?caller.token.kind,
         peer = %caller.peer,
         "handling"
     );

@@ -49,7 +49,7 @@ where
         event: &Event<'_>,
     ) -> fmt::Result {
         let meta = event.metadata();
-        if meta.target() != AUDIT_TARGET || writer.has_ansi_escapes() {
+        if meta.target() != AUDIT_TARGET || writer.has_ansi_escapes() || !Plain::all(event) {
             return self.full.format_event(ctx, writer, event);
         }
         SystemTime.format_time(&mut writer)?;
@@ -92,8 +92,33 @@ where
     }
 }
 
-/// Writes fields as `Full` does: `name=value` separated by spaces, `str`
-/// values quoted (`Debug`), the message without its name.
+/// Whether an event's fields are all plain: no message (which `Full`
+/// writes through its ANSI escaping), no error (written with its sources),
+/// no raw (`r#`) or `log.` names. Only those take the fast path; a cheap
+/// visit, nothing is formatted.
+struct Plain(bool);
+
+impl Plain {
+    fn all(event: &Event<'_>) -> bool {
+        let mut plain = Plain(true);
+        event.record(&mut plain);
+        plain.0
+    }
+}
+
+impl Visit for Plain {
+    fn record_debug(&mut self, field: &Field, _: &dyn fmt::Debug) {
+        let name = field.name();
+        self.0 &= name != "message" && !name.starts_with("r#") && !name.starts_with("log.");
+    }
+
+    fn record_error(&mut self, _: &Field, _: &(dyn std::error::Error + 'static)) {
+        self.0 = false;
+    }
+}
+
+/// Writes plain fields ([`Plain`]) as `Full` does: `name=value` separated
+/// by spaces, `str` values quoted (`Debug`).
 struct Fields<'a, 'w> {
     writer: &'a mut Writer<'w>,
     first: bool,
@@ -105,24 +130,17 @@ impl Fields<'_, '_> {
         if !std::mem::take(&mut self.first) {
             self.writer.write_char(' ')?;
         }
-        if field.name() != "message" {
-            self.writer.write_str(field.name())?;
-            self.writer.write_char('=')?;
-        }
-        Ok(())
+        self.writer.write_str(field.name())?;
+        self.writer.write_char('=')
     }
 }
 
 impl Visit for Fields<'_, '_> {
     fn record_str(&mut self, field: &Field, value: &str) {
         if self.result.is_ok() {
-            self.result = self.name(field).and_then(|()| {
-                if field.name() == "message" {
-                    self.writer.write_str(value)
-                } else {
-                    write!(self.writer, "{value:?}")
-                }
-            });
+            self.result = self
+                .name(field)
+                .and_then(|()| write!(self.writer, "{value:?}"));
         }
     }
 
@@ -168,20 +186,22 @@ where
         event: &Event<'_>,
     ) -> fmt::Result {
         let meta = event.metadata();
+        if meta.target() != AUDIT_TARGET {
+            return self.json.format_event(ctx, writer, event);
+        }
         let current = event
             .parent()
             .and_then(|id| ctx.span(id))
             .or_else(|| ctx.lookup_current());
         // A span's fields are kept as the JSON object `Json` wrote them
         // (keys sorted); anything else goes the general way.
-        let spans_well_formed = current.as_ref().is_none_or(|current| {
-            current.scope().all(|span| {
-                span.extensions()
-                    .get::<FormattedFields<N>>()
-                    .is_some_and(|fields| fields.starts_with('{') && fields.ends_with('}'))
+        let well_formed = |span: Option<&tracing_subscriber::registry::SpanRef<'_, S>>| {
+            span.is_none_or(|span| {
+                span.scope()
+                    .all(|span| object_fields::<N>(&span.extensions()).is_some())
             })
-        });
-        if meta.target() != AUDIT_TARGET || !spans_well_formed {
+        };
+        if !well_formed(current.as_ref()) || !well_formed(ctx.lookup_current().as_ref()) {
             return self.json.format_event(ctx, writer, event);
         }
         writer.write_str("{\"timestamp\":\"")?;
@@ -226,10 +246,7 @@ where
     N: for<'a> FormatFields<'a> + 'static,
 {
     let ext = span.extensions();
-    let fields = ext
-        .get::<FormattedFields<N>>()
-        .map_or("{}", |fields| fields.fields.as_str());
-    let inner = &fields[1..fields.len() - 1];
+    let inner = object_fields::<N>(&ext).ok_or(fmt::Error)?;
     writer.write_char('{')?;
     writer.write_str(inner)?;
     if !inner.is_empty() {
@@ -238,6 +255,17 @@ where
     writer.write_str("\"name\":")?;
     json_str(writer, span.metadata().name())?;
     writer.write_char('}')
+}
+
+/// The inside of a span's fields as `Json` stored them (`{...}`), if they
+/// are there and so shaped.
+fn object_fields<'a, N: 'static>(
+    ext: &'a tracing_subscriber::registry::Extensions<'_>,
+) -> Option<&'a str> {
+    ext.get::<FormattedFields<N>>()?
+        .fields
+        .strip_prefix('{')?
+        .strip_suffix('}')
 }
 
 /// Writes `text` as a JSON string, escaped as serde_json escapes it.
@@ -432,13 +460,41 @@ mod tests {
         tracing::warn!(target: "notes::audit", decision = "deny", n = 3u64, i = -3i64,
             b = true, f = 1.5f64, big = 1e300f64, "with a message");
         tracing::info!(target: "notes::other", answer = 42, "not audit");
+        // What only the general formats write right: a message with
+        // terminal escapes, an error with its sources, a raw name.
+        tracing::info!(target: "notes::audit", decision = "x", "esc \u{1b}[31m red \u{7}");
+        let inner_error = std::io::Error::other("inner");
+        let error = std::io::Error::new(std::io::ErrorKind::Other, Wrapped(inner_error));
+        tracing::info!(
+            target: "notes::audit",
+            error = &error as &(dyn std::error::Error + 'static),
+            r#type = "raw"
+        );
+        // An explicit parent other than the current span.
+        tracing::info!(target: "notes::audit", parent: &span, decision = "parent");
+        tracing::info!(target: "notes::audit", parent: None, decision = "root");
+    }
+
+    #[derive(Debug)]
+    struct Wrapped(std::io::Error);
+
+    impl std::fmt::Display for Wrapped {
+        fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+            f.write_str("outer")
+        }
+    }
+
+    impl std::error::Error for Wrapped {
+        fn source(&self) -> Option<&(dyn std::error::Error + 'static)> {
+            Some(&self.0)
+        }
     }
 
     #[test]
     fn audit_lines_are_written_as_full_writes_them() {
         let fast = lines(Output::FastText, emit);
         assert_eq!(fast, lines(Output::Text, emit));
-        assert_eq!(fast.len(), 3);
+        assert_eq!(fast.len(), 7);
         assert!(
             fast[0].starts_with(
                 " INFO grpc{rpc.method=\"GetNote\" otel.kind=\"server\" trace_id=4bf9}:inner: \
@@ -458,7 +514,7 @@ mod tests {
     fn audit_lines_are_written_as_json_writes_them() {
         let fast = lines(Output::FastJson, emit);
         assert_eq!(fast, lines(Output::Json, emit));
-        assert_eq!(fast.len(), 3);
+        assert_eq!(fast.len(), 7);
         let outside = || tracing::error!(target: "notes::audit", n = 1u8, s = "x");
         assert_eq!(
             lines(Output::FastJson, outside),
