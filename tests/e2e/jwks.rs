@@ -233,18 +233,38 @@ async fn many_tokens_with_unknown_kids_cause_at_most_one_fetch_per_interval() {
 
 #[tokio::test]
 async fn the_refetch_limit_is_per_interval() {
+    // The source's clock is the test's: the window is exact, whatever the
+    // machine's load.
+    let start = std::time::Instant::now();
+    let elapsed_ms = Arc::new(std::sync::atomic::AtomicU64::new(0));
     let (key, jwk) = new_key("k1");
     let jwks = JwksServer::start(vec![jwk]).await;
-    let verifier = verifier(jwks.source(JwksSettings {
-        min_refetch_interval: Duration::from_millis(200),
-        ..settings()
-    }));
+    let source = {
+        let elapsed_ms = elapsed_ms.clone();
+        RemoteJwks::new(
+            jwks.url.clone(),
+            JwksSettings {
+                min_refetch_interval: Duration::from_millis(200),
+                ..settings()
+            },
+        )
+        .unwrap()
+        .with_clock(Arc::new(move || {
+            start + Duration::from_millis(elapsed_ms.load(std::sync::atomic::Ordering::SeqCst))
+        }))
+    };
+    let verifier = verifier(Arc::new(source));
     jwks::load_all(&verifier).await.unwrap();
+    let advance = |ms| elapsed_ms.fetch_add(ms, std::sync::atomic::Ordering::SeqCst);
 
-    verifier.verify(&token("x1", &key)).await.unwrap_err();
+    verifier.verify(&token("x1", &key)).await.unwrap_err(); // fetch 2
     verifier.verify(&token("x2", &key)).await.unwrap_err();
-    tokio::time::sleep(Duration::from_millis(300)).await;
+    advance(199);
     verifier.verify(&token("x3", &key)).await.unwrap_err();
+    assert_eq!(jwks.fetches(), 2, "refetched within the interval");
+    advance(1);
+    verifier.verify(&token("x4", &key)).await.unwrap_err(); // fetch 3
+    verifier.verify(&token("x5", &key)).await.unwrap_err();
 
     assert_eq!(jwks.fetches(), 3);
 }

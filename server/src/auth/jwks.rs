@@ -18,7 +18,9 @@ use std::{
 };
 
 use async_trait::async_trait;
-use tokio::{sync::Mutex, time::Instant};
+use std::time::Instant;
+
+use tokio::sync::Mutex;
 use tokio_util::sync::CancellationToken;
 
 use super::{
@@ -55,6 +57,10 @@ impl Default for JwksSettings {
 
 type KeyMap = HashMap<String, Arc<VerifyKey>>;
 
+/// A monotonic clock: `Instant::now`, or one a test moves
+/// ([`RemoteJwks::with_clock`]).
+pub type Monotonic = Arc<dyn Fn() -> Instant + Send + Sync>;
+
 /// The JWKS at one URL.
 pub struct RemoteJwks {
     url: String,
@@ -66,6 +72,8 @@ pub struct RemoteJwks {
     /// When the last fetch for an unknown `kid` started; the lock itself makes
     /// concurrent misses share one fetch.
     last_miss_fetch: Mutex<Option<Instant>>,
+    /// What time it is, for the refetch limit.
+    now: Monotonic,
 }
 
 impl RemoteJwks {
@@ -90,7 +98,14 @@ impl RemoteJwks {
             settings,
             keys: RwLock::new(Arc::default()),
             last_miss_fetch: Mutex::new(None),
+            now: Arc::new(Instant::now),
         })
+    }
+
+    /// Reads the time for the refetch limit from `now` (tests move it).
+    pub fn with_clock(mut self, now: Monotonic) -> Self {
+        self.now = now;
+        self
     }
 
     /// Labels this source's metrics with `issuer` instead of its URL.
@@ -214,13 +229,16 @@ impl KeySource for RemoteJwks {
         if let Some(key) = self.cached_key(kid) {
             return Ok(Some(key));
         }
-        if last.is_some_and(|at| at.elapsed() < self.settings.min_refetch_interval) {
+        let now = (self.now)();
+        if last.is_some_and(|at| {
+            now.saturating_duration_since(at) < self.settings.min_refetch_interval
+        }) {
             if self.current().is_empty() {
                 return Err(self.unavailable("no keys loaded yet", None));
             }
             return Ok(None);
         }
-        *last = Some(Instant::now());
+        *last = Some(now);
         match self.fetch().await {
             Ok(keys) => self.store(keys),
             Err(err) => {
