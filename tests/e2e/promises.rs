@@ -13,7 +13,8 @@ use tokio::{
 use tokio_rustls::TlsConnector;
 
 use crate::harness::{
-    LogSink, TestApp, dynamodb_config, dynamodb_endpoint, pki::pki, token_for, with_token,
+    CLIENT_SPIFFE, LogSink, TestApp, dynamodb_config, dynamodb_endpoint, pki::pki, token_for,
+    with_token,
 };
 
 /// A unary call to any path, with the notes API's empty request.
@@ -309,9 +310,20 @@ async fn an_identity_off_the_allow_list_holds_at_most_four_connections() {
         .authenticator(crate::harness::test_authenticator().with_allowed_identities(allowed))
         .spawn()
         .await;
+    let (served, _held) = open_connections(&app, 6).await;
+    assert_eq!(served, [true, true, true, true, false, false]);
+}
+
+/// Opens `n` connections with the test client's certificate, one after
+/// another, each kept open: whether the server answered each one's HTTP/2
+/// preface, and the connections.
+async fn open_connections(
+    app: &TestApp,
+    n: usize,
+) -> (Vec<bool>, Vec<tokio_rustls::client::TlsStream<TcpStream>>) {
     let mut held = Vec::new();
     let mut served = Vec::new();
-    for _ in 0..6 {
+    for _ in 0..n {
         let tcp = TcpStream::connect(app.addr).await.unwrap();
         let mut stream =
             TlsConnector::from(crate::harness::pki::client_config(Some(&pki().client)))
@@ -326,5 +338,25 @@ async fn an_identity_off_the_allow_list_holds_at_most_four_connections() {
         served.push(matches!(stream.read(&mut buf).await, Ok(n) if n > 0));
         held.push(stream);
     }
-    assert_eq!(served, [true, true, true, true, false, false]);
+    (served, held)
+}
+
+/// The other side of that cap: an identity on the allow-list, or any
+/// identity when there is no allow-list, holds the full per-identity cap
+/// (more than four).
+#[tokio::test]
+async fn an_admitted_identity_holds_more_than_four_connections() {
+    use notes_server::tls::Identity;
+    let on_list = [Identity::parse(&format!("uri:{CLIENT_SPIFFE}")).unwrap()].into();
+    for authenticator in [
+        crate::harness::test_authenticator(),
+        crate::harness::test_authenticator().with_allowed_identities(on_list),
+    ] {
+        let app = TestApp::builder()
+            .authenticator(authenticator)
+            .spawn()
+            .await;
+        let (served, _held) = open_connections(&app, 6).await;
+        assert_eq!(served, [true; 6]);
+    }
 }
