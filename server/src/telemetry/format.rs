@@ -464,7 +464,7 @@ mod tests {
         // terminal escapes, an error with its sources, a raw name.
         tracing::info!(target: "notes::audit", decision = "x", "esc \u{1b}[31m red \u{7}");
         let inner_error = std::io::Error::other("inner");
-        let error = std::io::Error::new(std::io::ErrorKind::Other, Wrapped(inner_error));
+        let error = std::io::Error::other(Wrapped(inner_error));
         tracing::info!(
             target: "notes::audit",
             error = &error as &(dyn std::error::Error + 'static),
