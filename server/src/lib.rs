@@ -22,7 +22,8 @@
 //! - [`certs`]: `notes-server certs` and the certificate-authority toolkit behind it.
 //! - [`dev`]: dev-mode material (PKI, signing key, ready token) on embedded defaults.
 //! - [`error`]: the cause-chain helper for logs and start-up messages.
-//! - [`telemetry`]: tracing set-up.
+//! - [`clock`]: the injectable wall clock that token and certificate expiry checks read.
+//! - [`telemetry`]: tracing set-up and the log line formats.
 //!
 //! Modules depend downwards only: `startup` on everything below it, `server`
 //! on `api`, `auth`, `store` and `tls`, `api` on `auth` and `store`, `auth`
@@ -36,6 +37,7 @@ pub mod auth;
 pub mod bucket;
 pub mod certs;
 pub mod check;
+pub mod clock;
 pub mod config;
 pub mod dev;
 pub mod error;

@@ -24,7 +24,7 @@
 use std::{
     collections::{BTreeSet, HashMap, HashSet},
     sync::Arc,
-    time::{Duration, SystemTime, UNIX_EPOCH},
+    time::Duration,
 };
 
 use base64::{Engine, engine::general_purpose::URL_SAFE_NO_PAD};
@@ -168,18 +168,7 @@ pub struct TokenVerifier {
     clock: Clock,
 }
 
-/// What time it is, as a duration since the Unix epoch: the system clock,
-/// or one a test sets ([`TokenVerifier::with_clock`]).
-pub type Clock = Arc<dyn Fn() -> Duration + Send + Sync>;
-
-/// The system clock.
-pub fn system_clock() -> Clock {
-    Arc::new(|| {
-        SystemTime::now()
-            .duration_since(UNIX_EPOCH)
-            .unwrap_or_default()
-    })
-}
+pub use crate::clock::{Clock, system_clock};
 
 /// Step 1: the size limit, before any decoding.
 fn check_size(token: &str, max_bytes: usize) -> Result<(), AuthError> {

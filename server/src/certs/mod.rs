@@ -79,7 +79,8 @@ pub enum CertsCommand {
         /// The certificate: a NAME given to `client`/`server` (the file
         /// CERTS_DIR/NAME.pem), or the path of a PEM file.
         cert: String,
-        /// Days until the CRL's nextUpdate (1 to 36,500).
+        /// Days until the CRL's nextUpdate (1 to 36,500); `init-ca`'s first
+        /// CRL has 30 too, past the 14 days at which `check` fails.
         #[arg(long, default_value_t = CRL_DAYS, value_parser = clap::value_parser!(u64).range(1..=36_500))]
         crl_days: u64,
     },

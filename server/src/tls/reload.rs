@@ -14,7 +14,7 @@ use std::{
     time::{Duration, SystemTime, UNIX_EPOCH},
 };
 
-use crate::auth::verify::{Clock, system_clock};
+use crate::clock::{Clock, system_clock};
 
 use rustls::ServerConfig;
 use tokio_util::sync::CancellationToken;
