@@ -490,7 +490,12 @@ struct TraceIdHex(u128);
 
 impl std::fmt::Display for TraceIdHex {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        write!(f, "{:032x}", self.0)
+        // `{:032x}` goes through the general padding code; this is one write.
+        let mut hex = [0u8; 32];
+        for (i, digit) in hex.iter_mut().enumerate() {
+            *digit = b"0123456789abcdef"[(self.0 >> (124 - 4 * i)) as usize & 0xf];
+        }
+        f.write_str(std::str::from_utf8(&hex).map_err(|_| std::fmt::Error)?)
     }
 }
 
@@ -631,6 +636,9 @@ mod tests {
             TraceIdHex(0xab).to_string(),
             "000000000000000000000000000000ab"
         );
+        let id = 0x4bf9_2f35_77b3_4da6_a3ce_929d_0e0e_4736;
+        assert_eq!(TraceIdHex(id).to_string(), format!("{id:032x}"));
+        assert_eq!(TraceIdHex(u128::MAX).to_string(), "f".repeat(32));
     }
 
     #[test]

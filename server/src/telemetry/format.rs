@@ -52,7 +52,7 @@ where
         if meta.target() != AUDIT_TARGET || writer.has_ansi_escapes() || !Plain::all(event) {
             return self.full.format_event(ctx, writer, event);
         }
-        SystemTime.format_time(&mut writer)?;
+        timestamp(&mut writer)?;
         writer.write_str(match *meta.level() {
             Level::TRACE => " TRACE ",
             Level::DEBUG => " DEBUG ",
@@ -90,6 +90,102 @@ where
         fields.result?;
         writer.write_char('\n')
     }
+}
+
+/// Now, as tracing-subscriber's `SystemTime` writes it (RFC 3339 UTC with
+/// microseconds, `2026-11-26T03:04:05.123456Z`), with the date and time of
+/// day formatted once per second per thread: `SystemTime` formats every
+/// part of every line through `write!`.
+fn timestamp(writer: &mut Writer<'_>) -> fmt::Result {
+    match std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH) {
+        Ok(since) => write_timestamp(writer, since),
+        // Before 1970: the general way.
+        Err(_) => SystemTime.format_time(writer),
+    }
+}
+
+/// `YYYY-MM-DDTHH:MM:SS.` of a second since the epoch, for years up to 9999.
+type SecondPrefix = [u8; 20];
+
+/// [`timestamp`] of `since` the epoch.
+fn write_timestamp(writer: &mut impl fmt::Write, since: std::time::Duration) -> fmt::Result {
+    use std::cell::Cell;
+    thread_local! {
+        static LAST: Cell<Option<(u64, SecondPrefix)>> = const { Cell::new(None) };
+    }
+    let secs = since.as_secs();
+    let prefix = LAST.with(|last| match last.get() {
+        Some((at, prefix)) if at == secs => Some(prefix),
+        _ => {
+            let prefix = second_prefix(secs);
+            if let Some(prefix) = prefix {
+                last.set(Some((secs, prefix)));
+            }
+            prefix
+        }
+    });
+    let mut micros = since.subsec_micros();
+    let mut tail = *b"000000Z";
+    for digit in tail[..6].iter_mut().rev() {
+        *digit = b'0' + (micros % 10) as u8;
+        micros /= 10;
+    }
+    match prefix {
+        Some(prefix) => {
+            // Both are ASCII digits and punctuation.
+            writer.write_str(std::str::from_utf8(&prefix).map_err(|_| fmt::Error)?)?;
+        }
+        None => {
+            let (year, month, day) = civil_date(secs / 86_400);
+            let second = secs % 86_400;
+            write!(
+                writer,
+                "+{year}-{month:02}-{day:02}T{:02}:{:02}:{:02}.",
+                second / 3600,
+                second / 60 % 60,
+                second % 60
+            )?;
+        }
+    }
+    writer.write_str(std::str::from_utf8(&tail).map_err(|_| fmt::Error)?)
+}
+
+/// [`SecondPrefix`] of `secs`, or `None` past the year 9999.
+fn second_prefix(secs: u64) -> Option<SecondPrefix> {
+    let (year, month, day) = civil_date(secs / 86_400);
+    if year > 9999 {
+        return None;
+    }
+    let second = secs % 86_400;
+    let mut prefix = *b"0000-00-00T00:00:00.";
+    let mut put = |at: usize, width: usize, mut value: u64| {
+        for digit in prefix[at..at + width].iter_mut().rev() {
+            *digit = b'0' + (value % 10) as u8;
+            value /= 10;
+        }
+    };
+    put(0, 4, year);
+    put(5, 2, month);
+    put(8, 2, day);
+    put(11, 2, second / 3600);
+    put(14, 2, second / 60 % 60);
+    put(17, 2, second % 60);
+    Some(prefix)
+}
+
+/// The proleptic Gregorian (year, month, day) of a day since 1970-01-01
+/// (Howard Hinnant's `civil_from_days`, for days on or after the epoch).
+fn civil_date(days: u64) -> (u64, u64, u64) {
+    let z = days + 719_468;
+    let era = z / 146_097;
+    let doe = z % 146_097;
+    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
+    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
+    let mp = (5 * doy + 2) / 153;
+    let day = doy - (153 * mp + 2) / 5 + 1;
+    let month = if mp < 10 { mp + 3 } else { mp - 9 };
+    let year = yoe + era * 400 + u64::from(month <= 2);
+    (year, month, day)
 }
 
 /// Whether an event's fields are all plain: no message (which `Full`
@@ -205,7 +301,7 @@ where
             return self.json.format_event(ctx, writer, event);
         }
         writer.write_str("{\"timestamp\":\"")?;
-        SystemTime.format_time(&mut writer)?;
+        timestamp(&mut writer)?;
         writer.write_str("\",\"level\":\"")?;
         writer.write_str(meta.level().as_str())?;
         writer.write_str("\",\"fields\":{")?;
@@ -488,6 +584,42 @@ mod tests {
         fn source(&self) -> Option<&(dyn std::error::Error + 'static)> {
             Some(&self.0)
         }
+    }
+
+    #[test]
+    fn timestamps_are_written_as_system_time_writes_them() {
+        let at = |secs: u64, micros: u32| {
+            let mut text = String::new();
+            write_timestamp(
+                &mut text,
+                std::time::Duration::new(secs, micros * 1000 + 999),
+            )
+            .unwrap();
+            text
+        };
+        assert_eq!(at(0, 0), "1970-01-01T00:00:00.000000Z");
+        assert_eq!(at(951_782_400, 500_000), "2000-02-29T00:00:00.500000Z");
+        assert_eq!(at(951_868_799, 7), "2000-02-29T23:59:59.000007Z");
+        assert_eq!(at(1_764_115_199, 999_999), "2025-11-25T23:59:59.999999Z");
+        assert_eq!(at(4_107_542_400, 1), "2100-03-01T00:00:00.000001Z");
+        // The same second again comes from the cache.
+        assert_eq!(at(4_107_542_400, 20), "2100-03-01T00:00:00.000020Z");
+        assert_eq!(at(253_402_300_799, 0), "9999-12-31T23:59:59.000000Z");
+        assert_eq!(at(253_402_300_800, 0), "+10000-01-01T00:00:00.000000Z");
+        // Now, against tracing-subscriber's own (the same second, unless
+        // one ticked over between the two).
+        for _ in 0..3 {
+            let (mut ours, mut theirs) = (String::new(), String::new());
+            timestamp(&mut Writer::new(&mut ours)).unwrap();
+            SystemTime
+                .format_time(&mut Writer::new(&mut theirs))
+                .unwrap();
+            assert_eq!(ours.len(), theirs.len(), "{ours} {theirs}");
+            if ours[..19] == theirs[..19] {
+                return;
+            }
+        }
+        panic!("the seconds never matched");
     }
 
     #[test]

@@ -34,6 +34,11 @@ pub struct Escaped<'a>(pub &'a str, pub usize);
 
 impl std::fmt::Display for Escaped<'_> {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        // Printable ASCII (subjects, client ids, paths, SPIFFE ids: nearly
+        // every value) is safe throughout and one byte per character.
+        if self.0.bytes().all(|b| (0x20..0x7f).contains(&b)) {
+            return f.write_str(&self.0[..self.0.len().min(self.1)]);
+        }
         // Runs of safe characters go out in one write: per-character writes
         // through the formatter cost about a microsecond per audit line.
         let mut safe_from = 0;
@@ -275,6 +280,9 @@ mod tests {
         assert_eq!(Escaped("éab\ncd", 3).to_string(), "éab");
         assert_eq!(Escaped("éab", 0).to_string(), "");
         assert_eq!(Escaped("éab", 9).to_string(), "éab");
+        assert_eq!(Escaped("abc~ d", 4).to_string(), "abc~");
+        assert_eq!(Escaped("abc~ d", 9).to_string(), "abc~ d");
+        assert_eq!(Escaped("ab\u{7f}c", 9).to_string(), "ab\\u{7f}c");
     }
 
     #[test]
