@@ -29,6 +29,8 @@ use tonic::{Status, body::Body};
 use tower::{Layer, Service};
 use tracing::Instrument;
 
+use crate::telemetry::call;
+
 /// gRPC code names as go-grpc-middleware writes them, by code number.
 pub const CODE_NAMES: [&str; 17] = [
     "OK",
@@ -485,32 +487,26 @@ fn new_trace_id() -> u128 {
     STATE.with(|state| (u128::from(next(state)) << 64 | u128::from(next(state))).max(1))
 }
 
-/// A trace id as 32 lowercase hex digits, formatted only when logged.
-struct TraceIdHex(u128);
-
-impl std::fmt::Display for TraceIdHex {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        // `{:032x}` goes through the general padding code; this is one write.
-        let mut hex = [0u8; 32];
-        for (i, digit) in hex.iter_mut().enumerate() {
-            *digit = b"0123456789abcdef"[(self.0 >> (124 - 4 * i)) as usize & 0xf];
-        }
-        f.write_str(std::str::from_utf8(&hex).map_err(|_| std::fmt::Error)?)
-    }
+/// How a call is traced.
+enum Traced {
+    /// With its span, entered whenever the call runs.
+    Span(tracing::Span),
+    /// Without a span, with this trace id ([`crate::telemetry::call`]).
+    Spanless(u128),
 }
 
-/// The server span of a call. Exporting traces (`--otlp`): an
-/// OpenTelemetry span, a child of the caller's `traceparent` if any, with
-/// the RPC attributes. Otherwise only what logs need: the method and the
-/// trace id (the caller's, or a new one), for every log line of the call.
-fn server_span(rpc: &Rpc, headers: &HeaderMap) -> tracing::Span {
+/// How a call is traced. Exporting traces (`--otlp`): an OpenTelemetry
+/// span, a child of the caller's `traceparent` if any, with the RPC
+/// attributes. Otherwise only what logs need, the method and the trace id
+/// (the caller's, or a new one): spanless, or for a terminal (colours) in
+/// a span of its own.
+fn traced(rpc: &Rpc, headers: &HeaderMap) -> Traced {
     if !crate::telemetry::exporting_traces() {
         let trace_id = traceparent_trace_id(headers).unwrap_or_else(new_trace_id);
-        return tracing::info_span!(
-            "grpc",
-            rpc.method = rpc.method,
-            trace_id = %TraceIdHex(trace_id)
-        );
+        if call::spanless() {
+            return Traced::Spanless(trace_id);
+        }
+        return Traced::Span(call::call_span(rpc.method, trace_id));
     }
     use opentelemetry::trace::TraceContextExt;
     use tracing_opentelemetry::OpenTelemetrySpanExt;
@@ -533,7 +529,7 @@ fn server_span(rpc: &Rpc, headers: &HeaderMap) -> tracing::Span {
     if trace_id != opentelemetry::trace::TraceId::INVALID {
         span.record("trace_id", tracing::field::display(trace_id));
     }
-    span
+    Traced::Span(span)
 }
 
 /// Counts every call with go-grpc-middleware's metrics. Outermost in the
@@ -579,15 +575,23 @@ where
         if rpc.unary || rpc.path.ends_with("/Watch") {
             rpc.received.inc();
         }
-        let span = server_span(rpc, req.headers());
+        let traced = traced(rpc, req.headers());
         let mut outcome = Outcome {
             rpc,
             started: Instant::now(),
             done: false,
-            span: span.clone(),
+            span: match &traced {
+                Traced::Span(span) => span.clone(),
+                Traced::Spanless(_) => tracing::Span::none(),
+            },
         };
         Box::pin(async move {
-            let response = inner.call(req).instrument(span).await?;
+            let response = match traced {
+                Traced::Span(span) => inner.call(req).instrument(span).await?,
+                Traced::Spanless(trace_id) => {
+                    call::scope(rpc.method, trace_id, inner.call(req)).await?
+                }
+            };
             if let Some(code) = header_code(response.headers()) {
                 outcome.record(code);
             }
@@ -632,13 +636,6 @@ mod tests {
         }
         assert_eq!(traceparent_trace_id(&HeaderMap::new()), None);
         assert_ne!(new_trace_id(), new_trace_id());
-        assert_eq!(
-            TraceIdHex(0xab).to_string(),
-            "000000000000000000000000000000ab"
-        );
-        let id = 0x4bf9_2f35_77b3_4da6_a3ce_929d_0e0e_4736;
-        assert_eq!(TraceIdHex(id).to_string(), format!("{id:032x}"));
-        assert_eq!(TraceIdHex(u128::MAX).to_string(), "f".repeat(32));
     }
 
     #[test]

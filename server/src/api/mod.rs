@@ -20,6 +20,7 @@ use crate::{
     auth::Caller,
     error::error_chain,
     store::{NewNote, Note, NoteStore, StoreError},
+    telemetry::call::in_call,
 };
 
 /// Largest note content, in bytes of UTF-8.
@@ -58,11 +59,11 @@ impl From<StoreError> for Status {
             StoreError::VersionMismatch { .. } => Status::aborted(err.to_string()),
             StoreError::RequestIdReused(_) => Status::already_exists(err.to_string()),
             StoreError::Unavailable(_) => {
-                tracing::warn!(error = %error_chain(&err), "note store unavailable");
+                in_call(|| tracing::warn!(error = %error_chain(&err), "note store unavailable"));
                 Status::unavailable("note store is unavailable; retry with backoff")
             }
             StoreError::Internal(..) => {
-                tracing::error!(error = %error_chain(&err), "note store failed");
+                in_call(|| tracing::error!(error = %error_chain(&err), "note store failed"));
                 Status::internal("internal error")
             }
         }
@@ -168,14 +169,18 @@ fn within_page_bytes(notes: Vec<Note>) -> (Vec<pb::Note>, Option<Uuid>) {
 /// established it.
 fn owner<T>(request: &Request<T>, method: &'static str) -> Result<String, Status> {
     let caller = Caller::of(request)?;
-    tracing::debug!(
-        method,
-        owner = %crate::telemetry::escape(&caller.owner),
-        subject = %crate::telemetry::escape(&caller.token.subject),
-        kind = ?caller.token.kind,
-        peer = %caller.peer,
-        "handling"
-    );
+    if tracing::enabled!(tracing::Level::DEBUG) {
+        in_call(|| {
+            tracing::debug!(
+                method,
+                owner = %crate::telemetry::escape(&caller.owner),
+                subject = %crate::telemetry::escape(&caller.token.subject),
+                kind = ?caller.token.kind,
+                peer = %caller.peer,
+                "handling"
+            )
+        });
+    }
     Ok(caller.owner.clone())
 }
 

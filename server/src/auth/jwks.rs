@@ -27,6 +27,7 @@ use super::{
     TokenVerifier,
     keys::{KeyError, KeySource, VerifyKey, parse_jwks},
 };
+use crate::telemetry::call::in_call;
 
 /// Fetch and cache settings.
 #[derive(Debug, Clone)]
@@ -139,12 +140,15 @@ impl RemoteJwks {
     /// One fetch; a failure is counted in the metrics (a success when stored).
     async fn fetch(&self) -> Result<KeyMap, KeyError> {
         use tracing::Instrument;
-        let span = tracing::info_span!(
-            "jwks fetch",
-            otel.kind = "client",
-            url.full = %self.url,
-            issuer = %self.label,
-        );
+        // A refetch for an unknown kid runs in the call that met it.
+        let span = in_call(|| {
+            tracing::info_span!(
+                "jwks fetch",
+                otel.kind = "client",
+                url.full = %self.url,
+                issuer = %self.label,
+            )
+        });
         let fetched = self.fetch_once().instrument(span).await;
         if fetched.is_err() {
             crate::metrics::metrics()
@@ -214,7 +218,7 @@ impl RemoteJwks {
                     .map_or(0, |d| i64::try_from(d.as_secs()).unwrap_or(0)),
             );
         *self.keys.write().unwrap_or_else(|e| e.into_inner()) = Arc::new(keys);
-        tracing::info!(url = %self.url, keys = count, "JWKS loaded");
+        in_call(|| tracing::info!(url = %self.url, keys = count, "JWKS loaded"));
     }
 }
 
@@ -242,7 +246,9 @@ impl KeySource for RemoteJwks {
         match self.fetch().await {
             Ok(keys) => self.store(keys),
             Err(err) => {
-                tracing::warn!(url = %self.url, error = %crate::error::error_chain(&err), "JWKS refetch for an unknown kid failed");
+                in_call(
+                    || tracing::warn!(url = %self.url, error = %crate::error::error_chain(&err), "JWKS refetch for an unknown kid failed"),
+                );
                 if self.current().is_empty() {
                     return Err(err);
                 }

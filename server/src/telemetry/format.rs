@@ -18,6 +18,8 @@ use tracing_subscriber::fmt::time::{FormatTime, SystemTime};
 use tracing_subscriber::fmt::{FmtContext, FormattedFields};
 use tracing_subscriber::registry::LookupSpan;
 
+use super::call::TraceIdHex;
+
 /// The audit trail's target.
 pub const AUDIT_TARGET: &str = "notes::audit";
 
@@ -78,6 +80,13 @@ where
             if seen {
                 writer.write_char(' ')?;
             }
+        } else if let Some((method, trace_id)) = spanless_call(event) {
+            // The span `call_span` would have built, as `Full` writes it.
+            write!(
+                writer,
+                "grpc{{rpc.method={method:?} trace_id={}}}: ",
+                TraceIdHex(trace_id)
+            )?;
         }
         writer.write_str(meta.target())?;
         writer.write_str(": ")?;
@@ -90,6 +99,16 @@ where
         fields.result?;
         writer.write_char('\n')
     }
+}
+
+/// The method and trace id of the spanless call `event` is logged in
+/// ([`super::call`]), unless it names its own parent (`Full` then writes
+/// no span).
+fn spanless_call(event: &Event<'_>) -> Option<(&'static str, u128)> {
+    if !event.is_contextual() {
+        return None;
+    }
+    super::call::current()
 }
 
 /// Now, as tracing-subscriber's `SystemTime` writes it (RFC 3339 UTC with
@@ -314,6 +333,27 @@ where
         fields.result?;
         writer.write_str("},\"target\":")?;
         json_str(&mut writer, meta.target())?;
+        // (`Json` writes the current span even for an event that names no
+        // parent, so this one does not ask.)
+        if current.is_none()
+            && let Some((method, trace_id)) = super::call::current()
+        {
+            // The span `call_span` would have built, as `Json` writes it.
+            let span = |writer: &mut Writer<'_>| {
+                writer.write_str("{\"rpc.method\":")?;
+                json_str(writer, method)?;
+                write!(
+                    writer,
+                    ",\"trace_id\":\"{}\",\"name\":\"grpc\"}}",
+                    TraceIdHex(trace_id)
+                )
+            };
+            writer.write_str(",\"span\":")?;
+            span(&mut writer)?;
+            writer.write_str(",\"spans\":[")?;
+            span(&mut writer)?;
+            writer.write_char(']')?;
+        }
         if let Some(current) = current {
             writer.write_str(",\"span\":")?;
             json_span::<S, N>(&mut writer, &current)?;
@@ -584,6 +624,68 @@ mod tests {
         fn source(&self) -> Option<&(dyn std::error::Error + 'static)> {
             Some(&self.0)
         }
+    }
+
+    const TRACE_ID: u128 = 0x4bf9_2f35_77b3_4da6_a3ce_929d_0e0e_4736;
+
+    /// What a call logs: its audit line, a store failure, a child span's
+    /// event, and an audit line that names no parent.
+    fn call_lines() {
+        let audit = || {
+            tracing::info!(
+                target: "notes::audit",
+                method = %"/notes.v1.NotesService/GetNote",
+                subject = %"alice",
+                kind = ?Some(1),
+                decision = "allow",
+                reason = "ok",
+            )
+        };
+        audit();
+        super::super::call::in_call(|| tracing::warn!(error = "boom", "note store failed"));
+        let child = super::super::call::in_call(|| {
+            tracing::info_span!("dynamodb", db.operation = "GetItem")
+        });
+        child.in_scope(|| tracing::info!(target: "aws", "retrying"));
+        audit();
+        tracing::info!(target: "notes::audit", parent: None, decision = "root");
+    }
+
+    /// [`call_lines`] in a call with its span built up front.
+    fn in_span() {
+        super::super::call::call_span("GetNote", TRACE_ID).in_scope(call_lines);
+    }
+
+    /// [`call_lines`] in a spanless call.
+    fn spanless() {
+        tokio::runtime::Builder::new_current_thread()
+            .build()
+            .unwrap()
+            .block_on(super::super::call::scope("GetNote", TRACE_ID, async {
+                call_lines()
+            }));
+    }
+
+    #[test]
+    fn a_spanless_call_logs_as_a_call_with_its_span() {
+        for (fast, stock) in [
+            (Output::FastText, Output::Text),
+            (Output::FastJson, Output::Json),
+        ] {
+            let lines = lines(fast, spanless);
+            assert_eq!(lines, self::lines(stock, in_span));
+            assert_eq!(lines, self::lines(fast, in_span));
+            assert_eq!(lines.len(), 5);
+            for line in &lines[..4] {
+                assert!(line.contains("4bf92f3577b34da6a3ce929d0e0e4736"), "{line}");
+            }
+        }
+        // An event naming no parent: `Full` writes no span, `Json` the current one.
+        assert!(!lines(Output::FastText, spanless)[4].contains("4bf9"));
+        assert!(lines(Output::FastJson, spanless)[4].contains("4bf9"));
+        // Outside a call, nothing is added.
+        let outside = || call_lines();
+        assert!(!lines(Output::FastText, outside).concat().contains("grpc"));
     }
 
     #[test]

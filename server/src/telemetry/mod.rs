@@ -5,6 +5,7 @@
 
 use tracing_subscriber::{EnvFilter, fmt};
 
+pub mod call;
 mod format;
 pub mod queue;
 
@@ -206,6 +207,9 @@ where
     };
     if installed.is_ok() {
         EXPORTING.store(exporting, std::sync::atomic::Ordering::Release);
+        // The audit line's formats write a spanless call's method and trace
+        // id; tracing-subscriber's coloured format would not.
+        call::set_spanless(!exporting && !ansi);
     }
     TelemetryGuard(installed.is_ok().then_some(provider), None)
 }

@@ -39,13 +39,15 @@ where
 {
     use tracing::Instrument;
     let started = std::time::Instant::now();
-    let span = tracing::info_span!(
-        "dynamodb",
-        otel.name = operation,
-        otel.kind = "client",
-        db.system = "dynamodb",
-        db.operation = operation,
-    );
+    let span = crate::telemetry::call::in_call(|| {
+        tracing::info_span!(
+            "dynamodb",
+            otel.name = operation,
+            otel.kind = "client",
+            db.system = "dynamodb",
+            db.operation = operation,
+        )
+    });
     let result = call.instrument(span).await;
     let metrics = crate::metrics::metrics();
     let outcome = match &result {
