@@ -504,6 +504,10 @@ fn traced(rpc: &Rpc, headers: &HeaderMap) -> Traced {
     if !crate::telemetry::exporting_traces() {
         let trace_id = traceparent_trace_id(headers).unwrap_or_else(new_trace_id);
         if call::spanless() {
+            // Where the filter drops the span, lines carry no call, as before.
+            if !tracing::span_enabled!(target: call::SPAN_TARGET, tracing::Level::INFO) {
+                return Traced::Span(tracing::Span::none());
+            }
             return Traced::Spanless(trace_id);
         }
         return Traced::Span(call::call_span(rpc.method, trace_id));

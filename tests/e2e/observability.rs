@@ -451,13 +451,25 @@ async fn every_log_line_of_a_call_carries_its_trace_id() {
         .metadata_mut()
         .insert("traceparent", traceparent().parse().unwrap());
     app.raw().await.list_notes(request).await.unwrap();
+    // A refusal's audit line too (the other audit event).
+    let mut refused = tonic::Request::new(ListNotesRequest::default());
+    refused
+        .metadata_mut()
+        .insert("traceparent", traceparent().parse().unwrap());
+    let status = app.raw().await.list_notes(refused).await.unwrap_err();
+    assert_eq!(status.code(), tonic::Code::Unauthenticated);
 
     let text = logs.text();
-    let audit = text
+    let audit: Vec<&str> = text
         .lines()
-        .find(|l| l.contains("notes::audit"))
-        .unwrap_or_else(|| panic!("no audit line: {text}"));
-    assert!(audit.contains(&format!("trace_id={TRACE_ID}")), "{audit}");
+        .filter(|l| l.contains("notes::audit"))
+        .collect();
+    assert_eq!(audit.len(), 2, "{text}");
+    assert!(audit[0].contains("decision=\"allow\""), "{}", audit[0]);
+    assert!(audit[1].contains("decision=\"deny\""), "{}", audit[1]);
+    for line in audit {
+        assert!(line.contains(&format!("trace_id={TRACE_ID}")), "{line}");
+    }
 }
 
 #[tokio::test]

@@ -36,7 +36,8 @@ tokio::task_local! {
 static SPANLESS: AtomicBool = AtomicBool::new(false);
 
 /// Whether calls go without a span until a log line needs one (set when
-/// the subscriber is installed: no exporter and no colours).
+/// the subscriber is installed: no exporter, no colours, and no `RUST_LOG`
+/// directive that selects by span, which needs the span entered throughout).
 pub fn spanless() -> bool {
     SPANLESS.load(Ordering::Acquire)
 }
@@ -66,9 +67,18 @@ pub(super) fn current() -> Option<(&'static str, u128)> {
     CALL.try_with(|call| (call.method, call.trace_id)).ok()
 }
 
+/// The target of a call's span (where it was always built, so `RUST_LOG`
+/// directives naming it keep working).
+pub const SPAN_TARGET: &str = "notes_server::metrics";
+
 /// A call's span as it is without an exporter: its method and trace id.
 pub fn call_span(method: &'static str, trace_id: u128) -> tracing::Span {
-    tracing::info_span!("grpc", rpc.method = method, trace_id = %TraceIdHex(trace_id))
+    tracing::info_span!(
+        target: SPAN_TARGET,
+        "grpc",
+        rpc.method = method,
+        trace_id = %TraceIdHex(trace_id)
+    )
 }
 
 /// Runs `log` (an event, or the creation of a child span) inside the

@@ -208,8 +208,10 @@ where
     if installed.is_ok() {
         EXPORTING.store(exporting, std::sync::atomic::Ordering::Release);
         // The audit line's formats write a spanless call's method and trace
-        // id; tracing-subscriber's coloured format would not.
-        call::set_spanless(!exporting && !ansi);
+        // id; tracing-subscriber's coloured text format would not, and
+        // span directives (`[grpc]=debug`) need the span entered throughout.
+        let span_directives = std::env::var("RUST_LOG").is_ok_and(|filter| filter.contains('['));
+        call::set_spanless(!exporting && (json || !ansi) && !span_directives);
     }
     TelemetryGuard(installed.is_ok().then_some(provider), None)
 }
