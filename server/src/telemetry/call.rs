@@ -14,6 +14,11 @@
 //! logged during the call goes through [`in_call`], which builds the call's
 //! span on first use (once per call) and logs inside it. With an exporter
 //! every call gets its span up front, as OpenTelemetry needs.
+//!
+//! Audit events therefore stay plain (fields only: no message, no error
+//! value), the shape the fast path writes; one that is not goes to
+//! tracing-subscriber's format, which knows nothing of the task-local.
+//! The end-to-end trace-id test reads both audit events (allow, deny).
 
 use std::{
     cell::OnceCell,
