@@ -383,10 +383,10 @@ async fn the_certs_tool_stands_up_a_pki_that_serves_and_revokes() {
     let revoked = certs(&["revoke", "billing"]).await;
     let mut after = list().await;
     for _ in 0..40 {
-        // Until the server reloads, calls succeed. A connection accepted
-        // just before the reload completes its handshake under the old
-        // configuration and is closed right after it by the check against
-        // the new CRL (exit 7, "connection closed"); the next one is
+        // Until the server reloads, calls succeed. A client certificate
+        // checked just before the reload, in a handshake that ends just
+        // after it, is let in and closed at once by the check against the
+        // new CRL (exit 7, "connection closed"); the next connection is
         // refused in the handshake. Anything else ends the wait.
         let closed_after_handshake = after.status.code() == Some(7)
             && String::from_utf8_lossy(&after.stderr).contains("connection closed");

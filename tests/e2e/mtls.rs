@@ -22,7 +22,7 @@ use tonic_reflection::pb::v1;
 
 use crate::harness::{
     CLIENT_SPIFFE, LogSink, TestApp, pki,
-    pki::{DAY, localhost, write, write_files},
+    pki::{DAY, client_config, localhost, write, write_files},
     test_authenticator, tls_probe, token_for, with_token,
 };
 
@@ -68,6 +68,50 @@ async fn a_client_that_stalls_in_the_handshake_is_disconnected() {
         matches!(read, Ok(Ok(0)) | Ok(Err(_))),
         "connection still open: {read:?}"
     );
+}
+
+/// In TLS 1.3 a client's handshake is over before the server has checked its
+/// certificate, so it sends its first request at once, and may send more
+/// before the refusal arrives. It must still read why it was refused, not
+/// "broken pipe" or "connection reset": the server stops writing but keeps
+/// reading for a moment, so its kernel never answers those bytes with a reset
+/// that would discard the alert.
+#[tokio::test]
+async fn a_refused_client_that_keeps_writing_still_reads_why() {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let app = TestApp::spawn().await;
+    let tcp = tokio::net::TcpStream::connect(app.addr).await.unwrap();
+    let name = rustls::pki_types::ServerName::try_from("localhost").unwrap();
+    let mut stream = tokio_rustls::TlsConnector::from(client_config(Some(&pki().foreign_client)))
+        .connect(name, tcp)
+        .await
+        .expect("TLS 1.3: the client is done before the server checks its certificate");
+    stream
+        .write_all(b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n")
+        .await
+        .unwrap();
+    stream.flush().await.unwrap();
+
+    // Meanwhile the server refuses the certificate and hangs up.
+    tokio::time::sleep(Duration::from_millis(150)).await;
+    let second = async {
+        stream.write_all(&[0; 64]).await?;
+        stream.flush().await
+    }
+    .await;
+    tokio::time::sleep(Duration::from_millis(150)).await;
+    let mut buf = [0u8; 64];
+    let read = stream.read(&mut buf).await;
+
+    assert!(second.is_ok(), "{second:?}");
+    assert!(
+        matches!(&read, Err(err) if rustls_error_of(err) == Some(alert(AlertDescription::UnknownCA))),
+        "{read:?}"
+    );
+}
+
+fn rustls_error_of(err: &std::io::Error) -> Option<rustls::Error> {
+    err.get_ref()?.downcast_ref::<rustls::Error>().cloned()
 }
 
 #[tokio::test]
@@ -336,6 +380,39 @@ async fn a_client_certificate_revoked_by_a_reloaded_crl_fails_its_next_connectio
 
     assert_eq!(verdict, Err(alert(AlertDescription::CertificateRevoked)));
     tls_probe(app.addr, Some(&pki().client)).await.unwrap();
+}
+
+/// A connection accepted just before a reload makes its handshake under the
+/// configuration in force when it was accepted. New CRLs still apply to it:
+/// the client is refused in the handshake, with the alert that says why, not
+/// let in and cut off right after.
+#[tokio::test]
+async fn a_handshake_under_way_when_a_crl_reloads_is_checked_against_the_new_crl() {
+    let files = TlsDir::new();
+    let tls = files.server_tls();
+    let accepted_before_the_reload = tokio_rustls::TlsAcceptor::from(tls.current());
+    let doomed = client("doomed-mid-handshake", Usage::Client, valid());
+    let crl = pki()
+        .ca
+        .crl(std::slice::from_ref(&doomed.serial), 2, DAY)
+        .unwrap();
+    write(&files.path("crl.pem"), crl.as_bytes());
+    assert!(tls.reload().unwrap());
+
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let client = tokio::spawn(async move { tls_probe(addr, Some(&doomed)).await });
+    let (tcp, _) = listener.accept().await.unwrap();
+    let refused = accepted_before_the_reload
+        .accept(tcp)
+        .into_fallible()
+        .await
+        .map(drop);
+    // Keep the socket open until the client has read the alert.
+    let verdict = client.await.unwrap();
+    drop(refused);
+
+    assert_eq!(verdict, Err(alert(AlertDescription::CertificateRevoked)));
 }
 
 #[tokio::test]

@@ -9,6 +9,10 @@
 //! blocks other handshakes nor holds a slot for long. Finished connections
 //! are handed to tonic through a channel, carrying their [`ConnInfo`] and
 //! their connection slot, which is freed when tonic drops the connection.
+//!
+//! A refused connection is not simply dropped: the server stops writing and
+//! reads for a moment ([`linger`]), so the client reads why it was refused
+//! instead of a reset.
 
 use std::{
     collections::HashMap,
@@ -24,7 +28,7 @@ use std::{
 };
 
 use tokio::{
-    io::{AsyncRead, AsyncWrite, ReadBuf},
+    io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt, ReadBuf},
     net::{TcpListener, TcpStream},
     sync::{OwnedSemaphorePermit, Semaphore, mpsc},
 };
@@ -450,22 +454,25 @@ pub fn incoming(
                 let Some(handshake_slot) = admission.admit_handshake(remote_addr) else {
                     return;
                 };
-                let conn = handshake(acceptor, tcp, remote_addr, admission.handshake_timeout)
+                let conn = match handshake(acceptor, tcp, remote_addr, admission.handshake_timeout)
                     .await
-                    .filter(|(_, info)| {
-                        // The verifier checked both already; this keeps them
-                        // true even if a session were ever resumed.
-                        let live = tls.is_live(&info.peer);
-                        if !live {
-                            tracing::info!(%remote_addr, "client certificate revoked or expired; connection refused");
-                        }
-                        live
-                    });
+                {
+                    // The verifier checked both already; this keeps them
+                    // true even if a session were ever resumed, and for a
+                    // certificate that expires in the handshake.
+                    Some((stream, info)) if !tls.is_live(&info.peer) => {
+                        tracing::info!(%remote_addr, "client certificate revoked or expired; connection refused");
+                        close_refused(stream).await;
+                        None
+                    }
+                    conn => conn,
+                };
                 drop(handshake_slot);
                 if let Some((stream, info)) = conn {
                     let cap = (admission.cap_of)(&info.peer);
                     let Some((id, closer)) = admission.open.register(info.peer.clone(), cap) else {
                         admission.refuse(Refusal::ConnectionsPerIdentity, remote_addr);
+                        close_refused(stream).await;
                         return;
                     };
                     let _ = tx
@@ -496,16 +503,19 @@ async fn handshake(
     static REFUSED: std::sync::LazyLock<LogEvery> =
         std::sync::LazyLock::new(|| LogEvery::new(Duration::from_secs(10)));
     let handshakes = &crate::metrics::metrics().tls_handshakes;
-    let stream = match tokio::time::timeout(timeout, acceptor.accept(tcp)).await {
+    let accept = acceptor.accept(tcp).into_fallible();
+    let stream = match tokio::time::timeout(timeout, accept).await {
         Ok(Ok(stream)) => {
             handshakes.with_label_values(&["ok"]).inc();
             stream
         }
-        Ok(Err(err)) => {
+        Ok(Err((err, tcp))) => {
             handshakes.with_label_values(&["refused"]).inc();
             if let Some(suppressed) = REFUSED.check() {
                 tracing::info!(%remote_addr, error = %escape(&err.to_string()), suppressed, "TLS handshake refused");
             }
+            // The alert, if any, is written: let the client read it.
+            linger(tcp).await;
             return None;
         }
         Err(_) => {
@@ -527,14 +537,54 @@ async fn handshake(
         Some(Ok(peer)) => peer,
         Some(Err(err)) => {
             tracing::info!(%remote_addr, error = %crate::error::error_chain(&err), "client certificate unreadable");
+            close_refused(stream).await;
             return None;
         }
         // The verifier requires a certificate; if none is here, refuse anyway.
         None => {
             tracing::info!(%remote_addr, "no client certificate after handshake");
+            close_refused(stream).await;
             return None;
         }
     };
     tracing::debug!(%remote_addr, peer = %peer, "mTLS connection established");
     Some((stream, ConnInfo { remote_addr, peer }))
+}
+
+/// How long a refused connection is read from before it is closed.
+const LINGER: Duration = Duration::from_secs(1);
+/// How much a refused connection may send in that time.
+const LINGER_BYTES: usize = 64 * 1024;
+
+/// Closes a refused connection so that the client reads the refusal (the
+/// TLS alert already written) rather than a reset.
+///
+/// In TLS 1.3 a client's handshake ends before the server has checked its
+/// certificate, so it sends its first request at once. Closing a socket with
+/// such bytes unread makes the kernel answer with a reset, and a reset makes
+/// the client's next write fail with "broken pipe" or discards the alert
+/// still waiting to be read. So: stop writing (FIN after the alert), then
+/// read and discard until the client hangs up, [`LINGER`] passes or
+/// [`LINGER_BYTES`] arrive. The caller still holds the connection's slots,
+/// so the caps bound how many connections linger.
+async fn linger(mut tcp: TcpStream) {
+    let _ = tcp.shutdown().await;
+    let drain = async {
+        let mut buf = [0u8; 4096];
+        let mut read = 0;
+        while read < LINGER_BYTES {
+            match tcp.read(&mut buf).await {
+                Ok(0) | Err(_) => break,
+                Ok(n) => read += n,
+            }
+        }
+    };
+    let _ = tokio::time::timeout(LINGER, drain).await;
+}
+
+/// Refuses a connection whose handshake completed: `close_notify`, then
+/// [`linger`]. (rustls has no way to send an alert after the handshake.)
+async fn close_refused(mut stream: TlsStream<TcpStream>) {
+    let _ = tokio::time::timeout(LINGER, stream.shutdown()).await;
+    linger(stream.into_inner().0).await;
 }

@@ -3,7 +3,8 @@
 //!
 //! - [`accept`]: the TLS accept loop feeding tonic: connection and handshake caps, handshake timeout.
 //! - [`identity`]: [`PeerIdentity`], extracted once per connection.
-//! - [`verifier`]: the client-certificate verifier that logs why it refused, naming the certificate.
+//! - [`verifier`]: the client-certificate verifier that logs why it refused, naming the certificate,
+//!   and checks the newest CRLs.
 //! - [`reload`]: the configuration in force, reloaded on file change or SIGHUP.
 //!
 //! Issuing certificates is not here: see [`crate::certs::authority`].
@@ -13,7 +14,11 @@ pub mod identity;
 pub mod reload;
 pub mod verifier;
 
-use std::{collections::BTreeSet, path::Path, sync::Arc};
+use std::{
+    collections::BTreeSet,
+    path::Path,
+    sync::{Arc, RwLock},
+};
 
 use rustls::{
     RootCertStore, ServerConfig,
@@ -80,6 +85,29 @@ pub enum TlsError {
 
 /// What CRLs revoke: (issuer name DER, serial) pairs.
 pub type Revoked = BTreeSet<(Vec<u8>, Vec<u8>)>;
+
+/// What the newest CRLs loaded revoke. Every configuration a reload builds
+/// shares one, so a handshake that began under a configuration a reload has
+/// since replaced is still checked against the newest CRLs, and refused
+/// with the `certificate_revoked` alert.
+#[derive(Debug, Default)]
+pub struct RevocationsInForce(RwLock<Arc<Revoked>>);
+
+impl RevocationsInForce {
+    /// `revoked` in force.
+    pub fn new(revoked: Arc<Revoked>) -> Arc<Self> {
+        Arc::new(Self(RwLock::new(revoked)))
+    }
+
+    /// What is revoked now.
+    pub fn get(&self) -> Arc<Revoked> {
+        self.0.read().unwrap_or_else(|e| e.into_inner()).clone()
+    }
+
+    fn set(&self, revoked: Arc<Revoked>) {
+        *self.0.write().unwrap_or_else(|e| e.into_inner()) = revoked;
+    }
+}
 
 /// The PEM material a server needs for mutual TLS.
 #[derive(Debug, Clone)]
@@ -225,6 +253,17 @@ pub fn install_crypto_provider() {
 /// clientAuth usage and not revoked by any configured CRL, required on
 /// every connection.
 pub fn server_config(material: &TlsMaterial) -> Result<Arc<ServerConfig>, TlsError> {
+    let revoked = Arc::new(material.revoked.clone());
+    config_in_force(material, revoked.clone(), &RevocationsInForce::new(revoked))
+}
+
+/// [`server_config`] whose verifier also checks client certificates against
+/// `in_force` once it no longer holds `own`, what `material`'s CRLs revoke.
+fn config_in_force(
+    material: &TlsMaterial,
+    own: Arc<Revoked>,
+    in_force: &Arc<RevocationsInForce>,
+) -> Result<Arc<ServerConfig>, TlsError> {
     let provider = crypto_provider();
     let mut roots = RootCertStore::empty();
     for ca in &material.client_ca {
@@ -245,7 +284,11 @@ pub fn server_config(material: &TlsMaterial) -> Result<Arc<ServerConfig>, TlsErr
         what: "client verifier",
         source: Box::new(e),
     })?;
-    let verifier = Arc::new(verifier::LoggingVerifier::new(verifier));
+    let verifier = Arc::new(verifier::LoggingVerifier::new(
+        verifier,
+        own,
+        in_force.clone(),
+    ));
     let mut config = ServerConfig::builder_with_provider(provider)
         .with_protocol_versions(&[&rustls::version::TLS13, &rustls::version::TLS12])
         .map_err(|e| TlsError::Rustls {

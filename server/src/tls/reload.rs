@@ -3,7 +3,9 @@
 //! New connections take [`ServerTls::current`] at accept time; established
 //! connections keep the configuration they were made with, so a reload never
 //! drops them, except those whose client certificate the new CRLs revoke or
-//! that has expired: every check closes those ([`OpenConnections`]). A reload
+//! that has expired: every check closes those ([`OpenConnections`]). A
+//! handshake still under way when new CRLs load is checked against them
+//! ([`super::RevocationsInForce`]). A reload
 //! that fails (a file that does not parse, a CRL file with no CRL, a key that
 //! does not match its certificate) is logged and changes nothing. A CRL past
 //! its `nextUpdate` is warned about at every check.
@@ -19,7 +21,10 @@ use crate::clock::{Clock, system_clock};
 use rustls::ServerConfig;
 use tokio_util::sync::CancellationToken;
 
-use super::{OpenConnections, PeerIdentity, Revoked, TlsError, TlsMaterial, read, server_config};
+use super::{
+    OpenConnections, PeerIdentity, RevocationsInForce, Revoked, TlsError, TlsMaterial,
+    config_in_force, read,
+};
 
 fn now_unix() -> i64 {
     SystemTime::now()
@@ -101,7 +106,7 @@ fn publish_dates(material: &TlsMaterial) {
 /// The server's TLS configuration, reloadable when it came from files.
 pub struct ServerTls {
     current: RwLock<Arc<ServerConfig>>,
-    revoked: RwLock<Arc<Revoked>>,
+    revocations: Arc<RevocationsInForce>,
     files: Option<TlsFiles>,
     loaded_digest: Mutex<Vec<u8>>,
     clock: Clock,
@@ -112,7 +117,7 @@ impl ServerTls {
     pub fn fixed(config: Arc<ServerConfig>) -> Arc<Self> {
         Arc::new(Self {
             current: RwLock::new(config),
-            revoked: RwLock::default(),
+            revocations: Arc::default(),
             files: None,
             loaded_digest: Mutex::default(),
             clock: system_clock(),
@@ -128,10 +133,12 @@ impl ServerTls {
     /// for the expiry checks of established connections (tests move it;
     /// the handshake itself checks validity against the system clock).
     pub fn from_files_with_clock(files: TlsFiles, clock: Clock) -> Result<Arc<Self>, TlsError> {
-        let (material, digest) = files.load()?;
+        let (mut material, digest) = files.load()?;
+        let revoked = Arc::new(std::mem::take(&mut material.revoked));
+        let revocations = RevocationsInForce::new(revoked.clone());
         Ok(Arc::new(Self {
-            current: RwLock::new(server_config(&material)?),
-            revoked: RwLock::new(Arc::new(material.revoked)),
+            current: RwLock::new(config_in_force(&material, revoked, &revocations)?),
+            revocations,
             files: Some(files),
             loaded_digest: Mutex::new(digest),
             clock,
@@ -163,32 +170,29 @@ impl ServerTls {
         let Some(files) = &self.files else {
             return Ok(false);
         };
-        let (material, digest) = files.load()?;
+        let (mut material, digest) = files.load()?;
         let mut loaded = self.loaded_digest.lock().unwrap_or_else(|e| e.into_inner());
         if *loaded == digest {
             return Ok(false);
         }
-        let config = server_config(&material)?;
+        let revoked = Arc::new(std::mem::take(&mut material.revoked));
+        let config = config_in_force(&material, revoked.clone(), &self.revocations)?;
+        // The CRLs first: handshakes under the configuration being replaced
+        // check them from now on.
+        self.revocations.set(revoked);
         *self.current.write().unwrap_or_else(|e| e.into_inner()) = config;
-        *self.revoked.write().unwrap_or_else(|e| e.into_inner()) = Arc::new(material.revoked);
         *loaded = digest;
         Ok(true)
     }
 
     /// Whether the CRLs in force revoke `peer`'s certificate.
     pub fn is_revoked(&self, peer: &PeerIdentity) -> bool {
-        self.revoked
-            .read()
-            .unwrap_or_else(|e| e.into_inner())
-            .contains(&peer.issuer_and_serial)
+        self.revocations.get().contains(&peer.issuer_and_serial)
     }
 
     /// The (issuer, serial) pairs the CRLs in force revoke.
     pub fn revoked(&self) -> Arc<Revoked> {
-        self.revoked
-            .read()
-            .unwrap_or_else(|e| e.into_inner())
-            .clone()
+        self.revocations.get()
     }
 
     /// Closes the open connections whose certificate is now revoked or expired.

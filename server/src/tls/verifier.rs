@@ -1,19 +1,22 @@
 //! Client-certificate verification that says why it refused.
 //!
-//! rustls' WebPKI verifier decides; this wrapper only logs a refusal with the
+//! rustls' WebPKI verifier decides; this wrapper logs a refusal with the
 //! certificate's subject, serial and SANs, so an operator can tell which
-//! caller was turned away and why (expired, revoked, unknown CA, ...).
+//! caller was turned away and why (expired, revoked, unknown CA, ...). It
+//! also refuses a certificate that CRLs loaded after its configuration was
+//! built revoke (see [`RevocationsInForce`]).
 
 use std::sync::Arc;
 
 use rustls::{
-    DigitallySignedStruct, DistinguishedName, Error, SignatureScheme,
+    CertificateError, DigitallySignedStruct, DistinguishedName, Error, SignatureScheme,
     client::danger::HandshakeSignatureValid,
     pki_types::{CertificateDer, UnixTime},
     server::danger::{ClientCertVerified, ClientCertVerifier},
 };
 use x509_parser::prelude::FromDer;
 
+use super::{RevocationsInForce, Revoked};
 use crate::telemetry::{LogEvery, escape};
 
 /// Wraps a verifier and logs its refusals: at most one line per 10 s with
@@ -22,15 +25,42 @@ use crate::telemetry::{LogEvery, escape};
 #[derive(Debug)]
 pub struct LoggingVerifier {
     inner: Arc<dyn ClientCertVerifier>,
+    /// What the CRLs `inner` checks revoke.
+    own: Arc<Revoked>,
+    in_force: Arc<RevocationsInForce>,
     log: LogEvery,
 }
 
 impl LoggingVerifier {
-    /// Logs the refusals of `inner`.
-    pub fn new(inner: Arc<dyn ClientCertVerifier>) -> Self {
+    /// Logs the refusals of `inner`, which checks the CRLs revoking `own`,
+    /// and refuses what `in_force` revokes once it has moved on from `own`.
+    pub fn new(
+        inner: Arc<dyn ClientCertVerifier>,
+        own: Arc<Revoked>,
+        in_force: Arc<RevocationsInForce>,
+    ) -> Self {
         Self {
             inner,
+            own,
+            in_force,
             log: LogEvery::new(std::time::Duration::from_secs(10)),
+        }
+    }
+
+    /// Whether CRLs loaded since this configuration was built revoke
+    /// `end_entity`. Free while this configuration is the newest: `inner`
+    /// has checked those CRLs already.
+    fn revoked_since(&self, end_entity: &CertificateDer<'_>) -> bool {
+        let in_force = self.in_force.get();
+        if Arc::ptr_eq(&in_force, &self.own) {
+            return false;
+        }
+        match x509_parser::certificate::X509Certificate::from_der(end_entity) {
+            Ok((_, cert)) => {
+                in_force.contains(&(cert.issuer().as_raw().to_vec(), cert.raw_serial().to_vec()))
+            }
+            // `inner` parsed it; if this cannot, refuse.
+            Err(_) => true,
         }
     }
 }
@@ -82,9 +112,12 @@ impl ClientCertVerifier for LoggingVerifier {
         intermediates: &[CertificateDer<'_>],
         now: UnixTime,
     ) -> Result<ClientCertVerified, Error> {
-        let result = self
+        let mut result = self
             .inner
             .verify_client_cert(end_entity, intermediates, now);
+        if result.is_ok() && self.revoked_since(end_entity) {
+            result = Err(Error::InvalidCertificate(CertificateError::Revoked));
+        }
         if let Err(err) = &result
             && let Some(suppressed) = self.log.check()
         {
