@@ -172,6 +172,11 @@ where
     // dumps when no region is set) stay out: the start-up error says it.
     let filter = EnvFilter::try_from_default_env()
         .unwrap_or_else(|_| EnvFilter::new("info,aws_config=error"));
+    // At debug or trace, libraries (tonic, h2, the AWS SDK) log inside a
+    // call, and only an entered span puts the call on their lines.
+    let quiet = filter
+        .max_level_hint()
+        .is_some_and(|max| max <= tracing::level_filters::LevelFilter::INFO);
     // Colours only for a person at a terminal, never in a file or a pipe.
     let ansi = std::io::IsTerminal::is_terminal(&std::io::stderr());
     let logs = if json {
@@ -208,10 +213,11 @@ where
     if installed.is_ok() {
         EXPORTING.store(exporting, std::sync::atomic::Ordering::Release);
         // The audit line's formats write a spanless call's method and trace
-        // id; tracing-subscriber's coloured text format would not, and
-        // span directives (`[grpc]=debug`) need the span entered throughout.
+        // id; tracing-subscriber's coloured text format would not, span
+        // directives (`[grpc]=debug`) need the span entered throughout, and
+        // so do libraries' debug lines.
         let span_directives = std::env::var("RUST_LOG").is_ok_and(|filter| filter.contains('['));
-        call::set_spanless(!exporting && (json || !ansi) && !span_directives);
+        call::set_spanless(!exporting && (json || !ansi) && !span_directives && quiet);
     }
     TelemetryGuard(installed.is_ok().then_some(provider), None)
 }
