@@ -17,7 +17,10 @@ struct Bucket {
 /// Token buckets by caller.
 pub struct Buckets {
     limit: RateLimit,
-    buckets: Mutex<HashMap<String, Bucket>>,
+    /// foldhash (seeded per map), not SipHash: looked up on every call; the
+    /// callers are certificate identities and token subjects, which only
+    /// the CA and the issuers make.
+    buckets: Mutex<HashMap<String, Bucket, foldhash::fast::RandomState>>,
 }
 
 impl Buckets {

@@ -349,10 +349,14 @@ pub fn metrics() -> &'static Metrics {
     &METRICS
 }
 
+/// Header names read on every call, parsed once.
+const GRPC_STATUS: http::HeaderName = http::HeaderName::from_static("grpc-status");
+const TRACEPARENT: http::HeaderName = http::HeaderName::from_static("traceparent");
+
 /// The gRPC code of a response, when its headers carry one (trailers-only).
 fn header_code(headers: &HeaderMap) -> Option<usize> {
     headers
-        .get("grpc-status")
+        .get(GRPC_STATUS)
         .and_then(|v| v.to_str().ok())
         .and_then(|v| v.parse::<usize>().ok())
         .map(|code| code.min(CODE_NAMES.len() - 1))
@@ -447,7 +451,7 @@ impl opentelemetry::propagation::Extractor for HeaderExtractor<'_> {
 /// valid one: `00-<32 hex trace id>-<16 hex parent id>-<2 hex flags>`,
 /// lowercase, neither id all zeros.
 fn traceparent_trace_id(headers: &HeaderMap) -> Option<u128> {
-    let value = headers.get("traceparent")?.to_str().ok()?;
+    let value = headers.get(TRACEPARENT)?.to_str().ok()?;
     let mut parts = value.split('-');
     let (version, trace_id, parent_id, flags) =
         (parts.next()?, parts.next()?, parts.next()?, parts.next()?);

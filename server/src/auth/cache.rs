@@ -23,8 +23,8 @@ use super::verify::VerifiedToken;
 const KEY_BYTES: usize = 32;
 
 /// A token's map key: its last [`KEY_BYTES`] bytes, zero-padded in front.
-fn key(token: &str) -> [u8; KEY_BYTES] {
-    let tail = &token.as_bytes()[token.len().saturating_sub(KEY_BYTES)..];
+fn key(token: &[u8]) -> [u8; KEY_BYTES] {
+    let tail = &token[token.len().saturating_sub(KEY_BYTES)..];
     let mut key = [0u8; KEY_BYTES];
     key[KEY_BYTES - tail.len()..].copy_from_slice(tail);
     key
@@ -36,13 +36,10 @@ struct Entry {
 }
 
 impl Entry {
-    fn is(&self, token: &str) -> bool {
+    fn is(&self, token: &[u8]) -> bool {
         self.token.len() == token.len()
-            && aws_lc_rs::constant_time::verify_slices_are_equal(
-                self.token.as_bytes(),
-                token.as_bytes(),
-            )
-            .is_ok()
+            && aws_lc_rs::constant_time::verify_slices_are_equal(self.token.as_bytes(), token)
+                .is_ok()
     }
 }
 
@@ -52,7 +49,9 @@ pub const MAX_BYTES: usize = 16 * 1024 * 1024;
 
 #[derive(Default)]
 struct Entries {
-    map: HashMap<[u8; KEY_BYTES], Entry>,
+    /// foldhash (seeded per map), not SipHash: looked up on every call, and
+    /// only verified tokens are put in it.
+    map: HashMap<[u8; KEY_BYTES], Entry, foldhash::fast::RandomState>,
     /// The sum of the held tokens' lengths.
     bytes: usize,
 }
@@ -88,10 +87,12 @@ impl TokenCache {
     }
 
     /// The verified token for exactly `token` if it has not expired at `now` (seconds).
-    pub fn get(&self, token: &str, now: u64) -> Option<Arc<VerifiedToken>> {
+    /// `token` may be any bytes: only a token verified before, text, hits.
+    pub fn get(&self, token: &(impl AsRef<[u8]> + ?Sized), now: u64) -> Option<Arc<VerifiedToken>> {
         if self.capacity == 0 {
             return None;
         }
+        let token = token.as_ref();
         let key = key(token);
         let mut entries = self.entries.lock().unwrap_or_else(|e| e.into_inner());
         match entries.map.get(&key) {
@@ -112,7 +113,7 @@ impl TokenCache {
         if self.capacity == 0 || token.len() > self.max_bytes {
             return;
         }
-        let key = key(token);
+        let key = key(token.as_bytes());
         let mut entries = self.entries.lock().unwrap_or_else(|e| e.into_inner());
         entries.remove(&key);
         let full =
@@ -138,7 +139,8 @@ impl TokenCache {
     }
 
     /// Forgets `token` (its signing key is gone).
-    pub fn remove(&self, token: &str) {
+    pub fn remove(&self, token: &(impl AsRef<[u8]> + ?Sized)) {
+        let token = token.as_ref();
         let mut entries = self.entries.lock().unwrap_or_else(|e| e.into_inner());
         let key = key(token);
         if entries.map.get(&key).is_some_and(|e| e.is(token)) {

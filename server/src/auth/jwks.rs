@@ -12,7 +12,6 @@
 //! - Fetches have a connect and a total timeout.
 
 use std::{
-    collections::HashMap,
     sync::{Arc, RwLock},
     time::Duration,
 };
@@ -56,7 +55,7 @@ impl Default for JwksSettings {
     }
 }
 
-type KeyMap = HashMap<String, Arc<VerifyKey>>;
+use super::keys::KeyMap;
 
 /// A monotonic clock: `Instant::now`, or one a test moves
 /// ([`RemoteJwks::with_clock`]).

@@ -121,13 +121,17 @@ pub trait KeySource: Send + Sync + 'static {
     }
 }
 
+/// Keys by `kid`. Looked up on every call, so hashed with foldhash (seeded
+/// per map) rather than SipHash; only the issuer's JWKS puts keys in it.
+pub(crate) type KeyMap = HashMap<String, Arc<VerifyKey>, foldhash::fast::RandomState>;
+
 /// A fixed set of keys.
 pub struct StaticKeys {
-    keys: HashMap<String, Arc<VerifyKey>>,
+    keys: KeyMap,
 }
 
 /// The usable keys of a JWKS document, by `kid`.
-pub(crate) fn parse_jwks(json: &[u8]) -> Result<HashMap<String, Arc<VerifyKey>>, KeyError> {
+pub(crate) fn parse_jwks(json: &[u8]) -> Result<KeyMap, KeyError> {
     let set: JwkSet = serde_json::from_slice(json).map_err(KeyError::Parse)?;
     let keys = usable_keys(&set);
     if keys.is_empty() {
@@ -136,7 +140,7 @@ pub(crate) fn parse_jwks(json: &[u8]) -> Result<HashMap<String, Arc<VerifyKey>>,
     Ok(keys)
 }
 
-fn usable_keys(set: &JwkSet) -> HashMap<String, Arc<VerifyKey>> {
+fn usable_keys(set: &JwkSet) -> KeyMap {
     set.keys
         .iter()
         .filter_map(|jwk| Some((jwk.common.key_id.clone()?, Arc::new(usable_key(jwk)?))))

@@ -162,7 +162,9 @@ pub struct Issuer {
 
 /// Verifies tokens of the configured issuers.
 pub struct TokenVerifier {
-    issuers: HashMap<String, Issuer>,
+    /// Looked up on every call: foldhash (seeded per map), not SipHash;
+    /// only configuration puts issuers in it.
+    issuers: HashMap<String, Issuer, foldhash::fast::RandomState>,
     max_token_bytes: usize,
     cache: TokenCache,
     clock: Clock,
@@ -441,18 +443,34 @@ impl TokenVerifier {
     /// Verifies `token`, from the cache when it was verified before.
     pub async fn verify(&self, token: &str) -> Result<Arc<VerifiedToken>, AuthError> {
         check_size(token, self.max_token_bytes)?;
-        if let Some(cached) = self.cache.get(token, self.now_secs()) {
-            // A token whose key has left the issuer's set is verified afresh (and fails).
-            let key_known = self
-                .issuers
-                .get(&cached.issuer)
-                .is_some_and(|i| i.keys.cached_key(&cached.kid).is_some());
-            if key_known {
-                crate::metrics::metrics().token_cache_hits.inc();
-                return Ok(cached);
-            }
-            self.cache.remove(token);
+        match self.cached(token.as_bytes()) {
+            Some(cached) => Ok(cached),
+            None => self.verify_afresh(token).await,
         }
+    }
+
+    /// The verified token `token` is, if it was verified before, has not
+    /// expired, and its key is still in its issuer's set. `token` may be any
+    /// bytes: those of a token verified before are text, so a caller can
+    /// leave checking them for a miss.
+    pub fn cached(&self, token: &[u8]) -> Option<Arc<VerifiedToken>> {
+        let cached = self.cache.get(token, self.now_secs())?;
+        // A token whose key has left the issuer's set is verified afresh (and fails).
+        let key_known = self
+            .issuers
+            .get(&cached.issuer)
+            .is_some_and(|i| i.keys.cached_key(&cached.kid).is_some());
+        if key_known {
+            crate::metrics::metrics().token_cache_hits.inc();
+            return Some(cached);
+        }
+        self.cache.remove(token);
+        None
+    }
+
+    /// Verifies `token` in full, whether or not it is cached, and caches it.
+    pub async fn verify_afresh(&self, token: &str) -> Result<Arc<VerifiedToken>, AuthError> {
+        check_size(token, self.max_token_bytes)?;
         crate::metrics::metrics().token_cache_misses.inc();
         let verified = Arc::new(self.verify_uncached(token).await?);
         self.cache.insert(token, verified.clone(), self.now_secs());

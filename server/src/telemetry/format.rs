@@ -253,9 +253,20 @@ impl Fields<'_, '_> {
 impl Visit for Fields<'_, '_> {
     fn record_str(&mut self, field: &Field, value: &str) {
         if self.result.is_ok() {
-            self.result = self
-                .name(field)
-                .and_then(|()| write!(self.writer, "{value:?}"));
+            self.result = self.name(field).and_then(|()| {
+                // What `Debug` writes for printable ASCII with nothing to
+                // escape, without its character-by-character walk.
+                if value
+                    .bytes()
+                    .all(|b| (0x20..0x7f).contains(&b) && b != b'"' && b != b'\\')
+                {
+                    self.writer.write_char('"')?;
+                    self.writer.write_str(value)?;
+                    self.writer.write_char('"')
+                } else {
+                    write!(self.writer, "{value:?}")
+                }
+            });
         }
     }
 
@@ -592,6 +603,10 @@ mod tests {
             kind = ?Some(1),
             decision = "allow",
             reason = "quote\"and\\\n\r\t\u{8}\u{c}",
+            apostrophe = "it's ~ {ok}",
+            quote = "\"",
+            backslash = "\\",
+            accent = "é",
         );
         tracing::warn!(target: "notes::audit", decision = "deny", n = 3u64, i = -3i64,
             b = true, f = 1.5f64, big = 1e300f64, "with a message");

@@ -185,7 +185,7 @@ impl fmt::Display for Identity {
 /// The name, with control characters escaped: it is the peer's choice.
 impl fmt::Display for PeerIdentity {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(&crate::telemetry::escape(self.name()))
+        crate::telemetry::Escaped(self.name(), usize::MAX).fmt(f)
     }
 }
 
