@@ -38,12 +38,28 @@ pub struct Authenticator {
     /// refused unverified (RSA is the costly part of a refusal).
     refusals: Option<crate::bucket::Buckets>,
     rejections: Mutex<BTreeMap<&'static str, u64>>,
+    /// The allowed-call counters by issuer, user then machine: found once,
+    /// not by their labels on every call.
+    allowed: HashMap<String, [prometheus::IntCounter; 2], foldhash::fast::RandomState>,
 }
 
 impl Authenticator {
     /// Decides with `verifier`; each issuer's policy comes with it.
     pub fn new(verifier: TokenVerifier) -> Self {
+        let allowed = verifier
+            .issuers()
+            .map(|issuer| {
+                let iss = issuer.policy.issuer.as_str();
+                let counter = |kind| {
+                    crate::metrics::metrics()
+                        .auth_decisions
+                        .with_label_values(&["allow", "ok", iss, kind])
+                };
+                (iss.to_owned(), [counter("user"), counter("machine")])
+            })
+            .collect();
         Self {
+            allowed,
             verifier,
             bindings: Bindings::new(),
             bound_clients: BTreeSet::new(),
@@ -115,6 +131,27 @@ impl Authenticator {
             .lock()
             .unwrap_or_else(|e| e.into_inner())
             .clone()
+    }
+
+    /// Counts an allowed call of `caller`.
+    pub(super) fn count_allowed(&self, caller: &Caller) {
+        let kind = match caller.token.kind {
+            CallerKind::User => 0,
+            CallerKind::Machine => 1,
+        };
+        match self.allowed.get(&caller.token.issuer) {
+            Some(counters) => counters[kind].inc(),
+            // Not reached: a verified token's issuer is configured.
+            None => crate::metrics::metrics()
+                .auth_decisions
+                .with_label_values(&[
+                    "allow",
+                    "ok",
+                    &caller.token.issuer,
+                    ["user", "machine"][kind],
+                ])
+                .inc(),
+        }
     }
 
     /// Counts a refusal under its reason code.
@@ -207,7 +244,7 @@ impl Authenticator {
             return Err(AuthError::ReservedSubject);
         }
         Ok(Some(Caller {
-            owner: format!("{}{}", policy.owner_prefix, verified.subject),
+            owner: [policy.owner_prefix.as_str(), verified.subject.as_str()].concat(),
             token: verified,
             peer: conn.peer.clone(),
         }))

@@ -105,14 +105,7 @@ where
             match decision {
                 Ok(caller) => {
                     if let Some(caller) = caller {
-                        let kind = match caller.token.kind {
-                            super::CallerKind::User => "user",
-                            super::CallerKind::Machine => "machine",
-                        };
-                        crate::metrics::metrics()
-                            .auth_decisions
-                            .with_label_values(&["allow", "ok", &caller.token.issuer, kind])
-                            .inc();
+                        auth.count_allowed(&caller);
                         if auth.audits_allowed() {
                             tracing::info!(
                                 target: crate::telemetry::AUDIT_TARGET,

@@ -24,7 +24,9 @@ struct Owner {
 /// Notes in process memory; lost on restart.
 #[derive(Default)]
 pub struct MemoryStore {
-    owners: Mutex<HashMap<String, Owner>>,
+    /// By owner; foldhash, seeded per map: owners are token subjects, which
+    /// only the issuers make.
+    owners: Mutex<HashMap<String, Owner, foldhash::fast::RandomState>>,
 }
 
 impl MemoryStore {
@@ -38,6 +40,12 @@ impl MemoryStore {
         // are still consistent because every mutation is a single insert/remove.
         let mut owners = self.owners.lock().unwrap_or_else(|e| e.into_inner());
         f(owners.entry(owner.to_owned()).or_default())
+    }
+
+    /// Reads `owner`'s notes, if it has any, adding no entry for it.
+    fn read_owner<T>(&self, owner: &str, f: impl FnOnce(Option<&Owner>) -> T) -> T {
+        let owners = self.owners.lock().unwrap_or_else(|e| e.into_inner());
+        f(owners.get(owner))
     }
 }
 
@@ -82,9 +90,8 @@ impl NoteStore for MemoryStore {
     }
 
     async fn get(&self, owner: &str, note_id: Uuid) -> Result<Note, StoreError> {
-        self.with_owner(owner, |o| {
-            o.notes
-                .get(&note_id)
+        self.read_owner(owner, |o| {
+            o.and_then(|o| o.notes.get(&note_id))
                 .cloned()
                 .ok_or(StoreError::NotFound(note_id))
         })
@@ -96,7 +103,13 @@ impl NoteStore for MemoryStore {
         limit: usize,
         after: Option<Uuid>,
     ) -> Result<NotePage, StoreError> {
-        self.with_owner(owner, |o| {
+        self.read_owner(owner, |o| {
+            let Some(o) = o else {
+                return Ok(NotePage {
+                    notes: Vec::new(),
+                    next_after: None,
+                });
+            };
             let older = match after {
                 Some(after) => o.notes.range(..after),
                 None => o.notes.range(..),
