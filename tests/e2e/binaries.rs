@@ -50,6 +50,11 @@ fn configured(subcommand: &str, dir: &Path, table: &str, port: u16) -> Command {
         .env("NOTES_PAGE_TOKEN_KEY_FILE", dir.join("page.key"))
         .env("NOTES_TABLE", table)
         .env("NOTES_DYNAMODB_ENDPOINT", dynamodb_endpoint())
+        // One moto serves every test and answers one request at a time, so
+        // a request can queue past the 1 s attempt deadline meant for
+        // DynamoDB; these tests are not about deadlines.
+        .env("NOTES_DYNAMODB_ATTEMPT_TIMEOUT_MS", "10000")
+        .env("NOTES_DYNAMODB_TIMEOUT_MS", "20000")
         .env("NOTES_GRACE_PERIOD_SECS", "2");
     cmd
 }
