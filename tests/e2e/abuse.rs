@@ -682,6 +682,36 @@ async fn one_identity_cannot_hold_more_than_its_connections() {
     drop(held);
 }
 
+/// A connection over its identity's cap is refused only once its handshake
+/// is done, and lingers for the client to read the refusal; it lingers under
+/// its handshake slot, so a certificate refused over and over holds no more
+/// than the per-IP handshake cap, and the connection cap stays free for
+/// everyone else.
+#[tokio::test]
+async fn refusals_over_an_identitys_cap_linger_within_the_handshake_cap() {
+    let app = TestApp::builder()
+        .limits(Limits {
+            max_connections_per_identity: 1,
+            max_handshakes_per_ip: 4,
+            ..test_limits()
+        })
+        .spawn()
+        .await;
+    let held = idle_h2_connection(app.addr).await;
+
+    // Four more of the same certificate, kept open and silent: each refused
+    // after its handshake, each lingering (or still in its handshake).
+    let mut refused = Vec::new();
+    for _ in 0..4 {
+        refused.push(tls_connect(app.addr, None).await);
+    }
+    // They hold this address's four handshake slots.
+    let closed = closed_at_once(app.addr, 1).await;
+
+    assert_eq!(closed, 1, "lingering refusals held no handshake slot");
+    drop((held, refused));
+}
+
 #[tokio::test]
 async fn a_certificate_drawing_refusals_past_its_budget_is_refused_before_verification() {
     let app = TestApp::builder()

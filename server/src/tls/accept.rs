@@ -408,7 +408,9 @@ impl AsyncWrite for TlsConn {
 /// Accepts TCP connections on `listener` until `stop` is cancelled and yields
 /// those that complete a mutual-TLS handshake within the handshake timeout,
 /// each with the TLS configuration in force when it was accepted. Connections
-/// beyond `admission`'s caps are closed at once.
+/// beyond the connection or handshake caps are closed at once; one beyond
+/// its identity's cap, known only after the handshake, is refused like any
+/// other refused handshake ([`close_refused`]).
 pub fn incoming(
     listener: TcpListener,
     tls: Arc<ServerTls>,
@@ -454,38 +456,41 @@ pub fn incoming(
                 let Some(handshake_slot) = admission.admit_handshake(remote_addr) else {
                     return;
                 };
-                let conn = match handshake(acceptor, tcp, remote_addr, admission.handshake_timeout)
-                    .await
-                {
-                    // The verifier checked both already; this keeps them
-                    // true even if a session were ever resumed, and for a
-                    // certificate that expires in the handshake.
-                    Some((stream, info)) if !tls.is_live(&info.peer) => {
-                        tracing::info!(%remote_addr, "client certificate revoked or expired; connection refused");
-                        close_refused(stream).await;
-                        None
-                    }
-                    conn => conn,
+                let Some((stream, info)) =
+                    handshake(acceptor, tcp, remote_addr, admission.handshake_timeout).await
+                else {
+                    return;
                 };
-                drop(handshake_slot);
-                if let Some((stream, info)) = conn {
-                    let cap = (admission.cap_of)(&info.peer);
-                    let Some((id, closer)) = admission.open.register(info.peer.clone(), cap) else {
-                        admission.refuse(Refusal::ConnectionsPerIdentity, remote_addr);
-                        close_refused(stream).await;
-                        return;
-                    };
-                    let _ = tx
-                        .send(Ok(TlsConn {
-                            stream,
-                            info,
-                            _slot: slot,
-                            id,
-                            closer,
-                            open: admission.open.clone(),
-                        }))
-                        .await;
+                // Refusals from here on linger under the handshake slot, so
+                // the handshake caps bound them too.
+                let cap = (admission.cap_of)(&info.peer);
+                let Some((id, closer)) = admission.open.register(info.peer.clone(), cap) else {
+                    admission.refuse(Refusal::ConnectionsPerIdentity, remote_addr);
+                    close_refused(stream).await;
+                    return;
+                };
+                // The verifier checked both already; this keeps them true
+                // even if a session were ever resumed, and for a certificate
+                // that expires in the handshake. Checked once registered: a
+                // reload's sweep either finds this connection or ran before
+                // this check, which then sees the new CRLs.
+                if !tls.is_live(&info.peer) {
+                    admission.open.remove(id);
+                    tracing::info!(%remote_addr, "client certificate revoked or expired; connection refused");
+                    close_refused(stream).await;
+                    return;
                 }
+                drop(handshake_slot);
+                let _ = tx
+                    .send(Ok(TlsConn {
+                        stream,
+                        info,
+                        _slot: slot,
+                        id,
+                        closer,
+                        open: admission.open.clone(),
+                    }))
+                    .await;
             });
         }
         tracing::debug!("accept loop stopped");
@@ -566,10 +571,15 @@ const LINGER_BYTES: usize = 64 * 1024;
 /// still waiting to be read. So: stop writing (FIN after the alert), then
 /// read and discard until the client hangs up, [`LINGER`] passes or
 /// [`LINGER_BYTES`] arrive. The caller still holds the connection's slots,
-/// so the caps bound how many connections linger.
-async fn linger(mut tcp: TcpStream) {
-    let _ = tcp.shutdown().await;
+/// the handshake slot included, so the caps bound how many connections
+/// linger.
+async fn linger(tcp: TcpStream) {
+    linger_until(tcp, tokio::time::Instant::now() + LINGER).await;
+}
+
+async fn linger_until(mut tcp: TcpStream, deadline: tokio::time::Instant) {
     let drain = async {
+        let _ = tcp.shutdown().await;
         let mut buf = [0u8; 4096];
         let mut read = 0;
         while read < LINGER_BYTES {
@@ -579,12 +589,14 @@ async fn linger(mut tcp: TcpStream) {
             }
         }
     };
-    let _ = tokio::time::timeout(LINGER, drain).await;
+    let _ = tokio::time::timeout_at(deadline, drain).await;
 }
 
 /// Refuses a connection whose handshake completed: `close_notify`, then
-/// [`linger`]. (rustls has no way to send an alert after the handshake.)
+/// [`linger`], [`LINGER`] for both. (rustls has no way to send an alert
+/// after the handshake.)
 async fn close_refused(mut stream: TlsStream<TcpStream>) {
-    let _ = tokio::time::timeout(LINGER, stream.shutdown()).await;
-    linger(stream.into_inner().0).await;
+    let deadline = tokio::time::Instant::now() + LINGER;
+    let _ = tokio::time::timeout_at(deadline, stream.shutdown()).await;
+    linger_until(stream.into_inner().0, deadline).await;
 }
