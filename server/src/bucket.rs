@@ -1,7 +1,7 @@
 //! Token buckets by caller, bounded in how many callers they track: the
 //! per-caller rate limit and the per-certificate refusal budget.
 
-use std::{collections::HashMap, sync::Mutex, time::Instant};
+use std::{collections::HashMap, sync::RwLock, time::Instant};
 
 use crate::limits::RateLimit;
 
@@ -19,8 +19,9 @@ pub struct Buckets {
     limit: RateLimit,
     /// foldhash (seeded per map), not SipHash: looked up on every call; the
     /// callers are certificate identities and token subjects, which only
-    /// the CA and the issuers make.
-    buckets: Mutex<HashMap<String, Bucket, foldhash::fast::RandomState>>,
+    /// the CA and the issuers make. A read lock for [`Buckets::has_token`],
+    /// which every call asks and which changes nothing.
+    buckets: RwLock<HashMap<String, Bucket, foldhash::fast::RandomState>>,
 }
 
 impl Buckets {
@@ -28,7 +29,7 @@ impl Buckets {
     pub fn new(limit: RateLimit) -> Self {
         Self {
             limit,
-            buckets: Mutex::default(),
+            buckets: RwLock::default(),
         }
     }
 
@@ -39,7 +40,7 @@ impl Buckets {
 
     /// Whether `caller`'s bucket holds a token now (nothing is taken).
     pub fn has_token(&self, caller: &str, now: Instant) -> bool {
-        let buckets = self.buckets.lock().unwrap_or_else(|e| e.into_inner());
+        let buckets = self.buckets.read().unwrap_or_else(|e| e.into_inner());
         buckets
             .get(caller)
             .is_none_or(|bucket| refill(bucket, self.limit, now) >= 1.0)
@@ -48,7 +49,7 @@ impl Buckets {
     /// Takes one token from `caller`'s bucket; `false` when it is empty.
     pub fn take(&self, caller: &str, now: Instant) -> bool {
         let burst = f64::from(self.limit.burst);
-        let mut buckets = self.buckets.lock().unwrap_or_else(|e| e.into_inner());
+        let mut buckets = self.buckets.write().unwrap_or_else(|e| e.into_inner());
         if !buckets.contains_key(caller) && buckets.len() >= MAX_TRACKED_CALLERS {
             let limit = self.limit;
             buckets.retain(|_, b| refill(b, limit, now) < burst);
@@ -87,7 +88,7 @@ mod tests {
     fn buckets(per_second: f64, burst: u32) -> Buckets {
         Buckets {
             limit: RateLimit { per_second, burst },
-            buckets: Mutex::default(),
+            buckets: RwLock::default(),
         }
     }
 

@@ -19,14 +19,13 @@ use std::{
     pin::Pin,
     sync::{
         Arc,
-        atomic::{AtomicU64, Ordering},
+        atomic::{AtomicU64, AtomicUsize, Ordering},
     },
     task::{Context, Poll},
     time::Instant,
 };
 
 use http::{Request, Response};
-use tokio::sync::Semaphore;
 use tonic::{Status, body::Body};
 use tower::{Layer, Service};
 
@@ -37,9 +36,14 @@ const HEALTH_PREFIX: &str = "/grpc.health.v1.Health/";
 type BoxFuture<T> = Pin<Box<dyn std::future::Future<Output = T> + Send>>;
 
 /// Refuses calls beyond `max` in flight with UNAVAILABLE.
+///
+/// A counter, not a semaphore: nothing waits for a slot, so one atomic add
+/// takes it and one subtract gives it back. (tokio's semaphore locks its
+/// waiter list on every release, which two workers contend for on every
+/// call.)
 #[derive(Clone)]
 pub struct InFlightLimitLayer {
-    permits: Arc<Semaphore>,
+    in_flight: Arc<AtomicUsize>,
     max: usize,
     shed: Arc<AtomicU64>,
 }
@@ -48,10 +52,18 @@ impl InFlightLimitLayer {
     /// At most `max` calls in flight (health checks not counted).
     pub fn new(max: usize) -> Self {
         Self {
-            permits: Arc::new(Semaphore::new(max)),
+            in_flight: Arc::default(),
             max,
             shed: Arc::default(),
         }
+    }
+
+    /// Takes a slot, or `None` when `max` calls hold one.
+    fn try_acquire(&self) -> Option<Slot> {
+        let taken = self.in_flight.fetch_add(1, Ordering::Acquire);
+        let slot = Slot(self.in_flight.clone());
+        // Over the bound, dropping the slot gives the count back.
+        (taken < self.max).then_some(slot)
     }
 
     /// Calls refused so far.
@@ -98,7 +110,7 @@ where
         if req.uri().path().starts_with(HEALTH_PREFIX) {
             return Box::pin(inner.call(req));
         }
-        let Ok(permit) = self.limit.permits.clone().try_acquire_owned() else {
+        let Some(slot) = self.limit.try_acquire() else {
             self.limit.shed.fetch_add(1, Ordering::Relaxed);
             crate::metrics::metrics()
                 .requests_shed
@@ -113,9 +125,19 @@ where
         let in_flight = InFlight::start();
         Box::pin(async move {
             let response = inner.call(req).await;
-            drop((permit, in_flight));
+            drop((slot, in_flight));
             response
         })
+    }
+}
+
+/// One call's place under the in-flight bound, given back when dropped
+/// (also when the call's future is dropped).
+struct Slot(Arc<AtomicUsize>);
+
+impl Drop for Slot {
+    fn drop(&mut self) {
+        self.0.fetch_sub(1, Ordering::Release);
     }
 }
 

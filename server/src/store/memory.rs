@@ -1,11 +1,12 @@
 //! The embedded in-memory store: dev mode and fast tests.
 //!
-//! Everything is behind one mutex held only for map operations (no `.await`
-//! inside), which makes every method trivially atomic.
+//! Everything is behind one lock held only for map operations (no `.await`
+//! inside), which makes every method trivially atomic. Reads share it (a
+//! read-write lock), so concurrent gets and lists do not queue for each other.
 
 use std::{
     collections::{BTreeMap, HashMap},
-    sync::Mutex,
+    sync::RwLock,
     time::SystemTime,
 };
 
@@ -26,7 +27,7 @@ struct Owner {
 pub struct MemoryStore {
     /// By owner; foldhash, seeded per map: owners are token subjects, which
     /// only the issuers make.
-    owners: Mutex<HashMap<String, Owner, foldhash::fast::RandomState>>,
+    owners: RwLock<HashMap<String, Owner, foldhash::fast::RandomState>>,
 }
 
 impl MemoryStore {
@@ -38,13 +39,13 @@ impl MemoryStore {
     fn with_owner<T>(&self, owner: &str, f: impl FnOnce(&mut Owner) -> T) -> T {
         // A poisoned lock only means another call panicked mid-way; the maps
         // are still consistent because every mutation is a single insert/remove.
-        let mut owners = self.owners.lock().unwrap_or_else(|e| e.into_inner());
+        let mut owners = self.owners.write().unwrap_or_else(|e| e.into_inner());
         f(owners.entry(owner.to_owned()).or_default())
     }
 
     /// Reads `owner`'s notes, if it has any, adding no entry for it.
     fn read_owner<T>(&self, owner: &str, f: impl FnOnce(Option<&Owner>) -> T) -> T {
-        let owners = self.owners.lock().unwrap_or_else(|e| e.into_inner());
+        let owners = self.owners.read().unwrap_or_else(|e| e.into_inner());
         f(owners.get(owner))
     }
 }
