@@ -14,7 +14,9 @@ use hdrhistogram::Histogram;
 use notes_api::pb::{
     CreateNoteRequest, DeleteNoteRequest, GetNoteRequest, ListNotesRequest, UpdateNoteRequest,
 };
-use notes_server::{config::DynamoConfig, dev::DevMaterial, store::DynamoStore};
+use notes_server::{
+    auth::AuditAllowed, config::DynamoConfig, dev::DevMaterial, store::DynamoStore,
+};
 
 use crate::{
     load::{Target, authorized},
@@ -87,6 +89,7 @@ pub async fn run(
     material: &DevMaterial,
     config: &DynamoConfig,
     calls: usize,
+    audit: AuditAllowed,
 ) -> anyhow::Result<Vec<Row>> {
     let created = notes_server::startup::init_table(config).await?;
     let client = created.client();
@@ -99,7 +102,7 @@ pub async fn run(
             .build(),
     );
     let store = Arc::new(DynamoStore::new(counted, created.table()));
-    let server = servers::real(material, store)?;
+    let server = servers::real(material, store, audit)?;
     let target = Target::new(server.addr, &material.dir)?;
     let mut client = target.connect().await?;
     let token: tonic::metadata::MetadataValue<_> = format!(

@@ -26,7 +26,7 @@ use clap::{Args, Parser, Subcommand};
 use load::{Fixture, Scenario, Shape, Target};
 use notes_api::pb::CreateNoteRequest;
 use notes_server::{
-    auth::signer::AccessTokenSpec,
+    auth::{AuditAllowed, signer::AccessTokenSpec},
     config::DynamoConfig,
     dev::{self, DevMaterial},
     store::MemoryStore,
@@ -44,6 +44,11 @@ struct Cli {
     /// `serve` does by default.
     #[arg(long, global = true, value_enum, default_value_t = LogFormat::Text)]
     server_log_format: LogFormat,
+    /// Which allowed calls the real server audits, as `notes-server serve
+    /// --audit-allowed` (refusals always): its default, `changes`, leaves
+    /// out reads with a token already verified; `all` writes a line per call.
+    #[arg(long, global = true, value_enum, default_value_t = AuditAllowed::default())]
+    server_audit_allowed: AuditAllowed,
     #[command(subcommand)]
     command: Option<Command>,
 }
@@ -166,12 +171,12 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         scenarios: vec![],
         rounds: 3,
     })) {
-        Command::Compare(args) => compare(&material, args).await?,
+        Command::Compare(args) => compare(&material, args, cli.server_audit_allowed).await?,
         Command::Dynamodb { calls, dynamodb } => {
-            let rows = dynamo::run(&material, &dynamodb, calls).await?;
+            let rows = dynamo::run(&material, &dynamodb, calls, cli.server_audit_allowed).await?;
             print_dynamodb(&rows)
         }
-        Command::Soak(args) => soak(&material, args).await?,
+        Command::Soak(args) => soak(&material, args, cli.server_audit_allowed).await?,
     };
     let dropped = notes_server::telemetry::dropped_log_lines();
     if dropped > 0 {
@@ -302,7 +307,11 @@ fn targets(scenario: Scenario) -> (Option<f64>, Option<f64>) {
     }
 }
 
-async fn compare(material: &DevMaterial, args: CompareArgs) -> anyhow::Result<ExitCode> {
+async fn compare(
+    material: &DevMaterial,
+    args: CompareArgs,
+    audit: AuditAllowed,
+) -> anyhow::Result<ExitCode> {
     let scenarios = if args.scenarios.is_empty() {
         Scenario::ALL.to_vec()
     } else {
@@ -320,7 +329,7 @@ async fn compare(material: &DevMaterial, args: CompareArgs) -> anyhow::Result<Ex
         began.elapsed().as_secs_f64()
     );
     let bare = servers::bare(material)?;
-    let real = servers::real(material, Arc::new(MemoryStore::new()))?;
+    let real = servers::real(material, Arc::new(MemoryStore::new()), audit)?;
     let bare_target = Target::new(bare.addr, &material.dir)?;
     let real_target = Target::new(real.addr, &material.dir)?;
     let real_fixture = Arc::new(fixture(&real_target, &tokens).await?);
@@ -466,9 +475,13 @@ fn rss_kib() -> u64 {
         .unwrap_or(0)
 }
 
-async fn soak(material: &DevMaterial, args: SoakArgs) -> anyhow::Result<ExitCode> {
+async fn soak(
+    material: &DevMaterial,
+    args: SoakArgs,
+    audit: AuditAllowed,
+) -> anyhow::Result<ExitCode> {
     let tokens = sign_tokens(material, args.shape.tokens.max(1))?;
-    let real = servers::real(material, Arc::new(MemoryStore::new()))?;
+    let real = servers::real(material, Arc::new(MemoryStore::new()), audit)?;
     let target = Target::new(real.addr, &material.dir)?;
     let fixture = Arc::new(fixture(&target, &tokens).await?);
     println!(

@@ -11,6 +11,7 @@ use notes_api::pb::{
     notes_service_server::{NotesService, NotesServiceServer},
 };
 use notes_server::{
+    auth::AuditAllowed,
     dev::DevMaterial,
     startup,
     store::NoteStore,
@@ -171,9 +172,17 @@ pub fn bare(material: &DevMaterial) -> anyhow::Result<Running> {
 }
 
 /// The real server as `notes-server dev` assembles it (`startup::dev_app`:
-/// dev PKI and issuer, audit trail, metrics, limits) over `store`.
-pub fn real(material: &DevMaterial, store: Arc<dyn NoteStore>) -> anyhow::Result<Running> {
-    let app = startup::dev_app(material, store)?;
+/// dev PKI and issuer, audit trail, metrics, limits) over `store`, auditing
+/// the allowed calls `audit` covers.
+pub fn real(
+    material: &DevMaterial,
+    store: Arc<dyn NoteStore>,
+    audit: AuditAllowed,
+) -> anyhow::Result<Running> {
+    let mut app = startup::dev_app(material, store)?;
+    let authenticator = Arc::try_unwrap(app.authenticator)
+        .map_err(|_| anyhow::anyhow!("dev_app's authenticator is shared"))?;
+    app.authenticator = Arc::new(authenticator.with_audit_allowed(audit));
     let runtime = server_runtime("notes-server")?;
     let (listener, addr) = bind()?;
     let (stop, stopped) = oneshot::channel::<()>();

@@ -4,7 +4,7 @@
 
 use std::{sync::Arc, time::Duration};
 
-use notes_api::pb::{GetNoteRequest, ListNotesRequest};
+use notes_api::pb::{CreateNoteRequest, DeleteNoteRequest, GetNoteRequest, ListNotesRequest};
 use notes_server::{startup, store::DynamoStore, store::NoteStore};
 use tokio::{
     io::{AsyncReadExt, AsyncWriteExt},
@@ -276,7 +276,10 @@ async fn with_allowed_calls_unaudited_only_refusals_are_audited() {
     let logs = LogSink::default();
     logs.install_server_telemetry();
     let app = TestApp::builder()
-        .authenticator(crate::harness::test_authenticator().with_audit_allowed(false))
+        .authenticator(
+            crate::harness::test_authenticator()
+                .with_audit_allowed(notes_server::auth::AuditAllowed::None),
+        )
         .spawn()
         .await;
     let token = token_for("alice");
@@ -298,6 +301,78 @@ async fn with_allowed_calls_unaudited_only_refusals_are_audited() {
         .collect();
     assert_eq!(audit.len(), 1, "{text}");
     assert!(audit[0].contains("decision=\"deny\""), "{text}");
+}
+
+/// The default, `--audit-allowed changes`: a token's first call (the one
+/// that verifies it) and every change are audited; a read with a token
+/// already verified is counted, not written.
+#[tokio::test]
+async fn by_default_reads_with_a_verified_token_are_counted_not_audited() {
+    let logs = LogSink::default();
+    logs.install_server_telemetry();
+    let app = TestApp::spawn().await;
+    let token = token_for("alice");
+    let mut raw = app.raw().await;
+    for _ in 0..3 {
+        raw.list_notes(with_token(ListNotesRequest::default(), &token))
+            .await
+            .unwrap();
+    }
+    let note = raw
+        .create_note(with_token(
+            CreateNoteRequest {
+                content: "audited".into(),
+                request_id: String::new(),
+            },
+            &token,
+        ))
+        .await
+        .unwrap()
+        .into_inner();
+    raw.get_note(with_token(
+        GetNoteRequest {
+            note_id: note.note_id.clone(),
+        },
+        &token,
+    ))
+    .await
+    .unwrap();
+    raw.delete_note(with_token(
+        DeleteNoteRequest {
+            note_id: note.note_id,
+            expected_version: 0,
+        },
+        &token,
+    ))
+    .await
+    .unwrap();
+    // Another token of the same subject (its own jti) is a first use again.
+    raw.get_note(with_token(
+        GetNoteRequest {
+            note_id: "00000000-0000-4000-8000-000000000000".into(),
+        },
+        &token_for("alice"),
+    ))
+    .await
+    .unwrap_err();
+
+    let text = logs.text();
+    let methods: Vec<&str> = text
+        .lines()
+        .filter(|l| l.contains("notes::audit"))
+        .map(|l| {
+            assert!(l.contains("decision=\"allow\""), "{l}");
+            l.split("method=/notes.v1.NotesService/")
+                .nth(1)
+                .and_then(|rest| rest.split(' ').next())
+                .unwrap_or(l)
+        })
+        .collect();
+    assert_eq!(
+        methods,
+        ["ListNotes", "CreateNote", "DeleteNote", "GetNote"],
+        "{text}"
+    );
 }
 
 /// An identity off the allow-list may hold 4 connections (enough to be

@@ -38,6 +38,12 @@ impl std::fmt::Display for DisplayPeer {
     }
 }
 
+/// The request's path in a log line: escaped, at most [`MAX_LOGGED_PATH`]
+/// characters.
+fn logged_path<B>(req: &Request<B>) -> Escaped<'_> {
+    Escaped(req.uri().path(), MAX_LOGGED_PATH)
+}
+
 /// Adds [`AuthService`] around the router.
 #[derive(Clone)]
 pub struct AuthLayer {
@@ -93,9 +99,12 @@ where
         let mut inner = std::mem::replace(&mut self.inner, clone);
         let auth = self.auth.clone();
         Box::pin(async move {
-            let path = req.uri().path().to_owned();
             let decision = auth
-                .authorize(&path, req.headers(), req.extensions().get::<ConnInfo>())
+                .authorize(
+                    req.uri().path(),
+                    req.headers(),
+                    req.extensions().get::<ConnInfo>(),
+                )
                 .await;
             // The path, and the names the peer and the token chose, are the
             // caller's: escaped and bounded, and formatted only for a line
@@ -106,10 +115,10 @@ where
                 Ok(caller) => {
                     if let Some(caller) = caller {
                         auth.count_allowed(&caller);
-                        if auth.audits_allowed() {
+                        if caller.audited {
                             tracing::info!(
                                 target: crate::telemetry::AUDIT_TARGET,
-                                method = %Escaped(&path, MAX_LOGGED_PATH),
+                                method = %logged_path(&req),
                                 subject = %Escaped(&caller.token.subject, usize::MAX),
                                 client_id = %Escaped(&caller.token.client_id, usize::MAX),
                                 kind = ?caller.token.kind,
@@ -132,7 +141,7 @@ where
                         .inc();
                     tracing::info!(
                         target: crate::telemetry::AUDIT_TARGET,
-                        method = %Escaped(&path, MAX_LOGGED_PATH),
+                        method = %logged_path(&req),
                         peer = %DisplayPeer(peer(&req)),
                         decision = "deny",
                         reason = err.reason(),

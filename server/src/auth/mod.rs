@@ -27,7 +27,7 @@ use std::sync::Arc;
 
 use tonic::Status;
 
-pub use authorize::{Authenticator, Bindings};
+pub use authorize::{AuditAllowed, Authenticator, Bindings};
 pub use layer::AuthLayer;
 pub use policy::{Access, AccessScopes, ScopePolicy};
 pub use verify::{TokenPolicy, TokenVerifier, VerifiedToken};
@@ -58,6 +58,9 @@ pub struct Caller {
     pub token: Arc<VerifiedToken>,
     /// The client certificate this call arrived over.
     pub peer: Arc<PeerIdentity>,
+    /// Whether the auth layer writes this call's audit event
+    /// ([`AuditAllowed`]).
+    pub(crate) audited: bool,
 }
 
 impl Caller {

@@ -15,6 +15,8 @@ pub mod limits;
 
 use std::{collections::BTreeSet, fmt, net::SocketAddr, path::PathBuf};
 
+use crate::auth::AuditAllowed;
+
 pub use auth::{AuthArgs, AuthSettings, IssuerSettings, JwksLocation};
 pub use limits::LimitArgs;
 
@@ -63,11 +65,13 @@ pub struct ServeConfig {
     /// Address to listen on.
     #[arg(long, env = "NOTES_LISTEN", default_value = "0.0.0.0:50051")]
     pub listen: SocketAddr,
-    /// Write an audit event for allowed calls too (refusals always get one).
-    /// On by default: the audit trail is complete; the log queue keeps it off
-    /// the request path. Turn off at very high call rates.
-    #[arg(long, env = "NOTES_AUDIT_ALLOWED", default_value_t = true, action = clap::ArgAction::Set)]
-    pub audit_allowed: bool,
+    /// Which allowed calls get an audit event (refusals always get one):
+    /// `changes` audits calls that change notes or name an unknown method
+    /// and the first call of each token, not reads with a token already
+    /// verified (those are counted in notes_auth_decisions_total); `all`
+    /// (or `true`) every allowed call; `none` (or `false`) refusals only.
+    #[arg(long, env = "NOTES_AUDIT_ALLOWED", value_enum, default_value_t = AuditAllowed::Changes)]
+    pub audit_allowed: AuditAllowed,
     /// Export traces over OTLP/gRPC to OTEL_EXPORTER_OTLP_ENDPOINT
     /// (default http://localhost:4317).
     #[arg(long, env = "NOTES_OTLP")]
