@@ -26,7 +26,7 @@ use prometheus::{
     Registry, TextEncoder,
 };
 use tonic::{Status, body::Body};
-use tower::{Layer, Service};
+use tower::{Layer, Service, util::Either};
 use tracing::Instrument;
 
 use crate::telemetry::call;
@@ -563,9 +563,9 @@ type BoxFuture<T> = Pin<Box<dyn std::future::Future<Output = T> + Send>>;
 
 impl<S, B> Service<Request<B>> for RpcMetrics<S>
 where
-    S: Service<Request<B>, Response = Response<Body>> + Clone + Send + 'static,
-    S::Future: Send,
-    B: Send + 'static,
+    S: Service<Request<B>, Response = Response<Body>>,
+    S::Future: Send + 'static,
+    S::Error: 'static,
 {
     type Response = Response<Body>;
     type Error = S::Error;
@@ -576,8 +576,6 @@ where
     }
 
     fn call(&mut self, req: Request<B>) -> Self::Future {
-        let clone = self.inner.clone();
-        let mut inner = std::mem::replace(&mut self.inner, clone);
         let rpc = metrics().rpc(req.uri().path());
         rpc.started.inc();
         if rpc.unary || rpc.path.ends_with("/Watch") {
@@ -593,12 +591,21 @@ where
                 Traced::Spanless(_) => tracing::Span::none(),
             },
         };
+        // The inner service is called here, the one polled ready, so it is
+        // not cloned per call. What the inner layers do before their futures
+        // run logs nothing; the rest runs inside the call's span or scope.
+        let call = match traced {
+            Traced::Span(span) => {
+                Either::Left(span.in_scope(|| self.inner.call(req)).instrument(span))
+            }
+            Traced::Spanless(trace_id) => {
+                Either::Right(call::scope(rpc.method, trace_id, self.inner.call(req)))
+            }
+        };
         Box::pin(async move {
-            let response = match traced {
-                Traced::Span(span) => inner.call(req).instrument(span).await?,
-                Traced::Spanless(trace_id) => {
-                    call::scope(rpc.method, trace_id, inner.call(req)).await?
-                }
+            let response = match call {
+                Either::Left(call) => call.await?,
+                Either::Right(call) => call.await?,
             };
             if let Some(code) = header_code(response.headers()) {
                 outcome.record(code);

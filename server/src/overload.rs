@@ -16,6 +16,7 @@
 //!   [`OversizeAsResourceExhausted`] rewrites).
 
 use std::{
+    future::Future,
     pin::Pin,
     sync::{
         Arc,
@@ -92,23 +93,21 @@ pub struct InFlightLimit<S> {
 
 impl<S, B> Service<Request<B>> for InFlightLimit<S>
 where
-    S: Service<Request<B>, Response = Response<Body>> + Clone + Send + 'static,
-    S::Future: Send,
-    B: Send + 'static,
+    S: Service<Request<B>, Response = Response<Body>>,
 {
     type Response = Response<Body>;
     type Error = S::Error;
-    type Future = BoxFuture<Result<Self::Response, Self::Error>>;
+    type Future = InFlightFuture<S::Future>;
 
     fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), Self::Error>> {
         self.inner.poll_ready(cx)
     }
 
     fn call(&mut self, req: Request<B>) -> Self::Future {
-        let clone = self.inner.clone();
-        let mut inner = std::mem::replace(&mut self.inner, clone);
+        // The inner service is called here, not in the future: it is the
+        // one polled ready, and nothing is cloned per call.
         if req.uri().path().starts_with(HEALTH_PREFIX) {
-            return Box::pin(inner.call(req));
+            return InFlightFuture::called(self.inner.call(req), None);
         }
         let Some(slot) = self.limit.try_acquire() else {
             self.limit.shed.fetch_add(1, Ordering::Relaxed);
@@ -120,14 +119,64 @@ where
                 "server is overloaded: more than {} calls in flight; retry with backoff",
                 self.limit.max
             ));
-            return Box::pin(async move { Ok(status.into_http()) });
+            return InFlightFuture::refused(status);
         };
         let in_flight = InFlight::start();
-        Box::pin(async move {
-            let response = inner.call(req).await;
-            drop((slot, in_flight));
-            response
-        })
+        InFlightFuture::called(self.inner.call(req), Some((slot, in_flight)))
+    }
+}
+
+pin_project_lite::pin_project! {
+    /// The response of [`InFlightLimit`]: the inner call, holding its slot
+    /// until it answers, or the refusal.
+    pub struct InFlightFuture<F> {
+        // None: refused.
+        #[pin]
+        inner: Option<F>,
+        // The slot and the gauge's count, let go when the call answers.
+        held: Option<(Slot, InFlight)>,
+        refusal: Option<Status>,
+    }
+}
+
+impl<F> InFlightFuture<F> {
+    fn called(inner: F, held: Option<(Slot, InFlight)>) -> Self {
+        Self {
+            inner: Some(inner),
+            held,
+            refusal: None,
+        }
+    }
+
+    fn refused(status: Status) -> Self {
+        Self {
+            inner: None,
+            held: None,
+            refusal: Some(status),
+        }
+    }
+}
+
+impl<F, E> Future for InFlightFuture<F>
+where
+    F: Future<Output = Result<Response<Body>, E>>,
+{
+    type Output = F::Output;
+
+    fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
+        let this = self.project();
+        match this.inner.as_pin_mut() {
+            Some(inner) => {
+                let response = std::task::ready!(inner.poll(cx));
+                drop(this.held.take());
+                Poll::Ready(response)
+            }
+            None => Poll::Ready(Ok(this
+                .refusal
+                .take()
+                .unwrap_or_else(|| Status::internal("call polled after it answered"))
+                .into_http())),
+        }
     }
 }
 
@@ -196,9 +245,9 @@ pub struct RateLimited<S> {
 
 impl<S, B> Service<Request<B>> for RateLimited<S>
 where
-    S: Service<Request<B>, Response = Response<Body>> + Clone + Send + 'static,
-    S::Future: Send,
-    B: Send + 'static,
+    S: Service<Request<B>, Response = Response<Body>>,
+    S::Future: Send + 'static,
+    S::Error: 'static,
 {
     type Response = Response<Body>;
     type Error = S::Error;
@@ -209,8 +258,6 @@ where
     }
 
     fn call(&mut self, req: Request<B>) -> Self::Future {
-        let clone = self.inner.clone();
-        let mut inner = std::mem::replace(&mut self.inner, clone);
         if !req.uri().path().starts_with(HEALTH_PREFIX) {
             let caller = match req.extensions().get::<Caller>() {
                 Some(caller) => format!("owner:{}", caller.owner),
@@ -232,7 +279,7 @@ where
                 return Box::pin(async move { Ok(status.into_http()) });
             }
         }
-        Box::pin(inner.call(req))
+        Box::pin(self.inner.call(req))
     }
 }
 
@@ -260,36 +307,52 @@ pub struct Oversize<S> {
 
 impl<S, B> Service<Request<B>> for Oversize<S>
 where
-    S: Service<Request<B>, Response = Response<Body>> + Clone + Send + 'static,
-    S::Future: Send,
-    B: Send + 'static,
+    S: Service<Request<B>, Response = Response<Body>>,
 {
     type Response = Response<Body>;
     type Error = S::Error;
-    type Future = BoxFuture<Result<Self::Response, Self::Error>>;
+    type Future = OversizeFuture<S::Future>;
 
     fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), Self::Error>> {
         self.inner.poll_ready(cx)
     }
 
     fn call(&mut self, req: Request<B>) -> Self::Future {
-        let clone = self.inner.clone();
-        let mut inner = std::mem::replace(&mut self.inner, clone);
-        Box::pin(async move {
-            let response = inner.call(req).await?;
-            let oversize = response.extensions().get::<Status>().and_then(|status| {
-                (status.code() == tonic::Code::OutOfRange)
-                    .then(|| status.message().strip_prefix(TONIC_TOO_LARGE))
-                    .flatten()
-                    .map(str::to_owned)
-            });
-            Ok(match oversize {
-                Some(sizes) => {
-                    Status::resource_exhausted(format!("request message too large: {sizes}"))
-                        .into_http()
-                }
-                None => response,
-            })
-        })
+        OversizeFuture {
+            inner: self.inner.call(req),
+        }
+    }
+}
+
+pin_project_lite::pin_project! {
+    /// The response of [`Oversize`]: the inner call's, its OUT_OF_RANGE for
+    /// an oversized message rewritten.
+    pub struct OversizeFuture<F> {
+        #[pin]
+        inner: F,
+    }
+}
+
+impl<F, E> Future for OversizeFuture<F>
+where
+    F: Future<Output = Result<Response<Body>, E>>,
+{
+    type Output = F::Output;
+
+    fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
+        let response = std::task::ready!(self.project().inner.poll(cx))?;
+        let oversize = response.extensions().get::<Status>().and_then(|status| {
+            (status.code() == tonic::Code::OutOfRange)
+                .then(|| status.message().strip_prefix(TONIC_TOO_LARGE))
+                .flatten()
+                .map(str::to_owned)
+        });
+        Poll::Ready(Ok(match oversize {
+            Some(sizes) => {
+                Status::resource_exhausted(format!("request message too large: {sizes}"))
+                    .into_http()
+            }
+            None => response,
+        }))
     }
 }
