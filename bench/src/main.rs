@@ -45,8 +45,9 @@ struct Cli {
     #[arg(long, global = true, value_enum, default_value_t = LogFormat::Text)]
     server_log_format: LogFormat,
     /// Which allowed calls the real server audits, as `notes-server serve
-    /// --audit-allowed` (refusals always): its default, `changes`, leaves
-    /// out reads with a token already verified; `all` writes a line per call.
+    /// --audit-allowed` (refusals always): its default, `changes`, writes a
+    /// token's first read on each connection, not the reads after it; `all`
+    /// writes a line per call.
     #[arg(long, global = true, value_enum, default_value_t = AuditAllowed::default())]
     server_audit_allowed: AuditAllowed,
     #[command(subcommand)]

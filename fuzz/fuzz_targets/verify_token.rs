@@ -46,9 +46,9 @@ fn world() -> &'static World {
             runtime: tokio::runtime::Builder::new_current_thread().build().unwrap(),
             auth: Authenticator::new(TokenVerifier::new(policy, Arc::new(keys))),
             key: EncodingKey::from_rsa_pem(pem.as_bytes()).unwrap(),
-            conn: ConnInfo {
-                remote_addr: "127.0.0.1:1".parse().unwrap(),
-                peer: Arc::new(PeerIdentity {
+            conn: ConnInfo::new(
+                "127.0.0.1:1".parse().unwrap(),
+                Arc::new(PeerIdentity {
                     uris: vec!["spiffe://fuzz/caller".into()],
                     dns_names: vec![],
                     subject: "CN=fuzz".into(),
@@ -56,7 +56,7 @@ fn world() -> &'static World {
                     issuer_and_serial: (Vec::new(), vec![1]),
                     not_after: i64::MAX,
                 }),
-            },
+            ),
         }
     })
 }

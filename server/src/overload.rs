@@ -61,10 +61,14 @@ impl InFlightLimitLayer {
 
     /// Takes a slot, or `None` when `max` calls hold one.
     fn try_acquire(&self) -> Option<Slot> {
-        let taken = self.in_flight.fetch_add(1, Ordering::Acquire);
-        let slot = Slot(self.in_flight.clone());
-        // Over the bound, dropping the slot gives the count back.
-        (taken < self.max).then_some(slot)
+        // Counted only when under the bound, so a refusal never makes a
+        // concurrent call see the server fuller than it is.
+        self.in_flight
+            .fetch_update(Ordering::Acquire, Ordering::Relaxed, |n| {
+                (n < self.max).then_some(n + 1)
+            })
+            .ok()
+            .map(|_| Slot(self.in_flight.clone()))
     }
 
     /// Calls refused so far.
@@ -130,7 +134,7 @@ pin_project_lite::pin_project! {
     /// The response of [`InFlightLimit`]: the inner call, holding its slot
     /// until it answers, or the refusal.
     pub struct InFlightFuture<F> {
-        // None: refused.
+        // None: refused (or answered).
         #[pin]
         inner: Option<F>,
         // The slot and the gauge's count, let go when the call answers.
@@ -164,11 +168,14 @@ where
     type Output = F::Output;
 
     fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
-        let this = self.project();
-        match this.inner.as_pin_mut() {
+        let mut this = self.project();
+        match this.inner.as_mut().as_pin_mut() {
             Some(inner) => {
                 let response = std::task::ready!(inner.poll(cx));
                 drop(this.held.take());
+                // Polled again, it answers INTERNAL rather than poll a
+                // finished future.
+                this.inner.set(None);
                 Poll::Ready(response)
             }
             None => Poll::Ready(Ok(this
@@ -354,5 +361,42 @@ where
             }
             None => response,
         }))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::convert::Infallible;
+
+    fn in_flight(layer: &InFlightLimitLayer) -> usize {
+        layer.in_flight.load(Ordering::Relaxed)
+    }
+
+    #[tokio::test]
+    async fn a_slot_is_given_back_when_its_call_answers_or_is_dropped_and_none_is_taken_by_a_refusal()
+     {
+        let layer = InFlightLimitLayer::new(1);
+        let mut stuck = layer.layer(tower::service_fn(|_: Request<()>| {
+            std::future::pending::<Result<Response<Body>, Infallible>>()
+        }));
+        let held = stuck.call(Request::new(()));
+        assert_eq!(in_flight(&layer), 1);
+
+        let refused = stuck.call(Request::new(())).await.unwrap();
+        assert_eq!(refused.headers()["grpc-status"], "14");
+        assert_eq!(in_flight(&layer), 1);
+        assert_eq!(layer.shed.load(Ordering::Relaxed), 1);
+
+        // A caller that goes away gives its slot back.
+        drop(held);
+        assert_eq!(in_flight(&layer), 0);
+
+        let mut answers = layer.layer(tower::service_fn(|_: Request<()>| async {
+            Ok::<_, Infallible>(Response::new(Body::empty()))
+        }));
+        let answered = answers.call(Request::new(())).await.unwrap();
+        assert!(answered.headers().get("grpc-status").is_none());
+        assert_eq!(in_flight(&layer), 0);
     }
 }

@@ -303,11 +303,12 @@ async fn with_allowed_calls_unaudited_only_refusals_are_audited() {
     assert!(audit[0].contains("decision=\"deny\""), "{text}");
 }
 
-/// The default, `--audit-allowed changes`: a token's first call (the one
-/// that verifies it) and every change are audited; a read with a token
-/// already verified is counted, not written.
+/// The default, `--audit-allowed changes`: every change, and each token's
+/// first allowed read on each connection, are audited; further reads with
+/// that token on that connection are counted, not written. A refused call
+/// does not count as a token's first.
 #[tokio::test]
-async fn by_default_reads_with_a_verified_token_are_counted_not_audited() {
+async fn by_default_repeated_reads_with_one_token_on_one_connection_are_counted_not_audited() {
     let logs = LogSink::default();
     logs.install_server_telemetry();
     let app = TestApp::spawn().await;
@@ -346,7 +347,7 @@ async fn by_default_reads_with_a_verified_token_are_counted_not_audited() {
     ))
     .await
     .unwrap();
-    // Another token of the same subject (its own jti) is a first use again.
+    // Another token of the same subject (its own jti) is a first read again.
     raw.get_note(with_token(
         GetNoteRequest {
             note_id: "00000000-0000-4000-8000-000000000000".into(),
@@ -355,22 +356,61 @@ async fn by_default_reads_with_a_verified_token_are_counted_not_audited() {
     ))
     .await
     .unwrap_err();
+    // A token whose first call is refused: its first allowed read is audited.
+    let mut read_only = crate::harness::tokens::claims("alice");
+    read_only["scope"] = crate::harness::tokens::READ.into();
+    let read_only = crate::harness::tokens::sign(&read_only);
+    let status = raw
+        .create_note(with_token(
+            CreateNoteRequest {
+                content: "refused".into(),
+                request_id: String::new(),
+            },
+            &read_only,
+        ))
+        .await
+        .unwrap_err();
+    assert_eq!(status.code(), tonic::Code::PermissionDenied);
+    raw.list_notes(with_token(ListNotesRequest::default(), &read_only))
+        .await
+        .unwrap();
+    // The first token over another connection (a replay elsewhere) is
+    // audited again.
+    app.raw()
+        .await
+        .list_notes(with_token(ListNotesRequest::default(), &token))
+        .await
+        .unwrap();
 
     let text = logs.text();
-    let methods: Vec<&str> = text
+    let audit: Vec<(&str, &str)> = text
         .lines()
         .filter(|l| l.contains("notes::audit"))
         .map(|l| {
-            assert!(l.contains("decision=\"allow\""), "{l}");
-            l.split("method=/notes.v1.NotesService/")
+            let method = l
+                .split("method=/notes.v1.NotesService/")
                 .nth(1)
                 .and_then(|rest| rest.split(' ').next())
-                .unwrap_or(l)
+                .unwrap_or(l);
+            let decision = if l.contains("decision=\"allow\"") {
+                "allow"
+            } else {
+                "deny"
+            };
+            (method, decision)
         })
         .collect();
     assert_eq!(
-        methods,
-        ["ListNotes", "CreateNote", "DeleteNote", "GetNote"],
+        audit,
+        [
+            ("ListNotes", "allow"),
+            ("CreateNote", "allow"),
+            ("DeleteNote", "allow"),
+            ("GetNote", "allow"),
+            ("CreateNote", "deny"),
+            ("ListNotes", "allow"),
+            ("ListNotes", "allow"),
+        ],
         "{text}"
     );
 }

@@ -67,9 +67,9 @@ pub struct ServeConfig {
     pub listen: SocketAddr,
     /// Which allowed calls get an audit event (refusals always get one):
     /// `changes` audits calls that change notes or name an unknown method
-    /// and the first call of each token, not reads with a token already
-    /// verified (those are counted in notes_auth_decisions_total); `all`
-    /// (or `true`) every allowed call; `none` (or `false`) refusals only.
+    /// and each token's first allowed read on each connection, not the
+    /// reads after it (counted in notes_auth_decisions_total); `all` (or
+    /// `true`) every allowed call; `none` (or `false`) refusals only.
     #[arg(long, env = "NOTES_AUDIT_ALLOWED", value_enum, default_value_t = AuditAllowed::Changes)]
     pub audit_allowed: AuditAllowed,
     /// Export traces over OTLP/gRPC to OTEL_EXPORTER_OTLP_ENDPOINT
