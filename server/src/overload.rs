@@ -38,8 +38,8 @@ type BoxFuture<T> = Pin<Box<dyn std::future::Future<Output = T> + Send>>;
 
 /// Refuses calls beyond `max` in flight with UNAVAILABLE.
 ///
-/// A counter, not a semaphore: nothing waits for a slot, so one atomic add
-/// takes it and one subtract gives it back. (tokio's semaphore locks its
+/// A counter, not a semaphore: nothing waits for a slot, so one atomic
+/// compare-and-swap takes it and one subtract gives it back. (tokio's semaphore locks its
 /// waiter list on every release, which two workers contend for on every
 /// call.)
 #[derive(Clone)]

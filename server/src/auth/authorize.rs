@@ -24,16 +24,20 @@ use crate::tls::{ConnInfo, Identity};
 /// Which allowed calls get an audit event; refusals always get one.
 ///
 /// The default, [`AuditAllowed::Changes`], writes every change to notes,
-/// every call to a method the service does not have, and the first allowed
-/// read of each token on each connection: every token's use over every
-/// client certificate is on record with its subject, client and
-/// certificate, a stolen token replayed over another certificate included.
-/// Further reads with the same verified token on the same connection are
-/// counted (`notes_auth_decisions_total`), not written one line each: at
-/// load those lines were most of the log (about 9 MB a second at 46,000
-/// reads a second) and cost 0.03-0.05 of GetNote throughput. A connection
-/// lives at most `--max-connection-age-secs`, so a long-lived caller's
-/// reads are on record again at least that often.
+/// every call to a method the service does not have, and a token's first
+/// allowed read on a connection: every token's use over every client
+/// certificate is on record with its subject, client and certificate, a
+/// stolen token replayed over another certificate included. Each connection
+/// remembers only the token it last audited a read with: further reads with
+/// that token there are counted (`notes_auth_decisions_total`), not
+/// written, and a read with another token is audited again (a gateway
+/// alternating its users' tokens over one connection gets a line per
+/// switch). At load one line per read was most of the log (about 9 MB a
+/// second at 46,000 reads a second) and about a twentieth of the server's
+/// CPU per GetNote. A connection lives at most `--max-connection-age-secs`
+/// plus its grace, so a long-lived caller's reads are on record again at
+/// least that often. A line the full log queue drops is counted
+/// (`notes_log_lines_dropped_total`) but still counts as written.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, clap::ValueEnum)]
 pub enum AuditAllowed {
     /// Every allowed call (`true` is accepted for it).

@@ -1,7 +1,7 @@
 //! The log line formats, with a fast path for the audit trail.
 //!
-//! Every allowed call writes one audit line, so its formatting is on the
-//! request path. tracing-subscriber's formats are general: `Full` writes
+//! Audit lines (every refusal and every change, and with `--audit-allowed
+//! all` every allowed call) are formatted on the request path. tracing-subscriber's formats are general: `Full` writes
 //! each part through ANSI styles (even with colours off) and each field
 //! through a generic visitor, and `Json` parses every span's fields back
 //! from JSON, twice per line, to write them out again. For `notes::audit`
