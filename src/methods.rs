@@ -18,13 +18,13 @@ pub enum Access {
 /// Whether a client may send a method again after an UNAVAILABLE answer.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Retry {
-    /// Repeating it changes nothing (reads), or the request carries an
-    /// idempotency key that makes a repeat return the first result (CreateNote
-    /// with `request_id`).
+    /// Repeating it changes nothing (reads).
     Safe,
-    /// A repeat after a lost answer could apply twice or report a conflict the
-    /// caller did not cause.
-    Never,
+    /// A write: safe to repeat only when the request carries a `request_id`,
+    /// which makes a repeat answer the first outcome. Without one, a repeat
+    /// after a lost answer could apply twice or report a conflict the caller
+    /// did not cause.
+    WithRequestId,
 }
 
 /// The rules of one RPC.
@@ -51,16 +51,16 @@ macro_rules! method {
     };
 }
 
-/// `CreateNote`: write; retried because the client always sends a `request_id`.
-pub const CREATE_NOTE: Method = method!("CreateNote", Write, Safe);
+/// `CreateNote`: write; retried with a `request_id`.
+pub const CREATE_NOTE: Method = method!("CreateNote", Write, WithRequestId);
 /// `GetNote`: read.
 pub const GET_NOTE: Method = method!("GetNote", Read, Safe);
 /// `ListNotes`: read.
 pub const LIST_NOTES: Method = method!("ListNotes", Read, Safe);
-/// `UpdateNote`: write, never retried.
-pub const UPDATE_NOTE: Method = method!("UpdateNote", Write, Never);
-/// `DeleteNote`: write, never retried.
-pub const DELETE_NOTE: Method = method!("DeleteNote", Write, Never);
+/// `UpdateNote`: write; retried with a `request_id`.
+pub const UPDATE_NOTE: Method = method!("UpdateNote", Write, WithRequestId);
+/// `DeleteNote`: write; retried with a `request_id`.
+pub const DELETE_NOTE: Method = method!("DeleteNote", Write, WithRequestId);
 
 /// Every RPC of `notes.v1.NotesService`.
 pub const ALL: [Method; 5] = [CREATE_NOTE, GET_NOTE, LIST_NOTES, UPDATE_NOTE, DELETE_NOTE];
@@ -115,9 +115,14 @@ mod tests {
     }
 
     #[test]
-    fn writes_without_an_idempotency_key_are_never_retried() {
-        assert_eq!(UPDATE_NOTE.retry, Retry::Never);
-        assert_eq!(DELETE_NOTE.retry, Retry::Never);
+    fn writes_are_retried_only_with_an_idempotency_key() {
+        for method in ALL {
+            let expected = match method.access {
+                Access::Read => Retry::Safe,
+                Access::Write => Retry::WithRequestId,
+            };
+            assert_eq!(method.retry, expected, "{}", method.name);
+        }
         assert_eq!(by_path("/notes.v1.NotesService/Nope"), None);
     }
 }

@@ -162,6 +162,7 @@ pub async fn run(
                 note_id: ids[i].clone(),
                 content: "updated".into(),
                 expected_version: 1,
+                request_id: String::new(),
             }))
             .await?;
     });
@@ -170,6 +171,7 @@ pub async fn run(
             .delete_note(authorized(&token, DeleteNoteRequest {
                 note_id: ids[i].clone(),
                 expected_version: 2,
+                request_id: String::new(),
             }))
             .await?;
     });

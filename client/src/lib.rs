@@ -35,8 +35,9 @@
 //!   (cached, refreshed before expiry, one refresh at a time).
 //! - UNAVAILABLE and failed connections are retried with backoff and jitter
 //!   on calls that are safe to repeat ([`RetryPolicy`], `notes_api::methods`);
-//!   `create` always sends a `request_id`, so a retry never makes a second
-//!   note. [`NotesClient::retries`] counts the retries.
+//!   writes send a `request_id` (unless the caller passes none), so a retry
+//!   answers the first outcome and never applies twice.
+//!   [`NotesClient::retries`] counts the retries.
 //! - Failures are an [`Error`] with one variant per condition a caller acts
 //!   on, carrying the server's message.
 //!
@@ -340,8 +341,16 @@ impl NotesClient {
     }
 
     /// Runs `call` for `method`, retrying UNAVAILABLE under the policy when
-    /// the method table ([`notes_api::methods`]) says the method is safe to repeat.
-    async fn call<T, R, F, Fut>(&self, method: &Method, message: T, call: F) -> Result<R, Error>
+    /// the method table ([`notes_api::methods`]) says the method is safe to
+    /// repeat: reads always, writes only when `keyed` (the request carries a
+    /// `request_id`).
+    async fn call<T, R, F, Fut>(
+        &self,
+        method: &Method,
+        keyed: bool,
+        message: T,
+        call: F,
+    ) -> Result<R, Error>
     where
         T: Clone,
         F: Fn(NotesServiceClient<Channel>, tonic::Request<T>) -> Fut,
@@ -349,7 +358,8 @@ impl NotesClient {
     {
         let attempts = match method.retry {
             Retry::Safe => self.retry.max_attempts.max(1),
-            Retry::Never => 1,
+            Retry::WithRequestId if keyed => self.retry.max_attempts.max(1),
+            Retry::WithRequestId => 1,
         };
         let mut attempt = 1;
         loop {
@@ -382,9 +392,12 @@ impl NotesClient {
                 .map(str::to_owned)
                 .unwrap_or_else(|| uuid::Uuid::new_v4().to_string()),
         };
-        self.call(&methods::CREATE_NOTE, request, |mut c, r| async move {
-            c.create_note(r).await
-        })
+        self.call(
+            &methods::CREATE_NOTE,
+            true,
+            request,
+            |mut c, r| async move { c.create_note(r).await },
+        )
         .await
     }
 
@@ -393,7 +406,7 @@ impl NotesClient {
         let request = GetNoteRequest {
             note_id: note_id.to_owned(),
         };
-        self.call(&methods::GET_NOTE, request, |mut c, r| async move {
+        self.call(&methods::GET_NOTE, false, request, |mut c, r| async move {
             c.get_note(r).await
         })
         .await
@@ -405,9 +418,12 @@ impl NotesClient {
             page_size,
             page_token: page_token.to_owned(),
         };
-        self.call(&methods::LIST_NOTES, request, |mut c, r| async move {
-            c.list_notes(r).await
-        })
+        self.call(
+            &methods::LIST_NOTES,
+            false,
+            request,
+            |mut c, r| async move { c.list_notes(r).await },
+        )
         .await
     }
 
@@ -453,33 +469,72 @@ impl NotesClient {
     }
 
     /// Replaces a note's content; `expected_version` 0 is unconditional.
-    /// Never retried (see [`RetryPolicy`]).
+    /// A new `request_id` is sent, so an UNAVAILABLE answer is retried
+    /// under the policy and a retry answers the first outcome.
     pub async fn update(
         &self,
         note_id: &str,
         content: &str,
         expected_version: i64,
     ) -> Result<Note, Error> {
+        let request_id = uuid::Uuid::new_v4().to_string();
+        self.update_with_request_id(note_id, content, expected_version, Some(&request_id))
+            .await
+    }
+
+    /// Like [`update`](Self::update) with the caller's `request_id` (for a
+    /// retry that outlives this process), or none: then it is never retried.
+    pub async fn update_with_request_id(
+        &self,
+        note_id: &str,
+        content: &str,
+        expected_version: i64,
+        request_id: Option<&str>,
+    ) -> Result<Note, Error> {
         let request = UpdateNoteRequest {
             note_id: note_id.to_owned(),
             content: content.to_owned(),
             expected_version,
+            request_id: request_id.unwrap_or_default().to_owned(),
         };
-        self.call(&methods::UPDATE_NOTE, request, |mut c, r| async move {
-            c.update_note(r).await
-        })
+        let keyed = !request.request_id.is_empty();
+        self.call(
+            &methods::UPDATE_NOTE,
+            keyed,
+            request,
+            |mut c, r| async move { c.update_note(r).await },
+        )
         .await
     }
 
-    /// Deletes a note; `expected_version` 0 is unconditional. Never retried.
+    /// Deletes a note; `expected_version` 0 is unconditional. A new
+    /// `request_id` is sent, so it is retried like [`update`](Self::update).
     pub async fn delete(&self, note_id: &str, expected_version: i64) -> Result<(), Error> {
+        let request_id = uuid::Uuid::new_v4().to_string();
+        self.delete_with_request_id(note_id, expected_version, Some(&request_id))
+            .await
+    }
+
+    /// Like [`delete`](Self::delete) with the caller's `request_id`, or none:
+    /// then it is never retried.
+    pub async fn delete_with_request_id(
+        &self,
+        note_id: &str,
+        expected_version: i64,
+        request_id: Option<&str>,
+    ) -> Result<(), Error> {
         let request = DeleteNoteRequest {
             note_id: note_id.to_owned(),
             expected_version,
+            request_id: request_id.unwrap_or_default().to_owned(),
         };
-        self.call(&methods::DELETE_NOTE, request, |mut c, r| async move {
-            c.delete_note(r).await
-        })
+        let keyed = !request.request_id.is_empty();
+        self.call(
+            &methods::DELETE_NOTE,
+            keyed,
+            request,
+            |mut c, r| async move { c.delete_note(r).await },
+        )
         .await?;
         Ok(())
     }

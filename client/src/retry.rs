@@ -6,11 +6,11 @@ use std::time::Duration;
 /// backoff and full jitter.
 ///
 /// Only calls that the method table ([`notes_api::methods`]) marks safe to
-/// repeat are retried: GetNote, ListNotes, and CreateNote (which always
-/// carries a `request_id`, so a retry returns the note the first attempt
-/// created instead of making a second one). UpdateNote and DeleteNote are
-/// never retried: a retry after a lost answer would apply twice or report a
-/// conflict the caller did not cause.
+/// repeat are retried: GetNote and ListNotes always, and the writes
+/// (CreateNote, UpdateNote, DeleteNote) only when they carry a
+/// `request_id`, so that a retry answers the first outcome instead of
+/// applying twice or reporting a conflict the caller did not cause. The
+/// client sends one unless the caller explicitly passes none.
 #[derive(Debug, Clone)]
 pub struct RetryPolicy {
     /// Attempts in all, the first included (1 = no retry).

@@ -9,7 +9,7 @@ use std::{
     collections::BTreeSet,
     net::{IpAddr, SocketAddr},
     sync::Arc,
-    time::{Duration, SystemTime},
+    time::Duration,
 };
 
 use async_trait::async_trait;
@@ -21,7 +21,7 @@ use notes_client::{NotesClient, RetryPolicy};
 use notes_server::{
     Limits,
     limits::RateLimit,
-    store::{MemoryStore, NewNote, Note, NotePage, NoteStore, StoreError},
+    store::{Change, MemoryStore, NewNote, Note, NotePage, NoteStore, StoreError},
 };
 use rustls::pki_types::ServerName;
 use tokio::{
@@ -457,22 +457,14 @@ impl NoteStore for SlowStore {
         owner: &str,
         note_id: Uuid,
         content: String,
-        expected: Option<i64>,
-        now: SystemTime,
+        change: Change,
     ) -> Result<Note, StoreError> {
         tokio::time::sleep(self.delay).await;
-        self.inner
-            .update(owner, note_id, content, expected, now)
-            .await
+        self.inner.update(owner, note_id, content, change).await
     }
-    async fn delete(
-        &self,
-        owner: &str,
-        note_id: Uuid,
-        expected: Option<i64>,
-    ) -> Result<(), StoreError> {
+    async fn delete(&self, owner: &str, note_id: Uuid, change: Change) -> Result<(), StoreError> {
         tokio::time::sleep(self.delay).await;
-        self.inner.delete(owner, note_id, expected).await
+        self.inner.delete(owner, note_id, change).await
     }
 }
 

@@ -37,6 +37,7 @@ mod client;
 mod cognito;
 mod concurrency;
 mod crud;
+mod exactly_once;
 mod fail_closed;
 mod harness;
 mod isolation;

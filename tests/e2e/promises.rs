@@ -342,6 +342,7 @@ async fn by_default_repeated_reads_with_one_token_on_one_connection_are_counted_
         DeleteNoteRequest {
             note_id: note.note_id,
             expected_version: 0,
+            request_id: String::new(),
         },
         &token,
     ))

@@ -8,12 +8,11 @@
 use std::{
     collections::{HashMap, VecDeque},
     sync::{Arc, Mutex},
-    time::SystemTime,
 };
 
 use async_trait::async_trait;
 use notes_client::Error;
-use notes_server::store::{MemoryStore, NewNote, Note, NotePage, NoteStore, StoreError};
+use notes_server::store::{Change, MemoryStore, NewNote, Note, NotePage, NoteStore, StoreError};
 use uuid::Uuid;
 
 use crate::harness::TestApp;
@@ -118,28 +117,18 @@ impl NoteStore for FaultyStore {
         owner: &str,
         note_id: Uuid,
         content: String,
-        expected_version: Option<i64>,
-        now: SystemTime,
+        change: Change,
     ) -> Result<Note, StoreError> {
         self.apply(
             Op::Update,
-            self.inner
-                .update(owner, note_id, content, expected_version, now),
+            self.inner.update(owner, note_id, content, change),
         )
         .await
     }
 
-    async fn delete(
-        &self,
-        owner: &str,
-        note_id: Uuid,
-        expected_version: Option<i64>,
-    ) -> Result<(), StoreError> {
-        self.apply(
-            Op::Delete,
-            self.inner.delete(owner, note_id, expected_version),
-        )
-        .await
+    async fn delete(&self, owner: &str, note_id: Uuid, change: Change) -> Result<(), StoreError> {
+        self.apply(Op::Delete, self.inner.delete(owner, note_id, change))
+            .await
     }
 }
 
@@ -185,7 +174,28 @@ async fn get_and_list_are_retried_after_unavailable() {
 }
 
 #[tokio::test]
-async fn updates_and_deletes_are_never_sent_twice() {
+async fn updates_and_deletes_whose_reply_was_lost_are_retried_and_applied_once() {
+    let store = Arc::new(FaultyStore::default());
+    let app = app_over(&store).await;
+    let client = app.client_as("alice").await;
+    let note = client.create("v1", None).await.unwrap();
+    store.fail_next(Op::Update, &[Fault::LostReply]);
+    store.fail_next(Op::Delete, &[Fault::LostReply]);
+
+    let updated = client.update(&note.note_id, "v2", 1).await;
+    let after_update = client.get(&note.note_id).await.unwrap();
+    let deleted = client.delete(&note.note_id, 2).await;
+
+    let updated = updated.expect("the first outcome, not ABORTED");
+    assert_eq!((updated.version, updated.content.as_str()), (2, "v2"));
+    assert_eq!(after_update.version, 2, "applied twice");
+    assert!(deleted.is_ok(), "{deleted:?}");
+    assert_eq!(store.calls(Op::Update), 2, "the update was not retried");
+    assert_eq!(store.calls(Op::Delete), 2, "the delete was not retried");
+}
+
+#[tokio::test]
+async fn updates_and_deletes_without_a_request_id_are_never_sent_twice() {
     let store = Arc::new(FaultyStore::default());
     let app = app_over(&store).await;
     let client = app.client_as("alice").await;
@@ -193,8 +203,10 @@ async fn updates_and_deletes_are_never_sent_twice() {
     store.fail_next(Op::Update, &[Fault::LostReply]);
     store.fail_next(Op::Delete, &[Fault::Unavailable]);
 
-    let updated = client.update(&note.note_id, "v2", 0).await;
-    let deleted = client.delete(&note.note_id, 0).await;
+    let updated = client
+        .update_with_request_id(&note.note_id, "v2", 0, None)
+        .await;
+    let deleted = client.delete_with_request_id(&note.note_id, 0, None).await;
 
     assert!(matches!(updated, Err(Error::Unavailable(_))), "{updated:?}");
     assert!(matches!(deleted, Err(Error::Unavailable(_))), "{deleted:?}");

@@ -19,7 +19,7 @@ pub use page_token::PageTokens;
 use crate::{
     auth::Caller,
     error::error_chain,
-    store::{NewNote, Note, NoteStore, StoreError},
+    store::{Change, NewNote, Note, NoteStore, StoreError},
     telemetry::call::in_call,
 };
 
@@ -248,10 +248,14 @@ impl NotesService for NotesApi {
         let req = request.into_inner();
         let note_id = parse_note_id(&req.note_id)?;
         validate_content("content", &req.content)?;
-        let expected = parse_expected_version(req.expected_version)?;
+        let change = Change {
+            expected_version: parse_expected_version(req.expected_version)?,
+            request_id: parse_request_id(req.request_id)?,
+            now: SystemTime::now(),
+        };
         let note = self
             .store
-            .update(&owner, note_id, req.content, expected, SystemTime::now())
+            .update(&owner, note_id, req.content, change)
             .await?;
         Ok(Response::new(to_pb(note)))
     }
@@ -263,8 +267,12 @@ impl NotesService for NotesApi {
         let owner = owner(&request, "DeleteNote")?;
         let req = request.into_inner();
         let note_id = parse_note_id(&req.note_id)?;
-        let expected = parse_expected_version(req.expected_version)?;
-        self.store.delete(&owner, note_id, expected).await?;
+        let change = Change {
+            expected_version: parse_expected_version(req.expected_version)?,
+            request_id: parse_request_id(req.request_id)?,
+            now: SystemTime::now(),
+        };
+        self.store.delete(&owner, note_id, change).await?;
         Ok(Response::new(DeleteNoteResponse {}))
     }
 }

@@ -5,21 +5,102 @@
 //! read-write lock), so concurrent gets and lists do not queue for each other.
 
 use std::{
-    collections::{BTreeMap, HashMap},
+    collections::{BTreeMap, HashMap, VecDeque},
     sync::RwLock,
-    time::SystemTime,
 };
 
 use async_trait::async_trait;
 use uuid::Uuid;
 
-use super::{NewNote, Note, NotePage, NoteStore, StoreError};
+use super::{Change, Edit, NewNote, Note, NotePage, NoteStore, StoreError};
+
+/// Request ids of updates and deletes remembered per owner, newest kept:
+/// as many as the DynamoDB store keeps on a busy note, and more.
+const CHANGE_REQUESTS_KEPT: usize = 1024;
 
 #[derive(Default)]
 struct Owner {
     notes: BTreeMap<Uuid, Note>,
     /// request_id -> the note as first created; its content tells a retry from a reuse.
     requests: HashMap<String, Note>,
+    /// (note, request_id) of an update or delete -> its digest and outcome.
+    changes: HashMap<(Uuid, String), (String, Option<Note>)>,
+    /// The keys of `changes`, oldest first, to forget the oldest.
+    change_order: VecDeque<(Uuid, String)>,
+}
+
+impl Owner {
+    /// The first outcome of `request_id` on `note_id` (`Some(None)` for a
+    /// delete), if it was used with the request of `digest`; refused if it
+    /// was used for another request.
+    fn repeated(
+        &self,
+        note_id: Uuid,
+        request_id: &Option<String>,
+        digest: &str,
+    ) -> Result<Option<Option<Note>>, StoreError> {
+        let Some(request_id) = request_id else {
+            return Ok(None);
+        };
+        match self.changes.get(&(note_id, request_id.clone())) {
+            Some((first, outcome)) if first == digest => Ok(Some(outcome.clone())),
+            Some(_) => Err(StoreError::RequestIdReused(request_id.clone())),
+            None => Ok(None),
+        }
+    }
+
+    /// Remembers the outcome of `request_id` on `note_id`.
+    fn remember(
+        &mut self,
+        note_id: Uuid,
+        request_id: Option<String>,
+        digest: String,
+        outcome: Option<Note>,
+    ) {
+        let Some(request_id) = request_id else { return };
+        let key = (note_id, request_id);
+        self.change_order.push_back(key.clone());
+        self.changes.insert(key, (digest, outcome));
+        while self.change_order.len() > CHANGE_REQUESTS_KEPT {
+            if let Some(oldest) = self.change_order.pop_front() {
+                self.changes.remove(&oldest);
+            }
+        }
+    }
+
+    /// Applies `edit` to `note_id` under `change`, at most once per request id.
+    fn apply(
+        &mut self,
+        owner: &str,
+        note_id: Uuid,
+        edit: Edit,
+        change: Change,
+    ) -> Result<Option<Note>, StoreError> {
+        let digest = change.digest(&edit);
+        if let Some(outcome) = self.repeated(note_id, &change.request_id, &digest)? {
+            return Ok(outcome);
+        }
+        let note = self
+            .notes
+            .get_mut(&note_id)
+            .ok_or(StoreError::NotFound(note_id))?;
+        debug_assert_eq!(note.owner, owner);
+        check_version(note, change.expected_version)?;
+        let outcome = match edit {
+            Edit::Update(content) => {
+                note.content = content;
+                note.version += 1;
+                note.update_time = change.now;
+                Some(note.clone())
+            }
+            Edit::Delete => {
+                self.notes.remove(&note_id);
+                None
+            }
+        };
+        self.remember(note_id, change.request_id, digest, outcome.clone());
+        Ok(outcome)
+    }
 }
 
 /// Notes in process memory; lost on restart.
@@ -136,33 +217,16 @@ impl NoteStore for MemoryStore {
         owner: &str,
         note_id: Uuid,
         content: String,
-        expected_version: Option<i64>,
-        now: SystemTime,
+        change: Change,
     ) -> Result<Note, StoreError> {
         self.with_owner(owner, |o| {
-            let note = o
-                .notes
-                .get_mut(&note_id)
-                .ok_or(StoreError::NotFound(note_id))?;
-            check_version(note, expected_version)?;
-            note.content = content;
-            note.version += 1;
-            note.update_time = now;
-            Ok(note.clone())
-        })
+            o.apply(owner, note_id, Edit::Update(content), change)
+        })?
+        .ok_or_else(|| StoreError::Internal("an update's request_id names a delete".into(), None))
     }
 
-    async fn delete(
-        &self,
-        owner: &str,
-        note_id: Uuid,
-        expected_version: Option<i64>,
-    ) -> Result<(), StoreError> {
-        self.with_owner(owner, |o| {
-            let note = o.notes.get(&note_id).ok_or(StoreError::NotFound(note_id))?;
-            check_version(note, expected_version)?;
-            o.notes.remove(&note_id);
-            Ok(())
-        })
+    async fn delete(&self, owner: &str, note_id: Uuid, change: Change) -> Result<(), StoreError> {
+        self.with_owner(owner, |o| o.apply(owner, note_id, Edit::Delete, change))?;
+        Ok(())
     }
 }

@@ -49,6 +49,49 @@ pub struct NewNote {
     pub request_id: Option<String>,
 }
 
+/// A change to an existing note, already validated.
+#[derive(Debug, Clone)]
+pub struct Change {
+    /// Apply only at this version; `None` is unconditional.
+    pub expected_version: Option<i64>,
+    /// The caller's idempotency key, if any: a repeat of the same request
+    /// answers the first outcome; another request with it is refused.
+    pub request_id: Option<String>,
+    /// When the change is made (the note's new `update_time`).
+    pub now: SystemTime,
+}
+
+/// What a [`Change`] does to the note.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Edit {
+    /// Replace the content and bump the version.
+    Update(String),
+    /// Delete the note.
+    Delete,
+}
+
+impl Change {
+    /// A digest of the request `edit` makes with this change, which tells a
+    /// repeat of it (same digest) from another request reusing its
+    /// `request_id`.
+    pub fn digest(&self, edit: &Edit) -> String {
+        let mut ctx = aws_lc_rs::digest::Context::new(&aws_lc_rs::digest::SHA256);
+        match edit {
+            Edit::Update(content) => {
+                ctx.update(b"update\0");
+                ctx.update(content.as_bytes());
+            }
+            Edit::Delete => ctx.update(b"delete\0"),
+        }
+        ctx.update(b"\0");
+        ctx.update(&self.expected_version.unwrap_or(0).to_be_bytes());
+        ctx.finish().as_ref()[..8]
+            .iter()
+            .map(|b| format!("{b:02x}"))
+            .collect()
+    }
+}
+
 /// One page of a listing, newest first.
 #[derive(Debug, Clone, Default)]
 pub struct NotePage {
@@ -74,8 +117,8 @@ pub enum StoreError {
         /// The version stored.
         actual: i64,
     },
-    /// The idempotency key was already used for a create with other content.
-    #[error("request_id {0:?} was already used with different content")]
+    /// The idempotency key was already used for another request.
+    #[error("request_id {0:?} was already used for a different request")]
     RequestIdReused(String),
     /// The backend is unreachable, throttling or timed out; the call may be retried.
     #[error("note store unavailable")]
@@ -91,7 +134,8 @@ pub enum StoreError {
 /// What the handlers need from a backend.
 ///
 /// Implementations must make `update` and `delete` atomic with their version
-/// check, and `create` atomic with its idempotency record.
+/// check and their idempotency record, and `create` atomic with its
+/// idempotency record.
 #[async_trait]
 pub trait NoteStore: Send + Sync + 'static {
     /// Creates a note. With a `request_id` already used by this owner, returns
@@ -110,24 +154,20 @@ pub trait NoteStore: Send + Sync + 'static {
         after: Option<Uuid>,
     ) -> Result<NotePage, StoreError>;
 
-    /// Replaces the content and bumps the version; `expected_version` `None`
-    /// is unconditional.
+    /// Replaces the content and bumps the version, at most once per call
+    /// however often the backend is asked, and at most once per
+    /// `request_id`: a repeat answers the note as that first update left it.
     async fn update(
         &self,
         owner: &str,
         note_id: Uuid,
         content: String,
-        expected_version: Option<i64>,
-        now: SystemTime,
+        change: Change,
     ) -> Result<Note, StoreError>;
 
-    /// Deletes a note; `expected_version` `None` is unconditional.
-    async fn delete(
-        &self,
-        owner: &str,
-        note_id: Uuid,
-        expected_version: Option<i64>,
-    ) -> Result<(), StoreError>;
+    /// Deletes a note, with the same at-most-once rules as `update`: a
+    /// repeat of a delete that was applied answers OK.
+    async fn delete(&self, owner: &str, note_id: Uuid, change: Change) -> Result<(), StoreError>;
 
     /// Answers when the backend does (readiness probes); in-process stores
     /// always do.

@@ -81,6 +81,14 @@ pub enum Fault {
     /// `AccessDeniedException`, what DynamoDB tells a role whose IAM policy
     /// lacks the action (moto does not enforce IAM).
     Answer(&'static str),
+    /// Forward the first one and drop its reply; hold the second (the
+    /// server's retry) until [`LostReplyProxy::release`], then forward it:
+    /// another writer's write can land in between.
+    LoseReplyThenHoldRetry,
+    /// Hold the first one until [`LostReplyProxy::release`] (the server
+    /// times out and retries meanwhile), then deliver it late and drop its
+    /// reply: a request the network delivered after later writes.
+    DeliverLate,
     /// Forward every one, and cut each answer with more than this many
     /// items down to them, with a `LastEvaluatedKey` at the last one kept:
     /// what DynamoDB does to a Query or Scan whose items pass 1 MB (moto
@@ -134,6 +142,9 @@ pub struct LostReplyProxy {
     pub endpoint: String,
     dropped: std::sync::Arc<std::sync::atomic::AtomicUsize>,
     bodies: std::sync::Arc<std::sync::Mutex<Vec<serde_json::Value>>>,
+    released: watch::Sender<bool>,
+    /// Held requests delivered (after a release).
+    delivered: std::sync::Arc<std::sync::atomic::AtomicUsize>,
 }
 
 /// DynamoDB's answer with error `code`, as its JSON protocol sends it.
@@ -194,6 +205,9 @@ impl LostReplyProxy {
         let lost = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
         let bodies = std::sync::Arc::new(std::sync::Mutex::new(Vec::new()));
         let seen = bodies.clone();
+        let (released, watch_released) = watch::channel(false);
+        let delivered = std::sync::Arc::new(std::sync::atomic::AtomicUsize::new(0));
+        let delivered_count = delivered.clone();
         tokio::spawn(async move {
             while let Ok((mut inbound, _)) = listener.accept().await {
                 let upstream = upstream.clone();
@@ -201,6 +215,8 @@ impl LostReplyProxy {
                 let count = count.clone();
                 let lost = lost.clone();
                 let seen = seen.clone();
+                let mut watch_released = watch_released.clone();
+                let delivered_count = delivered_count.clone();
                 tokio::spawn(async move {
                     let Ok(mut outbound) = TcpStream::connect(&upstream).await else {
                         return;
@@ -214,12 +230,30 @@ impl LostReplyProxy {
                                 .and_then(|at| serde_json::from_slice(&request[at + 4..]).ok());
                             seen.lock().unwrap().push(body.unwrap_or_default());
                             let nth = count.fetch_add(1, std::sync::atomic::Ordering::SeqCst) + 1;
+                            let held = matches!(
+                                (fault, nth),
+                                (Fault::LoseReplyThenHoldRetry, 2) | (Fault::DeliverLate, 1)
+                            );
+                            if held {
+                                let _ = watch_released.wait_for(|r| *r).await;
+                                delivered_count.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+                                if fault == Fault::DeliverLate {
+                                    // Delivered late; whoever sent it gave up long ago.
+                                    let _ = outbound.write_all(&request).await;
+                                    let _ = read_message(&mut outbound, "").await;
+                                    return;
+                                }
+                            }
                             let answer = match fault {
                                 Fault::Stall => std::future::pending::<Option<&str>>().await,
                                 Fault::Throttle => Some("ThrottlingException"),
                                 Fault::ThrottleFirst if nth == 1 => Some("ThrottlingException"),
                                 Fault::Answer(code) => Some(code),
-                                Fault::ThrottleFirst | Fault::LoseReply | Fault::Cut(_) => None,
+                                Fault::ThrottleFirst
+                                | Fault::LoseReply
+                                | Fault::LoseReplyThenHoldRetry
+                                | Fault::DeliverLate
+                                | Fault::Cut(_) => None,
                             };
                             if let Some(code) = answer {
                                 if inbound
@@ -244,10 +278,11 @@ impl LostReplyProxy {
                             response = cut_items(&response, keep, &["userId", "noteId"]);
                         }
                         // Only the first reply of the operation is lost.
-                        let drop_it = fault == Fault::LoseReply
-                            && op.as_deref() == Some(target.as_str())
-                            && count.load(std::sync::atomic::Ordering::SeqCst) == 1
-                            && !lost.swap(true, std::sync::atomic::Ordering::SeqCst);
+                        let drop_it =
+                            matches!(fault, Fault::LoseReply | Fault::LoseReplyThenHoldRetry)
+                                && op.as_deref() == Some(target.as_str())
+                                && count.load(std::sync::atomic::Ordering::SeqCst) == 1
+                                && !lost.swap(true, std::sync::atomic::Ordering::SeqCst);
                         if drop_it {
                             return; // applied upstream; the answer is lost
                         }
@@ -262,7 +297,24 @@ impl LostReplyProxy {
             endpoint,
             dropped,
             bodies,
+            released,
+            delivered,
         }
+    }
+
+    /// Lets a held request go on ([`Fault::LoseReplyThenHoldRetry`],
+    /// [`Fault::DeliverLate`]) and waits until it has been delivered.
+    pub async fn release(&self) {
+        self.released.send_replace(true);
+        for _ in 0..200 {
+            if self.delivered.load(std::sync::atomic::Ordering::SeqCst) > 0 {
+                // Give the upstream time to apply (or refuse) it.
+                tokio::time::sleep(std::time::Duration::from_millis(200)).await;
+                return;
+            }
+            tokio::time::sleep(std::time::Duration::from_millis(10)).await;
+        }
+        panic!("no request was held");
     }
 
     /// The JSON bodies of the operation's requests, in order.

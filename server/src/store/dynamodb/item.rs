@@ -5,6 +5,14 @@
 //! `version`. An idempotency record for a CreateNote `request_id` lives in the
 //! owner's partition under the sort key `#req#<request_id>`, with the note it
 //! made (`noteRef`), a digest of its content and `expiresAt` for TTL.
+//!
+//! A note item also records its recent writes, so that a write sent twice
+//! is applied once (see [`super::write`]): `writes`, a map from write keys to
+//! the version each write produced (and, for a write with a `request_id`,
+//! when it was issued and a digest of its request), and `writeFence`, the
+//! issue time (ms) at or before which writes no longer in the map are
+//! refused. A deleted note is a tombstone: `deletedNs` set, no `content`,
+//! and `expiresAt` so that DynamoDB's TTL removes it a day later.
 
 use std::{
     collections::HashMap,
@@ -25,6 +33,15 @@ pub const OWNER_ATTR: &str = "userId";
 pub const NOTE_ID_ATTR: &str = "noteId";
 /// The TTL attribute of idempotency records (seconds since the epoch).
 pub const EXPIRES_AT_ATTR: &str = "expiresAt";
+/// The map of a note's recent writes.
+pub(super) const WRITES_ATTR: &str = "writes";
+/// Writes issued at or before this time (ms since the epoch) and not in
+/// `writes` are refused.
+pub(super) const FENCE_ATTR: &str = "writeFence";
+/// Set on a deleted note (a tombstone): when it was deleted.
+pub(super) const DELETED_ATTR: &str = "deletedNs";
+/// Tombstones expire (DynamoDB TTL on `expiresAt`) after this long.
+pub(super) const TOMBSTONE_TTL: Duration = Duration::from_secs(24 * 3600);
 const REQUEST_PREFIX: &str = "#req#";
 /// Idempotency records expire (DynamoDB TTL on `expiresAt`) after this long.
 const REQUEST_RECORD_TTL: Duration = Duration::from_secs(24 * 3600);
@@ -89,12 +106,23 @@ pub(super) fn read_number<T: std::str::FromStr>(item: &Item, name: &str) -> Resu
     }
 }
 
-fn time_from_nanos(ns: u64) -> SystemTime {
+pub(super) fn time_from_nanos(ns: u64) -> SystemTime {
     UNIX_EPOCH + Duration::from_nanos(ns)
+}
+
+/// Seconds since the epoch of `now + ttl`, as a TTL attribute.
+pub(super) fn expires_after(now: SystemTime, ttl: Duration) -> AttributeValue {
+    number_attr(
+        (now + ttl)
+            .duration_since(UNIX_EPOCH)
+            .unwrap_or_default()
+            .as_secs(),
+    )
 }
 
 pub(super) fn note_to_item(note: &Note) -> Item {
     let mut item = note_key(&note.owner, note.note_id);
+    item.insert(WRITES_ATTR.into(), AttributeValue::M(HashMap::new()));
     item.insert("content".into(), string_attr(note.content.clone()));
     item.insert("createdNs".into(), number_of_nanos(note.create_time));
     item.insert("updatedNs".into(), number_of_nanos(note.update_time));
@@ -116,7 +144,6 @@ pub(super) fn note_from_item(item: &Item) -> Result<Note, StoreError> {
 
 /// The idempotency record saying `request_id` created `note`.
 pub(super) fn request_record(owner: &str, request_id: &str, note: &Note) -> Item {
-    let expires = SystemTime::now() + REQUEST_RECORD_TTL;
     let mut item = request_key(owner, request_id);
     item.insert("noteRef".into(), string_attr(note.note_id.to_string()));
     item.insert(
@@ -126,12 +153,7 @@ pub(super) fn request_record(owner: &str, request_id: &str, note: &Note) -> Item
     item.insert("createdNs".into(), number_of_nanos(note.create_time));
     item.insert(
         EXPIRES_AT_ATTR.into(),
-        number_attr(
-            expires
-                .duration_since(UNIX_EPOCH)
-                .unwrap_or_default()
-                .as_secs(),
-        ),
+        expires_after(SystemTime::now(), REQUEST_RECORD_TTL),
     );
     item
 }

@@ -5,33 +5,30 @@
 //! writes on `version` with no read first; get is a strongly consistent
 //! GetItem; list is a strongly consistent Query on the caller's partition.
 //!
-//! Writes stay correct when a reply is lost and the write is sent again
-//! (the SDK retries timeouts and broken connections): an update stamps the
-//! item with its own `writeId` and is conditional on the item not carrying
-//! it, so a repeat finds its first attempt applied and answers with that
-//! note instead of applying twice or reporting a conflict; a create's id is
-//! new to this call, so a repeat that finds it taken finds its own note; a
-//! delete is retried by the store itself, which knows an attempt whose
-//! reply was lost may have deleted the note.
+//! Every write takes effect at most once, whatever the retries or the
+//! network do: a create's id is new to its call (or its `request_id` record
+//! is written in the same transaction), and updates and deletes carry a key
+//! that the note's record of recent writes remembers ([`write`]).
 //!
 //! - [`table`]: creating and checking the table (`init-table`, start-up).
 //! - [`item`]: how notes and idempotency records are encoded as items.
 //! - [`error`]: the one mapping of SDK failures into [`StoreError`].
+//! - [`recent`]: the record of a note's recent writes.
+//! - [`write`]: updates and deletes, applied at most once.
 
 mod error;
 mod item;
+mod recent;
 mod table;
+mod write;
 
-use std::time::{Duration, SystemTime};
+use std::time::Duration;
 
 use async_trait::async_trait;
 use aws_sdk_dynamodb::{
     Client,
-    error::{ProvideErrorMetadata, SdkError},
-    operation::{delete_item::DeleteItemError, update_item::UpdateItemError},
-    types::{
-        AttributeValue, Put, ReturnValue, ReturnValuesOnConditionCheckFailure, TransactWriteItem,
-    },
+    error::ProvideErrorMetadata,
+    types::{Put, TransactWriteItem},
 };
 use uuid::Uuid;
 
@@ -40,11 +37,11 @@ pub use item::{EXPIRES_AT_ATTR, NOTE_ID_ATTR, OWNER_ATTR};
 use self::{
     error::{map_sdk_error, observed},
     item::{
-        Item, corrupt, note_from_item, note_key, note_of_record, note_to_item, number_attr,
-        number_of_nanos, read_number, request_key, request_record, string_attr,
+        DELETED_ATTR, Item, corrupt, note_from_item, note_key, note_of_record, note_to_item,
+        request_key, request_record, string_attr,
     },
 };
-use super::{NewNote, Note, NotePage, NoteStore, StoreError};
+use super::{Change, Edit, NewNote, Note, NotePage, NoteStore, StoreError};
 
 /// Attempts at a CreateNote whose transaction lost a race before the winner's
 /// record became readable.
@@ -56,54 +53,6 @@ pub struct DynamoStore {
     client: Client,
     table: String,
 }
-
-/// Operation errors that can report a failed `ConditionExpression`.
-trait ConditionCheck {
-    /// `Some(item it found, if returned)` when the write's condition failed;
-    /// `None` for every other error.
-    fn failed_condition_item(&self) -> Option<Option<&Item>>;
-}
-
-impl ConditionCheck for UpdateItemError {
-    fn failed_condition_item(&self) -> Option<Option<&Item>> {
-        match self {
-            Self::ConditionalCheckFailedException(c) => Some(c.item()),
-            _ => None,
-        }
-    }
-}
-
-impl ConditionCheck for DeleteItemError {
-    fn failed_condition_item(&self) -> Option<Option<&Item>> {
-        match self {
-            Self::ConditionalCheckFailedException(c) => Some(c.item()),
-            _ => None,
-        }
-    }
-}
-
-/// The condition for a write on an existing note, optionally at a version.
-fn version_condition(expected: Option<i64>) -> &'static str {
-    match expected {
-        Some(_) => "attribute_exists(noteId) AND #v = :expected",
-        None => "attribute_exists(noteId)",
-    }
-}
-
-/// The attribute an update stamps with the id of its call.
-const WRITE_ID_ATTR: &str = "writeId";
-
-/// What a conditional write found.
-enum Written<O> {
-    /// Applied now.
-    Now(O),
-    /// Applied by an earlier attempt of this same call (whose reply was
-    /// lost): the item as that attempt left it.
-    Earlier(Item),
-}
-
-/// Attempts of a delete, which the store retries itself (see the module doc).
-const DELETE_ATTEMPTS: u32 = 3;
 
 impl DynamoStore {
     /// A store on `table` through `client`.
@@ -199,56 +148,6 @@ impl DynamoStore {
             format!("CreateNote with request_id {request_id:?} kept conflicting").into(),
         ))
     }
-
-    /// The result of a conditional write on `note_id`: its output, or why its
-    /// condition failed (not found or another version, judged from the item
-    /// the backend returned, read only when it returned none), or the
-    /// mapped SDK failure.
-    async fn conditional_write<O, E>(
-        &self,
-        sent: Result<O, SdkError<E, aws_sdk_dynamodb::config::http::HttpResponse>>,
-        owner: &str,
-        note_id: Uuid,
-        expected: Option<i64>,
-        write_id: Option<&str>,
-    ) -> Result<Written<O>, StoreError>
-    where
-        E: ConditionCheck + ProvideErrorMetadata + std::error::Error + Send + Sync + 'static,
-    {
-        let err = match sent {
-            Ok(out) => return Ok(Written::Now(out)),
-            Err(err) => err,
-        };
-        let found = match &err {
-            SdkError::ServiceError(e) => e.err().failed_condition_item().map(|i| i.cloned()),
-            _ => None,
-        };
-        let Some(found) = found else {
-            return Err(map_sdk_error(err, &self.table));
-        };
-        let current = match found {
-            Some(item) => Some(item),
-            None => self.read_item(note_key(owner, note_id)).await?,
-        };
-        if let (Some(item), Some(write_id)) = (&current, write_id)
-            && matches!(item.get(WRITE_ID_ATTR), Some(AttributeValue::S(id)) if id == write_id)
-        {
-            return Ok(Written::Earlier(item.clone()));
-        }
-        Err(match (current, expected) {
-            (None, _) => StoreError::NotFound(note_id),
-            (Some(item), Some(expected)) => StoreError::VersionMismatch {
-                note_id,
-                expected,
-                actual: read_number(&item, "version")?,
-            },
-            // Unconditional write failed only on existence, yet the note is
-            // there now: it was re-created concurrently; ask to retry.
-            (Some(_), None) => {
-                StoreError::Unavailable("note changed during the write; retry".into())
-            }
-        })
-    }
 }
 
 #[async_trait]
@@ -290,8 +189,8 @@ impl NoteStore for DynamoStore {
 
     async fn get(&self, owner: &str, note_id: Uuid) -> Result<Note, StoreError> {
         match self.read_item(note_key(owner, note_id)).await? {
-            Some(item) => note_from_item(&item),
-            None => Err(StoreError::NotFound(note_id)),
+            Some(item) if !item.contains_key(DELETED_ATTR) => note_from_item(&item),
+            _ => Err(StoreError::NotFound(note_id)),
         }
     }
 
@@ -314,6 +213,9 @@ impl NoteStore for DynamoStore {
                     .query()
                     .table_name(&self.table)
                     .key_condition_expression("#u = :u AND #n >= :floor")
+                    // Tombstones of deleted notes are skipped.
+                    .filter_expression("attribute_not_exists(#d)")
+                    .expression_attribute_names("#d", DELETED_ATTR)
                     .expression_attribute_names("#u", OWNER_ATTR)
                     .expression_attribute_names("#n", NOTE_ID_ATTR)
                     .expression_attribute_values(":u", string_attr(owner))
@@ -352,109 +254,20 @@ impl NoteStore for DynamoStore {
         owner: &str,
         note_id: Uuid,
         content: String,
-        expected_version: Option<i64>,
-        now: SystemTime,
+        change: Change,
     ) -> Result<Note, StoreError> {
-        let write_id = Uuid::new_v4().to_string();
-        let mut request = self
-            .client
-            .update_item()
-            .table_name(&self.table)
-            .set_key(Some(note_key(owner, note_id)))
-            .update_expression("SET #c = :c, #t = :t, #w = :w ADD #v :one")
-            .condition_expression(format!(
-                "{} AND (attribute_not_exists(#w) OR #w <> :w)",
-                version_condition(expected_version)
-            ))
-            .expression_attribute_names("#w", WRITE_ID_ATTR)
-            .expression_attribute_values(":w", string_attr(write_id.clone()))
-            .expression_attribute_names("#c", "content")
-            .expression_attribute_names("#t", "updatedNs")
-            .expression_attribute_names("#v", "version")
-            .expression_attribute_values(":c", string_attr(content))
-            .expression_attribute_values(":t", number_of_nanos(now))
-            .expression_attribute_values(":one", number_attr(1))
-            .return_values(ReturnValue::AllNew)
-            .return_values_on_condition_check_failure(ReturnValuesOnConditionCheckFailure::AllOld);
-        if let Some(expected) = expected_version {
-            request = request.expression_attribute_values(":expected", number_attr(expected));
-        }
-        let sent = observed("UpdateItem", request.send()).await;
         match self
-            .conditional_write(sent, owner, note_id, expected_version, Some(&write_id))
+            .write_once(owner, note_id, Edit::Update(content), change)
             .await?
         {
-            Written::Now(out) => note_from_item(
-                out.attributes()
-                    .ok_or_else(|| corrupt("UpdateItem returned nothing"))?,
-            ),
-            Written::Earlier(item) => note_from_item(&item),
+            write::Outcome::Applied(note) => Ok(note),
+            write::Outcome::Deleted => Err(corrupt("an update answered as a delete")),
         }
     }
 
-    async fn delete(
-        &self,
-        owner: &str,
-        note_id: Uuid,
-        expected_version: Option<i64>,
-    ) -> Result<(), StoreError> {
-        // The SDK's own retries are off for deletes: after a lost reply,
-        // only this loop knows the note may be gone because of this call.
-        let no_sdk_retries = aws_sdk_dynamodb::config::Builder::default()
-            .retry_config(aws_sdk_dynamodb::config::retry::RetryConfig::disabled());
-        let mut lost_a_reply = false;
-        for attempt in 1..=DELETE_ATTEMPTS {
-            let mut request = self
-                .client
-                .delete_item()
-                .table_name(&self.table)
-                .set_key(Some(note_key(owner, note_id)))
-                .condition_expression(version_condition(expected_version))
-                .return_values_on_condition_check_failure(
-                    ReturnValuesOnConditionCheckFailure::AllOld,
-                );
-            if let Some(expected) = expected_version {
-                request = request
-                    .expression_attribute_names("#v", "version")
-                    .expression_attribute_values(":expected", number_attr(expected));
-            }
-            let sent = observed(
-                "DeleteItem",
-                request
-                    .customize()
-                    .config_override(no_sdk_retries.clone())
-                    .send(),
-            )
-            .await;
-            let transient = matches!(
-                &sent,
-                Err(SdkError::TimeoutError(_)
-                    | SdkError::DispatchFailure(_)
-                    | SdkError::ResponseError(_))
-            ) || sent
-                .as_ref()
-                .err()
-                .and_then(ProvideErrorMetadata::code)
-                .is_some_and(error::is_throttling);
-            if transient && attempt < DELETE_ATTEMPTS {
-                // The request may have reached DynamoDB and been applied.
-                lost_a_reply = true;
-                tokio::time::sleep(Duration::from_millis(50 << attempt)).await;
-                continue;
-            }
-            return match self
-                .conditional_write(sent, owner, note_id, expected_version, None)
-                .await
-            {
-                Ok(_) => Ok(()),
-                // Gone now, after an attempt whose reply was lost: that
-                // attempt deleted it.
-                Err(StoreError::NotFound(_)) if lost_a_reply => Ok(()),
-                Err(err) => Err(err),
-            };
-        }
-        Err(StoreError::Unavailable(
-            format!("DeleteItem of {note_id} kept failing").into(),
-        ))
+    async fn delete(&self, owner: &str, note_id: Uuid, change: Change) -> Result<(), StoreError> {
+        self.write_once(owner, note_id, Edit::Delete, change)
+            .await
+            .map(|_| ())
     }
 }
