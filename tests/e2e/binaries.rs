@@ -590,7 +590,9 @@ async fn serving_ports(child: &mut Child) -> (u16, u16) {
     let mut lines = BufReader::new(child.stderr.take().unwrap()).lines();
     let (bound, admin) = tokio::time::timeout(Duration::from_secs(30), async {
         let mut admin = 0;
+        let mut said = Vec::new();
         while let Some(line) = lines.next_line().await.unwrap() {
+            said.push(line.clone());
             if line.contains("admin endpoints") {
                 admin = logged_port(&line).unwrap_or(0);
             }
@@ -600,7 +602,10 @@ async fn serving_ports(child: &mut Child) -> (u16, u16) {
                 return (port, admin);
             }
         }
-        panic!("notes-server serve exited before serving");
+        panic!(
+            "notes-server serve exited before serving:\n{}",
+            said.join("\n")
+        );
     })
     .await
     .expect("notes-server serve did not start within 30 s");

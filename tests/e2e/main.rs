@@ -50,6 +50,7 @@ mod policy;
 mod promises;
 mod public_services;
 mod retries;
+mod robustness;
 mod settings;
 mod tokens;
 mod transport;

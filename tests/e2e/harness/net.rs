@@ -160,7 +160,7 @@ fn error_response(code: &str) -> String {
 
 /// One HTTP/1.1 message (head and a Content-Length body) read from `from`,
 /// with the value of `header` if it is there; `None` at EOF.
-async fn read_message(
+pub(crate) async fn read_message(
     from: &mut (impl tokio::io::AsyncRead + Unpin),
     header: &str,
 ) -> Option<(Vec<u8>, Option<String>)> {
