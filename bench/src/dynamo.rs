@@ -23,12 +23,13 @@ use crate::{
     servers,
 };
 
-/// Requests sent, by `X-Amz-Target` operation (retries are requests too).
+/// Requests sent, by `X-Amz-Target` operation (retries are requests too),
+/// and their body bytes.
 #[derive(Debug, Default, Clone)]
-struct Requests(Arc<Mutex<BTreeMap<String, u64>>>);
+struct Requests(Arc<Mutex<BTreeMap<String, (u64, u64)>>>);
 
 impl Requests {
-    fn take(&self) -> BTreeMap<String, u64> {
+    fn take(&self) -> BTreeMap<String, (u64, u64)> {
         std::mem::take(&mut *self.0.lock().unwrap_or_else(|e| e.into_inner()))
     }
 }
@@ -51,12 +52,11 @@ impl Intercept for Requests {
             .and_then(|target| target.rsplit('.').next())
             .unwrap_or("unknown")
             .to_owned();
-        *self
-            .0
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .entry(operation)
-            .or_default() += 1;
+        let bytes = context.request().body().bytes().map_or(0, <[u8]>::len) as u64;
+        let mut counts = self.0.lock().unwrap_or_else(|e| e.into_inner());
+        let entry = counts.entry(operation).or_default();
+        entry.0 += 1;
+        entry.1 += bytes;
         Ok(())
     }
 }
@@ -70,6 +70,8 @@ pub struct Row {
     /// DynamoDB requests during them, by operation (the readiness probe's
     /// DescribeTable left out).
     pub requests: BTreeMap<String, u64>,
+    /// Their body bytes in all.
+    pub bytes: u64,
     /// Median latency, µs.
     pub p50_us: u64,
     /// 99th percentile, µs.
@@ -81,6 +83,39 @@ impl Row {
     pub fn per_call(&self) -> f64 {
         self.requests.values().sum::<u64>() as f64 / self.calls.max(1) as f64
     }
+
+    /// Request bytes per call.
+    pub fn bytes_per_call(&self) -> u64 {
+        self.bytes / self.calls.max(1) as u64
+    }
+}
+
+/// What the runs left in the table.
+pub struct Stored {
+    /// The item size of a note (DynamoDB's rule: names plus values), after
+    /// one update, in bytes.
+    pub once_updated: usize,
+    /// The same for the note every call of the busy-note row updated.
+    pub busy: usize,
+}
+
+/// DynamoDB's size of an item: attribute names plus values (numbers
+/// counted as their digits, about what DynamoDB charges).
+fn item_size(
+    item: &std::collections::HashMap<String, aws_sdk_dynamodb::types::AttributeValue>,
+) -> usize {
+    use aws_sdk_dynamodb::types::AttributeValue;
+    fn value(v: &AttributeValue) -> usize {
+        match v {
+            AttributeValue::S(s) | AttributeValue::N(s) => s.len(),
+            AttributeValue::M(m) => {
+                3 + m.iter().map(|(k, v)| k.len() + value(v) + 1).sum::<usize>()
+            }
+            AttributeValue::Bool(_) | AttributeValue::Null(_) => 1,
+            _ => 16,
+        }
+    }
+    item.iter().map(|(k, v)| k.len() + value(v)).sum()
 }
 
 /// Runs `calls` of each RPC, one after the other, against the real server
@@ -90,7 +125,7 @@ pub async fn run(
     config: &DynamoConfig,
     calls: usize,
     audit: AuditAllowed,
-) -> anyhow::Result<Vec<Row>> {
+) -> anyhow::Result<(Vec<Row>, Stored)> {
     let created = notes_server::startup::init_table(config).await?;
     let client = created.client();
     let requests = Requests::default();
@@ -101,6 +136,8 @@ pub async fn run(
             .interceptor(requests.clone())
             .build(),
     );
+    let client_for_sizes = client.clone();
+    let table = created.table().to_owned();
     let store = Arc::new(DynamoStore::new(counted, created.table()));
     let server = servers::real(material, store, audit)?;
     let target = Target::new(server.addr, &material.dir)?;
@@ -127,7 +164,8 @@ pub async fn run(
             rows.push(Row {
                 rpc: $rpc,
                 calls,
-                requests,
+                bytes: requests.values().map(|(_, b)| b).sum(),
+                requests: requests.into_iter().map(|(op, (n, _))| (op, n)).collect(),
                 p50_us: latencies.value_at_quantile(0.5),
                 p99_us: latencies.value_at_quantile(0.99),
             });
@@ -166,15 +204,62 @@ pub async fn run(
             }))
             .await?;
     });
+    phase!("UpdateNote with request_id", i => {
+        client
+            .update_note(authorized(&token, UpdateNoteRequest {
+                note_id: ids[i].clone(),
+                content: "updated again".into(),
+                expected_version: 0,
+                request_id: uuid::Uuid::new_v4().to_string(),
+            }))
+            .await?;
+    });
+    // One note takes every call: its record of recent writes fills and is
+    // pruned (one call in 16 sends a second request).
+    phase!("UpdateNote, one busy note", i => {
+        client
+            .update_note(authorized(&token, UpdateNoteRequest {
+                note_id: ids[0].clone(),
+                content: servers::content(i),
+                expected_version: 0,
+                request_id: if i % 2 == 0 { uuid::Uuid::new_v4().to_string() } else { String::new() },
+            }))
+            .await?;
+    });
+    let size_of = |id: &String| {
+        let client = client_for_sizes.clone();
+        let table = table.clone();
+        let id = id.clone();
+        async move {
+            let item = client
+                .get_item()
+                .table_name(table)
+                .key(
+                    "userId",
+                    aws_sdk_dynamodb::types::AttributeValue::S(
+                        notes_server::dev::DEV_SUBJECT.into(),
+                    ),
+                )
+                .key("noteId", aws_sdk_dynamodb::types::AttributeValue::S(id))
+                .consistent_read(true)
+                .send()
+                .await?;
+            anyhow::Ok(item.item.as_ref().map_or(0, item_size))
+        }
+    };
+    let stored = Stored {
+        once_updated: size_of(&ids[calls - 1]).await?,
+        busy: size_of(&ids[0]).await?,
+    };
     phase!("DeleteNote", i => {
         client
             .delete_note(authorized(&token, DeleteNoteRequest {
                 note_id: ids[i].clone(),
-                expected_version: 2,
+                expected_version: 0,
                 request_id: String::new(),
             }))
             .await?;
     });
     drop(server);
-    Ok(rows)
+    Ok((rows, stored))
 }

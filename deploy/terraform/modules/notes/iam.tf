@@ -44,7 +44,6 @@ data "aws_iam_policy_document" "task_dynamodb" {
     sid    = "NotesTable"
     effect = "Allow"
     actions = [
-      "dynamodb:DeleteItem",
       "dynamodb:DescribeTable",
       "dynamodb:DescribeTimeToLive", # notes-server check, run as the task
       "dynamodb:GetItem",
