@@ -299,7 +299,7 @@ async fn the_certs_tool_stands_up_a_pki_that_serves_and_revokes() {
         .stdout(Stdio::null())
         .stderr(Stdio::piped());
     let mut server: Child = server.spawn().unwrap();
-    let (port, _) = serving_ports(&mut server).await;
+    let (port, _) = serving_ports(&mut server).await.unwrap();
     let list = || {
         let mut cmd = Command::new(bin("notes"));
         cmd.args(["--endpoint", &format!("https://localhost:{port}")])
@@ -564,6 +564,18 @@ pub(crate) async fn start_serve_with_admin(
     port: u16,
     env: &[(&str, &str)],
 ) -> (Child, u16, u16) {
+    try_start_serve(dir, table, port, env)
+        .await
+        .unwrap_or_else(|said| panic!("{said}"))
+}
+
+/// Like [`start_serve_with_admin`]; what it said when it did not serve.
+pub(crate) async fn try_start_serve(
+    dir: &Path,
+    table: &str,
+    port: u16,
+    env: &[(&str, &str)],
+) -> Result<(Child, u16, u16), String> {
     let mut cmd = server_command(dir, table, port);
     cmd.env("NOTES_LOG_FORMAT", "json");
     // An empty value removes the variable.
@@ -579,13 +591,13 @@ pub(crate) async fn start_serve_with_admin(
         .stderr(Stdio::piped())
         .spawn()
         .unwrap();
-    let (bound, admin) = serving_ports(&mut child).await;
-    (child, bound, admin)
+    let (bound, admin) = serving_ports(&mut child).await?;
+    Ok((child, bound, admin))
 }
 
 /// Reads a `serve` child's JSON logs (stderr, piped) until it serves;
 /// returns the ports it bound (data plane, admin) and keeps draining them.
-async fn serving_ports(child: &mut Child) -> (u16, u16) {
+async fn serving_ports(child: &mut Child) -> Result<(u16, u16), String> {
     use tokio::io::{AsyncBufReadExt, BufReader};
     let mut lines = BufReader::new(child.stderr.take().unwrap()).lines();
     let (bound, admin) = tokio::time::timeout(Duration::from_secs(30), async {
@@ -599,18 +611,18 @@ async fn serving_ports(child: &mut Child) -> (u16, u16) {
             if line.contains("serving notes.v1.NotesService")
                 && let Some(port) = logged_port(&line)
             {
-                return (port, admin);
+                return Ok((port, admin));
             }
         }
-        panic!(
+        Err(format!(
             "notes-server serve exited before serving:\n{}",
             said.join("\n")
-        );
+        ))
     })
     .await
-    .expect("notes-server serve did not start within 30 s");
+    .map_err(|_| "notes-server serve did not start within 30 s".to_owned())??;
     tokio::spawn(async move { while let Ok(Some(_)) = lines.next_line().await {} });
-    (bound, admin)
+    Ok((bound, admin))
 }
 
 /// What one writer saw.

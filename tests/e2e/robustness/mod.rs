@@ -32,7 +32,7 @@ use self::{
     proxy::{Events, FaultProxy, Faults},
 };
 use crate::{
-    binaries::start_serve,
+    binaries::try_start_serve,
     harness::{dynamodb_config, dynamodb_endpoint, pki::write_files, token_for},
 };
 
@@ -83,12 +83,25 @@ impl Instances {
         ]
     }
 
+    /// Starts instance `i`, trying again while it refuses to start (it
+    /// stops at once when its start-up check of the table times out, as it
+    /// may while DynamoDB is slow).
     async fn start(&mut self, i: usize) {
         let env = self.env(i);
         let env: Vec<(&str, &str)> = env.iter().map(|(k, v)| (*k, v.as_str())).collect();
-        let (child, port) = start_serve(&self.dir, &self.table, self.ports[i], &env).await;
-        self.ports[i] = port;
-        self.children[i] = Some(child);
+        let mut said = String::new();
+        for _ in 0..10 {
+            match try_start_serve(&self.dir, &self.table, self.ports[i], &env).await {
+                Ok((child, port, _)) => {
+                    self.ports[i] = port;
+                    self.children[i] = Some(child);
+                    return;
+                }
+                Err(why) => said = why,
+            }
+            tokio::time::sleep(Duration::from_secs(1)).await;
+        }
+        panic!("instance {} did not start again: {said}", name(i));
     }
 
     async fn kill(&mut self, i: usize) {
@@ -168,6 +181,8 @@ async fn run_client(
     let mut ops = Vec::new();
     let mut seq = 0;
     while events.now() < until {
+        // A little think time: moto answers one request at a time.
+        tokio::time::sleep(Duration::from_millis(rng.u64(0..8))).await;
         seq += 1;
         let content = format!("{tag}:w{process}.{seq}");
         let keyed = rng.u32(0..10) < 7;
