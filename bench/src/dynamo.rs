@@ -139,7 +139,7 @@ pub async fn run(
     let client_for_sizes = client.clone();
     let table = created.table().to_owned();
     let store = Arc::new(DynamoStore::new(counted, created.table()));
-    let server = servers::real(material, store, audit)?;
+    let server = servers::real(material, Some(store), audit).await?;
     let target = Target::new(server.addr, &material.dir)?;
     let mut client = target.connect().await?;
     let token: tonic::metadata::MetadataValue<_> = format!(

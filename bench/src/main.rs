@@ -29,7 +29,6 @@ use notes_server::{
     auth::{AuditAllowed, signer::AccessTokenSpec},
     config::DynamoConfig,
     dev::{self, DevMaterial},
-    store::MemoryStore,
     telemetry::LogFormat,
 };
 
@@ -331,7 +330,7 @@ async fn compare(
         began.elapsed().as_secs_f64()
     );
     let bare = servers::bare(material)?;
-    let real = servers::real(material, Arc::new(MemoryStore::new()), audit)?;
+    let real = servers::real(material, None, audit).await?;
     let bare_target = Target::new(bare.addr, &material.dir)?;
     let real_target = Target::new(real.addr, &material.dir)?;
     let real_fixture = Arc::new(fixture(&real_target, &tokens).await?);
@@ -492,7 +491,7 @@ async fn soak(
     audit: AuditAllowed,
 ) -> anyhow::Result<ExitCode> {
     let tokens = sign_tokens(material, args.shape.tokens.max(1))?;
-    let real = servers::real(material, Arc::new(MemoryStore::new()), audit)?;
+    let real = servers::real(material, None, audit).await?;
     let target = Target::new(real.addr, &material.dir)?;
     let fixture = Arc::new(fixture(&target, &tokens).await?);
     println!(

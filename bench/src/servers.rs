@@ -12,7 +12,8 @@ use notes_api::pb::{
 };
 use notes_server::{
     auth::AuditAllowed,
-    dev::DevMaterial,
+    config::StoreSettings,
+    dev::{self, DevMaterial},
     startup,
     store::NoteStore,
     tls::{self, TlsMaterial},
@@ -171,18 +172,21 @@ pub fn bare(material: &DevMaterial) -> anyhow::Result<Running> {
     })
 }
 
-/// The real server as `notes-server dev` assembles it (`startup::dev_app`:
-/// dev PKI and issuer, audit trail, metrics, limits) over `store`, auditing
-/// the allowed calls `audit` covers.
-pub fn real(
+/// The real server as `notes-server dev` assembles it (`startup::build`
+/// from `dev::settings`: dev PKI and issuer, audit trail, metrics, limits,
+/// refusal budget), over `store` when given (the DynamoDB mode's counting
+/// client) or in memory, auditing the allowed calls `audit` covers.
+pub async fn real(
     material: &DevMaterial,
-    store: Arc<dyn NoteStore>,
+    store: Option<Arc<dyn NoteStore>>,
     audit: AuditAllowed,
 ) -> anyhow::Result<Running> {
-    let mut app = startup::dev_app(material, store)?;
-    let authenticator = Arc::try_unwrap(app.authenticator)
-        .map_err(|_| anyhow::anyhow!("dev_app's authenticator is shared"))?;
-    app.authenticator = Arc::new(authenticator.with_audit_allowed(audit));
+    let mut settings = dev::settings(material, StoreSettings::Memory);
+    settings.audit_allowed = audit;
+    let server = match store {
+        Some(store) => startup::build_with_store(settings, store)?,
+        None => startup::build(settings).await?,
+    };
     let runtime = server_runtime("notes-server")?;
     let (listener, addr) = bind()?;
     let (stop, stopped) = oneshot::channel::<()>();
@@ -193,7 +197,7 @@ pub fn real(
         let shutdown = async {
             let _ = stopped.await;
         };
-        if let Err(err) = notes_server::run(listener, shutdown, app).await {
+        if let Err(err) = server.serve(listener, None, shutdown).await {
             eprintln!("notes-bench: the real server failed: {err}");
         }
     });

@@ -87,19 +87,18 @@ fn check(name: impl Into<String>, outcome: Result<String, String>) -> Check {
 }
 
 /// Runs every check; the lines in order. `serve` would start only if all
-/// are ok; a certificate or CRL with fewer than `min_days` left fails.
+/// are ok; a certificate or CRL with fewer than `min_days` left fails. The
+/// last line is the dry run: the server built by [`startup::build`] from
+/// these settings, as `serve` builds it, then dropped.
 pub async fn run(config: &ServeConfig, min_days: i64) -> Vec<Check> {
-    let mut checks = Vec::new();
-    checks.push(check(
+    let mut checks = vec![check(
         "limits",
         config
             .limits
             .limits()
             .map(|_| "every bound is set".to_owned())
             .map_err(|e| e.to_string()),
-    ));
-
-    // Token issuers and their keys.
+    )];
     match config.auth.settings() {
         Err(err) => checks.push(check("token settings", Err(err.to_string()))),
         Ok(settings) => {
@@ -108,50 +107,77 @@ pub async fn run(config: &ServeConfig, min_days: i64) -> Vec<Check> {
                 Ok(format!("{} issuer(s)", settings.issuers.len())),
             ));
             for issuer in &settings.issuers {
-                let name = format!("keys of {}", issuer.policy.issuer);
-                let outcome = match &issuer.jwks {
-                    JwksLocation::File(path) => crate::auth::keys::StaticKeys::from_jwks_file(path)
-                        .map(|_| format!("read {}", path.display()))
-                        .map_err(|e| error_chain(&e)),
-                    JwksLocation::Url(url, jwks) => {
-                        match crate::auth::jwks::RemoteJwks::new(url.clone(), jwks.clone()) {
-                            Err(e) => Err(error_chain(&e)),
-                            Ok(remote) => {
-                                let remote: Arc<dyn KeySource> = Arc::new(remote);
-                                remote
-                                    .refresh()
-                                    .await
-                                    .map(|()| format!("fetched {url}"))
-                                    .map_err(|e| error_chain(&e))
-                            }
-                        }
-                    }
-                };
-                checks.push(check(name, outcome));
+                checks.push(check(
+                    format!("keys of {}", issuer.policy.issuer),
+                    issuer_keys(&issuer.jwks).await,
+                ));
             }
         }
     }
+    checks.extend(tls_checks(config, min_days));
+    checks.push(check(
+        "page-token key",
+        startup::page_tokens(&config.page_token_key_file)
+            .map(|_| format!("{} is usable", config.page_token_key_file.display()))
+            .map_err(|e| e.to_string()),
+    ));
+    checks.extend(store_checks(config).await);
+    if checks.iter().all(|c| c.outcome.is_ok()) {
+        let built = match config.settings() {
+            Ok(settings) => startup::build(settings).await.map(drop),
+            Err(err) => Err(err),
+        };
+        checks.push(check(
+            "assembly",
+            built
+                .map(|()| "the server builds from these settings as serve builds it".to_owned())
+                .map_err(|e| e.to_string()),
+        ));
+    }
+    checks
+}
 
-    // TLS: the configuration builds (key matches certificate), and dates.
+/// An issuer's keys: read from their file, or fetched from their URL.
+async fn issuer_keys(jwks: &JwksLocation) -> Result<String, String> {
+    match jwks {
+        JwksLocation::File(path) => crate::auth::keys::StaticKeys::from_jwks_file(path)
+            .map(|_| format!("read {}", path.display()))
+            .map_err(|e| error_chain(&e)),
+        JwksLocation::Url(url, settings) => {
+            let remote: Arc<dyn KeySource> = Arc::new(
+                crate::auth::jwks::RemoteJwks::new(url.clone(), settings.clone())
+                    .map_err(|e| error_chain(&e))?,
+            );
+            remote
+                .refresh()
+                .await
+                .map(|()| format!("fetched {url}"))
+                .map_err(|e| error_chain(&e))
+        }
+    }
+}
+
+/// TLS: the configuration builds (the key matches the certificate), and
+/// how long the certificates and CRLs stay valid.
+fn tls_checks(config: &ServeConfig, min_days: i64) -> Vec<Check> {
     let files = TlsFiles {
         cert: config.tls_cert.clone(),
         key: config.tls_key.clone(),
         client_ca: config.client_ca.clone(),
         crls: config.client_crls.clone(),
     };
-    checks.push(check(
+    let mut checks = vec![check(
         "TLS configuration",
         tls::ServerTls::from_files(files)
             .map(|_| "certificate, key, client CAs and CRLs load; the key matches".to_owned())
             .map_err(|e| error_chain(&e)),
-    ));
+    )];
     let read = |path: &std::path::Path| std::fs::read(path).unwrap_or_default();
     for (name, path) in [
         ("server certificate", &config.tls_cert),
         ("client CA", &config.client_ca),
     ] {
-        let pem = read(path);
-        let ends = not_afters(&pem);
+        let ends = not_afters(&read(path));
         if ends.is_empty() {
             checks.push(check(
                 format!("{name} {}", path.display()),
@@ -180,46 +206,40 @@ pub async fn run(config: &ServeConfig, min_days: i64) -> Vec<Check> {
             }
         }
     }
+    checks
+}
 
-    checks.push(check(
-        "page-token key",
-        startup::page_tokens(&config.page_token_key_file)
-            .map(|_| format!("{} is usable", config.page_token_key_file.display()))
-            .map_err(|e| e.to_string()),
-    ));
-
-    // The table.
-    match config.store {
-        StoreKind::Memory => checks.push(check(
+/// The table: its key schema, and TTL on the idempotency records.
+async fn store_checks(config: &ServeConfig) -> Vec<Check> {
+    if config.store == StoreKind::Memory {
+        return vec![check(
             "store",
             Ok("memory (one instance, notes lost on exit)".into()),
-        )),
-        StoreKind::Dynamodb => {
-            let name = format!("table {}", config.dynamodb.table);
-            match startup::dynamodb_store(&config.dynamodb).await {
-                Err(err) => checks.push(check(name, Err(err.to_string()))),
-                Ok(store) => {
-                    checks.push(check(
-                        name.clone(),
-                        store
-                            .check_table()
-                            .await
-                            .map(|()| "exists with userId (S, HASH) + noteId (S, RANGE)".into())
-                            .map_err(|e| error_chain(&e)),
-                    ));
-                    checks.push(check(
-                        format!("{name} TTL"),
-                        store
-                            .check_ttl()
-                            .await
-                            .map(|()| "enabled on expiresAt".into())
-                            .map_err(|e| error_chain(&e)),
-                    ));
-                }
-            }
-        }
+        )];
     }
-    checks
+    let name = format!("table {}", config.dynamodb.table);
+    let store = match startup::dynamodb_store(&config.dynamodb).await {
+        Err(err) => return vec![check(name, Err(err.to_string()))],
+        Ok(store) => store,
+    };
+    vec![
+        check(
+            name.clone(),
+            store
+                .check_table()
+                .await
+                .map(|()| "exists with userId (S, HASH) + noteId (S, RANGE)".into())
+                .map_err(|e| error_chain(&e)),
+        ),
+        check(
+            format!("{name} TTL"),
+            store
+                .check_ttl()
+                .await
+                .map(|()| "enabled on expiresAt".into())
+                .map_err(|e| error_chain(&e)),
+        ),
+    ]
 }
 
 #[cfg(test)]

@@ -24,11 +24,17 @@ use std::{
 use anyhow::Context;
 
 use crate::{
-    auth::signer::{AccessTokenSpec, TokenSigner},
+    auth::{
+        Bindings, ScopePolicy, TokenPolicy,
+        signer::{AccessTokenSpec, TokenSigner},
+        verify::{DEFAULT_CACHE_CAPACITY, DEFAULT_MAX_TOKEN_BYTES},
+    },
     certs::{
         authority::{CertificateAuthority, Subject},
         write_file,
     },
+    config::{AuthSettings, IssuerSettings, JwksLocation, Settings, StoreSettings},
+    tls::TlsFiles,
 };
 
 /// The dev issuer (`iss`), shaped like a Cognito user pool's.
@@ -48,7 +54,38 @@ pub const DEV_TOKEN_LIFETIME: Duration = Duration::from_secs(12 * 3600);
 
 const CERT_VALIDITY: Duration = Duration::from_secs(365 * 24 * 3600);
 
-/// The dev material's folder; [`crate::startup::dev_app`] serves from it.
+/// Dev mode's settings: its material, the dev issuer, notes in `store`, and
+/// every other setting at `serve`'s default; [`crate::startup::build`]
+/// assembles the server from them as it does `serve`'s.
+pub fn settings(material: &DevMaterial, store: StoreSettings) -> Settings {
+    let scopes = ScopePolicy::same_for_all(
+        [DEV_READ_SCOPE.to_owned()].into(),
+        [DEV_WRITE_SCOPE.to_owned()].into(),
+    );
+    let auth = AuthSettings {
+        issuers: vec![IssuerSettings {
+            setting: "--dev-dir (the dev issuer's jwks.json)",
+            policy: TokenPolicy::new(DEV_ISSUER, [DEV_CLIENT_ID.to_owned()]).with_scopes(scopes),
+            jwks: JwksLocation::File(material.path("jwks.json")),
+        }],
+        max_token_bytes: DEFAULT_MAX_TOKEN_BYTES,
+        cache_capacity: DEFAULT_CACHE_CAPACITY,
+        bindings: Bindings::new(),
+        several_issuers: false,
+    };
+    let tls = TlsFiles {
+        cert: material.path("server.pem"),
+        key: material.path("server.key"),
+        client_ca: material.path("ca.pem"),
+        crls: Vec::new(),
+    };
+    Settings {
+        store,
+        ..Settings::new(tls, auth, material.path("page-token.key"))
+    }
+}
+
+/// The dev material's folder; [`settings`] serves from it.
 #[derive(Debug, Clone)]
 pub struct DevMaterial {
     /// The folder holding every file listed above.

@@ -7,8 +7,8 @@
 //!
 //! # Layout
 //! - [`config`]: typed settings (flags, `NOTES_*` environment, TOML) and their validation; secrets that do not print.
-//! - [`startup`]: assembles the [`App`] from settings or dev material (the only module that sees them all).
-//! - [`server`]: [`run`] serves a bound listener until a shutdown future resolves; the tower stack is built here.
+//! - [`startup`]: [`startup::build`] assembles the [`Server`] from [`config::Settings`], the one way it is made.
+//! - [`server`]: [`Server::serve`] serves bound listeners until a shutdown future resolves; the tower stack is built here.
 //! - [`limits`]: every bound on what a peer can make the server hold, with its default and reason.
 //! - [`metrics`]: Prometheus metrics: go-grpc-middleware's RPC metrics and the service's `notes_*`.
 //! - [`admin`]: the admin listener: `/metrics`, `/livez`, `/readyz`, apart from the data plane.
@@ -51,4 +51,4 @@ pub mod telemetry;
 pub mod tls;
 
 pub use limits::Limits;
-pub use server::{App, run};
+pub use server::Server;

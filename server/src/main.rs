@@ -1,15 +1,14 @@
-//! `notes-server`: parses configuration, binds the listener and calls
-//! [`notes_server::run`].
+//! `notes-server`: parses configuration, builds the server
+//! ([`notes_server::startup::build`]), binds its listeners and serves.
 
-use std::{net::SocketAddr, path::PathBuf, process::ExitCode, sync::Arc};
+use std::{net::SocketAddr, path::PathBuf, process::ExitCode};
 
 use anyhow::Context;
 use clap::{Parser, Subcommand};
 use notes_server::{
-    config::{DevConfig, DynamoConfig, ServeConfig, StoreKind},
-    dev::DevMaterial,
+    config::{DevConfig, DynamoConfig, ServeConfig, StoreKind, StoreSettings},
+    dev::{self, DevMaterial},
     startup,
-    store::{MemoryStore, NoteStore},
     telemetry::{self, LogFormat},
     tls,
 };
@@ -113,24 +112,27 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
     let _telemetry = telemetry::init(format == LogFormat::Json, otlp);
     tls::install_crypto_provider();
 
-    let (app, listener, dev) = match cli.command {
+    let (server, listener, admin, dev) = match cli.command {
         Command::Dev(config) => {
             config.check_listen()?;
             // Bind before writing anything: a busy port leaves the files alone.
             let listener = bind(config.listen).await?;
-            let store: Arc<dyn NoteStore> = match config.store {
-                StoreKind::Memory => Arc::new(MemoryStore::new()),
-                StoreKind::Dynamodb => Arc::new(startup::init_table(&config.dynamodb()).await?),
+            let store = match config.store {
+                StoreKind::Memory => StoreSettings::Memory,
+                StoreKind::Dynamodb => StoreSettings::Dynamodb {
+                    config: config.dynamodb(),
+                    create_if_missing: true,
+                },
             };
             let material = DevMaterial::ensure(&config.dir)?;
-            let app = startup::dev_app(&material, store)?;
-            (app, listener, Some(material))
+            let server = startup::build(dev::settings(&material, store)).await?;
+            (server, listener, None, Some(material))
         }
         Command::Serve(config) => {
-            let mut app = startup::serve_app(&config).await?;
+            let server = startup::build(config.settings()?).await?;
             let listener = bind(config.listen).await?;
-            app.admin = Some(bind(config.admin_listen).await?);
-            (app, listener, None)
+            let admin = bind(config.admin_listen).await?;
+            (server, listener, Some(admin), None)
         }
         Command::Certs { dir, command } => {
             println!("{}", notes_server::certs::run(&dir, command)?);
@@ -163,7 +165,7 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
     if let Some(material) = dev {
         print_dev_instructions(&material, listener.local_addr()?);
     }
-    notes_server::run(listener, shutdown_signal(), app).await?;
+    server.serve(listener, admin, shutdown_signal()).await?;
     Ok(())
 }
 

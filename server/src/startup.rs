@@ -1,5 +1,7 @@
-//! Assembly: builds the [`App`] that [`crate::run`] serves from validated
-//! settings ([`crate::config`]) or from dev material ([`crate::dev`]).
+//! Assembly: [`build`] makes the [`Server`] from [`Settings`], the one way
+//! it is made: `serve` (from its flags), `dev` (from its material), `check`
+//! (a dry run that builds and stops), the tests' harness and the benchmark
+//! all call it, so what is tested is what ships.
 //!
 //! Every failure here is a [`ConfigError`] naming the setting to fix, so
 //! `serve` stops at start-up instead of serving half-configured.
@@ -7,21 +9,19 @@
 use std::{path::Path, sync::Arc, time::Duration};
 
 use crate::{
-    App, Limits,
     api::PageTokens,
     auth::{
-        Authenticator, ScopePolicy, TokenPolicy, TokenVerifier,
+        Authenticator, TokenVerifier,
         jwks::RemoteJwks,
         keys::{KeySource, StaticKeys},
     },
     config::{
-        AuthSettings, ConfigError, DynamoConfig, JwksLocation, ServeConfig, StoreKind, config_err,
-        non_blank_set,
+        AuthSettings, ConfigError, DynamoConfig, JwksLocation, Settings, StoreSettings, config_err,
     },
-    dev::{DEV_CLIENT_ID, DEV_ISSUER, DEV_READ_SCOPE, DEV_WRITE_SCOPE, DevMaterial},
     error::error_chain,
+    server::Server,
     store::{DynamoStore, MemoryStore, NoteStore, StoreError},
-    tls::{Identity, ServerTls, TlsFiles},
+    tls::ServerTls,
 };
 
 /// How long `init-table` and `dev --store dynamodb` wait for a new table.
@@ -29,99 +29,98 @@ pub const TABLE_READY_WAIT: Duration = Duration::from_secs(120);
 
 const PAGE_TOKEN_KEY_SETTING: &str = "--page-token-key-file / NOTES_PAGE_TOKEN_KEY_FILE";
 
-/// Checks every setting of `serve`, checks the table, and assembles the server.
-pub async fn serve_app(config: &ServeConfig) -> Result<App, ConfigError> {
-    let settings = config.auth.settings()?;
-    let issuers: Vec<String> = settings
-        .issuers
-        .iter()
-        .map(|i| i.policy.issuer.clone())
-        .collect();
-    let authenticator = authenticator(settings)?;
-    let tls = ServerTls::from_files(TlsFiles {
-        cert: config.tls_cert.clone(),
-        key: config.tls_key.clone(),
-        client_ca: config.client_ca.clone(),
-        crls: config.client_crls.clone(),
-    })
-    .map_err(|e| {
+/// Builds the server from `settings`: TLS, token verification and policy,
+/// page tokens and the store (its table checked). Nothing is bound or
+/// fetched yet: [`Server::serve`] does that.
+pub async fn build(settings: Settings) -> Result<Server, ConfigError> {
+    // Local settings first: a wrong file fails before the network is asked.
+    let parts = Parts::of(&settings)?;
+    let store = store(&settings).await?;
+    Ok(parts.over(store, settings))
+}
+
+/// [`build`] over a store the caller made: the seam for a test's store that
+/// injects faults, and for the benchmark's request-counting DynamoDB client.
+pub fn build_with_store(
+    settings: Settings,
+    store: Arc<dyn NoteStore>,
+) -> Result<Server, ConfigError> {
+    Ok(Parts::of(&settings)?.over(store, settings))
+}
+
+/// What the server is made of beside its store, built from files.
+struct Parts {
+    tls: Arc<ServerTls>,
+    page_tokens: PageTokens,
+    authenticator: Authenticator,
+}
+
+impl Parts {
+    fn of(settings: &Settings) -> Result<Self, ConfigError> {
+        Ok(Self {
+            tls: tls(settings)?,
+            page_tokens: page_tokens(&settings.page_token_key_file)?,
+            authenticator: authenticator(settings)?,
+        })
+    }
+
+    fn over(self, store: Arc<dyn NoteStore>, settings: Settings) -> Server {
+        log_summary(&settings);
+        Server::new(
+            store,
+            Arc::new(self.authenticator),
+            self.tls,
+            self.page_tokens,
+            settings.limits,
+        )
+    }
+}
+
+/// The server's TLS configuration from its files.
+pub fn tls(settings: &Settings) -> Result<Arc<ServerTls>, ConfigError> {
+    ServerTls::from_files_with_clock(settings.tls.clone(), settings.clock.clone()).map_err(|e| {
         config_err(
             "--tls-cert / --tls-key / --client-ca / --client-crl",
             error_chain(&e),
         )
-    })?;
-    let limits = config.limits.limits()?;
-    let allowed = non_blank_set(&config.allowed_client_identities)
-        .iter()
-        .map(|identity| Identity::parse(identity))
-        .collect::<Result<_, _>>()
-        .map_err(|e| {
-            config_err(
-                "--allowed-client-identities / NOTES_ALLOWED_CLIENT_IDENTITIES",
-                e,
-            )
-        })?;
-    let authenticator = authenticator
-        .with_allowed_identities(allowed)
-        .with_audit_allowed(config.audit_allowed)
-        .with_refusal_budget(crate::limits::REFUSALS_PER_IDENTITY);
-    let page_tokens = page_tokens(&config.page_token_key_file)?;
-
-    let store: Arc<dyn NoteStore> = match config.store {
-        StoreKind::Memory => Arc::new(MemoryStore::new()),
-        StoreKind::Dynamodb => {
-            let store = dynamodb_store(&config.dynamodb).await?;
-            store
-                .check_table()
-                .await
-                .map_err(|e| table_error(&config.dynamodb, &e))?;
-            Arc::new(store)
-        }
-    };
-    log_summary(config, &issuers, &limits);
-    Ok(App {
-        store,
-        authenticator: Arc::new(authenticator),
-        tls,
-        page_tokens,
-        limits,
-        admin: None,
     })
 }
 
-/// The server on dev defaults (dev PKI and issuer, its own page-token key)
-/// over `store`.
-pub fn dev_app(material: &DevMaterial, store: Arc<dyn NoteStore>) -> anyhow::Result<App> {
-    let tls = ServerTls::from_files(TlsFiles {
-        cert: material.path("server.pem"),
-        key: material.path("server.key"),
-        client_ca: material.path("ca.pem"),
-        crls: vec![],
-    })?;
-    let keys = StaticKeys::from_jwk_set(&material.signer()?.jwks())?;
-    let scopes = ScopePolicy::same_for_all(
-        [DEV_READ_SCOPE.to_owned()].into(),
-        [DEV_WRITE_SCOPE.to_owned()].into(),
-    );
-    let verifier = TokenVerifier::new(
-        TokenPolicy::new(DEV_ISSUER, [DEV_CLIENT_ID.to_owned()]).with_scopes(scopes),
-        Arc::new(keys),
-    );
-    Ok(App {
-        store,
-        authenticator: Arc::new(
-            Authenticator::new(verifier).with_refusal_budget(crate::limits::REFUSALS_PER_IDENTITY),
-        ),
-        tls,
-        page_tokens: page_tokens(&material.path("page-token.key"))?,
-        limits: Limits::default(),
-        admin: None,
+/// The store of `settings`, its table checked (or created, as dev mode asks).
+pub async fn store(settings: &Settings) -> Result<Arc<dyn NoteStore>, ConfigError> {
+    Ok(match &settings.store {
+        StoreSettings::Memory => Arc::new(MemoryStore::new()),
+        StoreSettings::Dynamodb {
+            config,
+            create_if_missing,
+        } => {
+            let store = dynamodb_store(config).await?;
+            let checked = if *create_if_missing {
+                store.init_table(TABLE_READY_WAIT).await
+            } else {
+                store.check_table().await
+            };
+            checked.map_err(|e| table_error(config, &e))?;
+            Arc::new(store)
+        }
     })
 }
 
 /// The authenticator of `settings`: reads JWKS files, prepares JWKS fetchers
-/// (nothing is fetched until the server starts).
-pub fn authenticator(settings: AuthSettings) -> Result<Authenticator, ConfigError> {
+/// (nothing is fetched until the server starts), with the identity
+/// allow-list, the audit policy and the refusal budget.
+pub fn authenticator(settings: &Settings) -> Result<Authenticator, ConfigError> {
+    let authenticator = token_authenticator(settings.auth.clone())?
+        .with_allowed_identities(settings.allowed_identities.clone())
+        .with_audit_allowed(settings.audit_allowed);
+    Ok(match settings.refusal_budget {
+        Some(budget) => authenticator.with_refusal_budget(budget),
+        None => authenticator.without_refusal_budget(),
+    })
+}
+
+/// Token verification alone: the issuers, their keys and policies.
+fn token_authenticator(settings: AuthSettings) -> Result<Authenticator, ConfigError> {
     let mut issuers = Vec::with_capacity(settings.issuers.len());
     for issuer in settings.issuers {
         let keys: Arc<dyn KeySource> = match issuer.jwks {
@@ -203,11 +202,12 @@ pub async fn dynamodb_client(
     Ok(aws_sdk_dynamodb::Client::new(&shared))
 }
 
-/// One line that says what `serve` is about to do, so an operator sees a
-/// setting that is not what they meant (a CRL missing, another table).
-fn log_summary(config: &ServeConfig, issuers: &[String], limits: &Limits) {
-    let crls: Vec<String> = config
-        .client_crls
+/// One line that says what the server is about to do, so an operator sees
+/// a setting that is not what they meant (a CRL missing, another table).
+fn log_summary(settings: &Settings) {
+    let crls: Vec<String> = settings
+        .tls
+        .crls
         .iter()
         .map(|path| {
             let revoked = std::fs::read(path)
@@ -217,24 +217,28 @@ fn log_summary(config: &ServeConfig, issuers: &[String], limits: &Limits) {
             format!("{} ({revoked} revoked)", path.display())
         })
         .collect();
-    let store = match config.store {
-        StoreKind::Memory => "memory (one instance, lost on exit)".to_owned(),
-        StoreKind::Dynamodb => format!(
+    let store = match &settings.store {
+        StoreSettings::Memory => "memory (one instance, lost on exit)".to_owned(),
+        StoreSettings::Dynamodb { config, .. } => format!(
             "dynamodb table {:?}{}",
-            config.dynamodb.table.trim(),
+            config.table.trim(),
             config
-                .dynamodb
                 .dynamodb_endpoint
                 .as_deref()
                 .map(|e| format!(" at {e}"))
                 .unwrap_or_default()
         ),
     };
+    let issuers: Vec<&str> = settings
+        .auth
+        .issuers
+        .iter()
+        .map(|i| i.policy.issuer.as_str())
+        .collect();
+    let limits = &settings.limits;
     tracing::info!(
-        listen = %config.listen,
-        admin = %config.admin_listen,
         issuers = %issuers.join(", "),
-        client_ca = %config.client_ca.display(),
+        client_ca = %settings.tls.client_ca.display(),
         crls = %if crls.is_empty() { "none".to_owned() } else { crls.join(", ") },
         store = %store,
         max_connections = limits.max_connections,
@@ -243,7 +247,10 @@ fn log_summary(config: &ServeConfig, issuers: &[String], limits: &Limits) {
             .rate_limit
             .as_ref()
             .map_or_else(|| "off".to_owned(), |r| format!("{}/s, burst {}", r.per_second, r.burst)),
-        "serve: settings"
+        refusal_budget = %settings
+            .refusal_budget
+            .map_or_else(|| "off".to_owned(), |r| format!("{}/s, burst {}", r.per_second, r.burst)),
+        "settings"
     );
 }
 

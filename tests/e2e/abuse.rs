@@ -707,12 +707,12 @@ async fn refusals_over_an_identitys_cap_linger_within_the_handshake_cap() {
 #[tokio::test]
 async fn a_certificate_drawing_refusals_past_its_budget_is_refused_before_verification() {
     let app = TestApp::builder()
-        .authenticator(
-            crate::harness::test_authenticator().with_refusal_budget(RateLimit {
+        .settings(|s, _| {
+            s.refusal_budget = Some(RateLimit {
                 per_second: 0.5,
                 burst: 5,
-            }),
-        )
+            })
+        })
         .spawn()
         .await;
     let forged = {

@@ -1266,7 +1266,7 @@ async fn serve_logs_one_start_up_summary() {
     let mut lines = BufReader::new(child.stderr.take().unwrap()).lines();
     let summary = tokio::time::timeout(Duration::from_secs(30), async {
         while let Some(line) = lines.next_line().await.unwrap() {
-            if line.contains("serve: settings") {
+            if line.contains("\"message\":\"settings\"") {
                 return line;
             }
         }
@@ -1284,6 +1284,7 @@ async fn serve_logs_one_start_up_summary() {
     );
     assert_eq!(fields["max_requests_in_flight"], 1024, "{summary}");
     assert_eq!(fields["rate_limit"], "off", "{summary}");
+    assert_eq!(fields["refusal_budget"], "10/s, burst 100", "{summary}");
 }
 
 /// The README's "Running for real" block, run as written from an empty

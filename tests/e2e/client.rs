@@ -27,7 +27,7 @@ use tokio::sync::oneshot;
 
 use crate::harness::{
     Backend, CLIENT_ID, Proxy, TestApp, claims,
-    cognito::{PASSWORD, Pool, authenticator},
+    cognito::{PASSWORD, Pool, auth_settings},
     dynamodb_endpoint, serve_http, sign, token_for,
 };
 
@@ -273,7 +273,7 @@ async fn a_user_signs_in_through_cognito_and_refreshes() {
     let pool = Pool::create().await;
     let dir = tempfile::tempdir().unwrap();
     let app = TestApp::builder()
-        .authenticator(authenticator(&pool, dir.path()))
+        .auth(auth_settings(&pool, dir.path()))
         .spawn()
         .await;
     let sub = pool.register("dana").await;

@@ -10,7 +10,7 @@ use tonic::Code;
 
 use crate::harness::{
     CLIENT_ID, TestApp, claims,
-    cognito::{Pool, SERVICES_PREFIX, USER_SCOPE, authenticator},
+    cognito::{Pool, SERVICES_PREFIX, USER_SCOPE, auth_settings},
     create_request as create, sign, with_token,
 };
 
@@ -19,7 +19,7 @@ async fn users_signed_in_with_user_password_auth_manage_only_their_own_notes() {
     let pool = Pool::create().await;
     let dir = tempfile::tempdir().unwrap();
     let app = TestApp::builder()
-        .authenticator(authenticator(&pool, dir.path()))
+        .auth(auth_settings(&pool, dir.path()))
         .spawn()
         .await;
     let (alice_sub, alice, _) = pool.sign_in("alice").await;
@@ -56,7 +56,7 @@ async fn the_pools_id_token_is_refused_where_an_access_token_is_required() {
     let pool = Pool::create().await;
     let dir = tempfile::tempdir().unwrap();
     let app = TestApp::builder()
-        .authenticator(authenticator(&pool, dir.path()))
+        .auth(auth_settings(&pool, dir.path()))
         .spawn()
         .await;
     let (_, _, id_token) = pool.sign_in("carol").await;
@@ -77,7 +77,7 @@ async fn a_client_credentials_token_of_the_second_issuer_is_a_service_held_to_ma
     let pool = Pool::create().await;
     let dir = tempfile::tempdir().unwrap();
     let app = TestApp::builder()
-        .authenticator(authenticator(&pool, dir.path()))
+        .auth(auth_settings(&pool, dir.path()))
         .spawn()
         .await;
     let machine = |scope: &str| {

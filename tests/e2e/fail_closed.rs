@@ -3,14 +3,13 @@
 
 use jsonwebtoken::Algorithm;
 use notes_api::pb::{GetNoteRequest, ListNotesRequest};
-use notes_server::{auth::Authenticator, tls::Identity};
+use notes_server::{config::AuthSettings, tls::Identity};
 use serde_json::json;
 use tonic::Code;
 
 use crate::harness::{
-    CLIENT_ID, CLIENT_SPIFFE, ISSUER, TestApp, claims, cognito::authenticator_from_file, create_as,
-    issuer, list_as, new_key, pki, sign, sign_with, test_authenticator, test_keys, test_policy,
-    with_token,
+    CLIENT_ID, CLIENT_SPIFFE, ISSUER, TestApp, claims, cognito::auth_from_file, create_as, issuer,
+    list_as, new_key, pki, sign, sign_with, test_policy, with_token,
 };
 
 const SECOND_ISSUER: &str = "https://cognito-idp.eu-west-1.amazonaws.com/eu-west-1_Second";
@@ -18,7 +17,7 @@ const SECOND_KID: &str = "second-pool-key";
 
 /// An authenticator configured as an operator would: an auth file naming
 /// the test issuer (no owner prefix) and a second pool (`pool2:`).
-fn two_pools(dir: &std::path::Path, second: &jsonwebtoken::jwk::Jwk) -> Authenticator {
+fn two_pools(dir: &std::path::Path, second: &jsonwebtoken::jwk::Jwk) -> AuthSettings {
     let write_jwks = |name: &str, keys: Vec<jsonwebtoken::jwk::Jwk>| {
         let path = dir.join(name);
         let set = jsonwebtoken::jwk::JwkSet { keys };
@@ -43,7 +42,7 @@ client_ids = ["{CLIENT_ID}"]
         first = first.display(),
         second = second.display(),
     );
-    authenticator_from_file(dir, &config)
+    auth_from_file(dir, &config)
 }
 
 #[tokio::test]
@@ -51,7 +50,7 @@ async fn two_pools_signing_the_same_sub_never_see_each_others_notes() {
     let dir = tempfile::tempdir().unwrap();
     let (second_signer, second_jwk) = new_key(SECOND_KID);
     let app = TestApp::builder()
-        .authenticator(two_pools(dir.path(), &second_jwk))
+        .auth(two_pools(dir.path(), &second_jwk))
         .spawn()
         .await;
     let first = sign(&claims("same-sub"));
@@ -119,7 +118,7 @@ async fn a_plain_pools_sub_may_not_spell_another_pools_owner() {
     let dir = tempfile::tempdir().unwrap();
     let (_, second_jwk) = new_key(SECOND_KID);
     let app = TestApp::builder()
-        .authenticator(two_pools(dir.path(), &second_jwk))
+        .auth(two_pools(dir.path(), &second_jwk))
         .spawn()
         .await;
 
@@ -143,9 +142,11 @@ async fn a_bound_clients_tokens_are_refused_over_any_other_certificate() {
         ["reports-client".to_owned()].into(),
     )]
     .into();
-    let auth = Authenticator::new(notes_server::auth::TokenVerifier::new(policy, test_keys()))
-        .with_bindings(bindings);
-    let app = TestApp::builder().authenticator(auth).spawn().await;
+    let app = TestApp::builder()
+        .policy(policy)
+        .bindings(bindings)
+        .spawn()
+        .await;
     let mut stolen = claims("alice");
     stolen["client_id"] = json!("reports-client");
 
@@ -172,9 +173,10 @@ async fn a_dns_name_spelling_an_allowed_uri_is_not_that_uri() {
             std::time::Duration::from_secs(3600),
         )
         .unwrap();
-    let auth = test_authenticator()
-        .with_allowed_identities([Identity::parse(CLIENT_SPIFFE).unwrap()].into());
-    let app = TestApp::builder().authenticator(auth).spawn().await;
+    let app = TestApp::builder()
+        .allowed_identities([Identity::parse(CLIENT_SPIFFE).unwrap()])
+        .spawn()
+        .await;
     let token = sign(&claims("alice"));
 
     let status = notes_api::pb::notes_service_client::NotesServiceClient::new(

@@ -14,7 +14,7 @@ use jsonwebtoken::{
 };
 use notes_api::pb::ListNotesRequest;
 use notes_server::auth::{
-    AuthError, Authenticator, TokenVerifier,
+    AuthError, TokenVerifier,
     jwks::{self, JwksSettings, RemoteJwks},
     keys::KeySource,
     signer::TokenSigner,
@@ -124,8 +124,10 @@ async fn the_server_reports_ready_only_once_the_keys_are_loaded() {
     let (key, jwk) = new_key("k1");
     let jwks = JwksServer::start(vec![jwk]).await;
     jwks.set_mode(Mode::Down);
-    let auth = Authenticator::new(verifier(jwks.source(settings())));
-    let app = TestApp::builder().authenticator(auth).spawn().await;
+    let app = TestApp::builder()
+        .jwks_url(&jwks.url, settings())
+        .spawn()
+        .await;
     let mut health = HealthClient::new(app.channel(Some(&pki().client)).await);
     let status = |service: &str| HealthCheckRequest {
         service: service.into(),
@@ -327,7 +329,7 @@ async fn calls_are_refused_unavailable_while_no_keys_could_ever_be_loaded() {
     let jwks = JwksServer::start(vec![jwk]).await;
     jwks.set_mode(Mode::Down);
     let app = TestApp::builder()
-        .authenticator(Authenticator::new(verifier(jwks.source(settings()))))
+        .jwks_url(&jwks.url, settings())
         .spawn()
         .await;
 

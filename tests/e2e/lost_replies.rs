@@ -7,7 +7,7 @@
 use notes_api::pb::{CreateNoteRequest, DeleteNoteRequest};
 
 use crate::harness::{
-    Backend, LogSink, TestApp, create_request, dynamodb_endpoint,
+    Backend, LogSink, TestApp, create_request, dynamodb_endpoint, metric_sum,
     net::{Fault, LostReplyProxy},
     token_for, with_token,
 };
@@ -189,16 +189,6 @@ async fn server_with(operation: &str, fault: Fault) -> (TestApp, LostReplyProxy)
         .spawn()
         .await;
     (app, proxy)
-}
-
-/// The sum of a metric's series whose labels contain every one of `labels`.
-fn metric_sum(name: &str, labels: &[&str]) -> f64 {
-    notes_server::metrics::metrics()
-        .render()
-        .lines()
-        .filter(|l| l.starts_with(&format!("{name}{{")) && labels.iter().all(|x| l.contains(x)))
-        .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
-        .sum()
 }
 
 async fn raw_delete(app: &TestApp, note_id: &str) -> Result<(), tonic::Status> {

@@ -23,7 +23,7 @@ use tonic_reflection::pb::v1;
 use crate::harness::{
     CLIENT_SPIFFE, LogSink, TestApp, pki,
     pki::{DAY, client_config, localhost, write, write_files},
-    test_authenticator, tls_probe, token_for, with_token,
+    tls_probe, token_for, with_token,
 };
 
 fn client(name: &str, usage: Usage, validity: Validity) -> CertifiedKey {
@@ -205,9 +205,10 @@ async fn the_callers_certificate_identity_reaches_the_handler() {
 #[tokio::test]
 async fn only_allow_listed_identities_may_call_even_with_a_valid_token() {
     let other = client("reports", Usage::Client, valid());
-    let auth = test_authenticator()
-        .with_allowed_identities([Identity::Uri(CLIENT_SPIFFE.to_owned())].into());
-    let app = TestApp::builder().authenticator(auth).spawn().await;
+    let app = TestApp::builder()
+        .allowed_identities([Identity::Uri(CLIENT_SPIFFE.to_owned())])
+        .spawn()
+        .await;
     let token = token_for("alice");
 
     app.raw()
@@ -260,6 +261,10 @@ impl TlsDir {
         write(&self.path("server.pem"), server.cert_pem.as_bytes());
     }
 
+    fn server_tls(&self) -> Arc<ServerTls> {
+        ServerTls::from_files(self.files()).unwrap()
+    }
+
     fn files(&self) -> TlsFiles {
         TlsFiles {
             cert: self.path("server.pem"),
@@ -267,10 +272,6 @@ impl TlsDir {
             client_ca: self.path("ca.pem"),
             crls: vec![self.path("crl.pem")],
         }
-    }
-
-    fn server_tls(&self) -> Arc<ServerTls> {
-        ServerTls::from_files(self.files()).unwrap()
     }
 }
 
@@ -292,7 +293,10 @@ async fn wait_for_server_cert(app: &TestApp, expected: &CertificateDer<'static>)
 #[tokio::test]
 async fn a_rotated_server_certificate_is_used_by_new_connections_while_open_ones_keep_working() {
     let files = TlsDir::new();
-    let app = TestApp::builder().tls(files.server_tls()).spawn().await;
+    let app = TestApp::builder()
+        .settings(|s, _| s.tls = files.files())
+        .spawn()
+        .await;
     // A bidirectional stream stays on one connection: it proves that connection survives.
     let mut reflection = v1::server_reflection_client::ServerReflectionClient::new(
         app.channel(Some(&pki().client)).await,
@@ -331,7 +335,10 @@ async fn a_rotated_server_certificate_is_used_by_new_connections_while_open_ones
 #[tokio::test]
 async fn a_broken_or_mismatched_file_is_refused_and_the_old_configuration_stays() {
     let files = TlsDir::new();
-    let app = TestApp::builder().tls(files.server_tls()).spawn().await;
+    let app = TestApp::builder()
+        .settings(|s, _| s.tls = files.files())
+        .spawn()
+        .await;
     let original = tls_probe(app.addr, Some(&pki().client)).await.unwrap();
 
     write(
@@ -360,7 +367,10 @@ async fn a_broken_or_mismatched_file_is_refused_and_the_old_configuration_stays(
 #[tokio::test]
 async fn a_client_certificate_revoked_by_a_reloaded_crl_fails_its_next_connection() {
     let files = TlsDir::new();
-    let app = TestApp::builder().tls(files.server_tls()).spawn().await;
+    let app = TestApp::builder()
+        .settings(|s, _| s.tls = files.files())
+        .spawn()
+        .await;
     let doomed = client("doomed", Usage::Client, valid());
     tls_probe(app.addr, Some(&doomed)).await.unwrap();
 
@@ -418,7 +428,10 @@ async fn a_handshake_under_way_when_a_crl_reloads_is_checked_against_the_new_crl
 #[tokio::test]
 async fn a_client_ca_added_to_the_bundle_by_a_reload_is_trusted_and_the_old_one_still_is() {
     let files = TlsDir::new();
-    let app = TestApp::builder().tls(files.server_tls()).spawn().await;
+    let app = TestApp::builder()
+        .settings(|s, _| s.tls = files.files())
+        .spawn()
+        .await;
     let partner_ca =
         notes_server::certs::authority::CertificateAuthority::generate("partner CA", DAY).unwrap();
     let partner = partner_ca
@@ -469,7 +482,10 @@ async fn stub_for(
 async fn an_open_connection_whose_certificate_a_reload_revokes_is_closed() {
     let (logs, _scope) = capture_logs("notes_server::tls=warn");
     let files = TlsDir::new();
-    let app = TestApp::builder().tls(files.server_tls()).spawn().await;
+    let app = TestApp::builder()
+        .settings(|s, _| s.tls = files.files())
+        .spawn()
+        .await;
     let doomed = client("doomed-open", Usage::Client, valid());
     let mut doomed_stub = stub_for(&app, &doomed).await;
     let mut other_stub = stub_for(&app, &pki().client).await;
@@ -511,15 +527,18 @@ async fn an_open_connection_whose_certificate_expires_is_closed() {
     ));
     let (logs, _scope) = capture_logs("notes_server::tls=warn");
     let files = TlsDir::new();
-    let tls = {
+    let app = {
         let clock = clock.clone();
-        ServerTls::from_files_with_clock(
-            files.files(),
-            Arc::new(move || Duration::from_secs(clock.load(std::sync::atomic::Ordering::SeqCst))),
-        )
-        .unwrap()
+        TestApp::builder()
+            .settings(|s, _| {
+                s.tls = files.files();
+                s.clock = Arc::new(move || {
+                    Duration::from_secs(clock.load(std::sync::atomic::Ordering::SeqCst))
+                });
+            })
+            .spawn()
+            .await
     };
-    let app = TestApp::builder().tls(tls).spawn().await;
     let now = OffsetDateTime::now_utc();
     let brief = client(
         "brief",

@@ -15,7 +15,7 @@ use async_trait::async_trait;
 use jsonwebtoken::Algorithm;
 use notes_server::{
     auth::{
-        AccessScopes, Authenticator, ScopePolicy, TokenPolicy, TokenVerifier,
+        AccessScopes, ScopePolicy, TokenPolicy, TokenVerifier,
         keys::{KeyError, KeySource, VerifyKey},
     },
     tls::{Identity, PeerIdentity},
@@ -25,8 +25,8 @@ use serde_json::{Value, json};
 use tonic::Code;
 
 use crate::harness::{
-    CLIENT_ID, CLIENT_SPIFFE, ISSUER, KID, TestApp, claims, create_as, issuer, list_as, now, pki,
-    sign, sign_with, test_keys, test_policy,
+    CLIENT_ID, CLIENT_SPIFFE, ISSUER, KID, TestApp, claims, create_as, issuer, list_as, metric_sum,
+    now, pki, sign, sign_with, test_keys, test_policy,
 };
 
 const USER_SCOPE: &str = "aws.cognito.signin.user.admin";
@@ -44,10 +44,7 @@ fn machine_claims(scope: &str) -> Value {
 }
 
 async fn spawn(policy: TokenPolicy) -> TestApp {
-    TestApp::builder()
-        .authenticator(Authenticator::new(TokenVerifier::new(policy, test_keys())))
-        .spawn()
-        .await
+    TestApp::builder().policy(policy).spawn().await
 }
 
 #[tokio::test]
@@ -161,8 +158,11 @@ async fn a_certificate_may_present_only_the_tokens_of_its_bound_clients() {
         set(&["reports-client"]),
     )]
     .into();
-    let auth = Authenticator::new(TokenVerifier::new(policy, test_keys())).with_bindings(bindings);
-    let app = TestApp::builder().authenticator(auth).spawn().await;
+    let app = TestApp::builder()
+        .policy(policy)
+        .bindings(bindings)
+        .spawn()
+        .await;
     let mut reports = claims("alice");
     reports["client_id"] = json!("reports-client");
 
@@ -175,14 +175,7 @@ async fn a_certificate_may_present_only_the_tokens_of_its_bound_clients() {
 
 #[tokio::test]
 async fn refusals_are_counted_by_reason() {
-    let auth = Arc::new(Authenticator::new(TokenVerifier::new(
-        test_policy(),
-        test_keys(),
-    )));
-    let app = TestApp::builder()
-        .shared_authenticator(auth.clone())
-        .spawn()
-        .await;
+    let app = TestApp::spawn().await;
     let expired = {
         let mut c = claims("alice");
         c["exp"] = json!(now() - 3600);
@@ -194,10 +187,18 @@ async fn refusals_are_counted_by_reason() {
     let _ = list_as(&app, "garbage").await;
     list_as(&app, &sign(&claims("alice"))).await.unwrap();
 
-    let counts = auth.rejections();
-    assert_eq!(counts.get("expired"), Some(&2));
-    assert_eq!(counts.get("malformed"), Some(&1));
-    assert_eq!(counts.values().sum::<u64>(), 3);
+    let denied = |reason: &str| {
+        metric_sum(
+            "notes_auth_decisions_total",
+            &["result=\"deny\"", &format!("reason=\"{reason}\"")],
+        )
+    };
+    assert_eq!(denied("expired"), 2.0);
+    assert_eq!(denied("malformed"), 1.0);
+    assert_eq!(
+        metric_sum("notes_auth_decisions_total", &["result=\"deny\""]),
+        3.0
+    );
 }
 
 /// The test keys, counting how often a key is looked up for verification.

@@ -276,10 +276,7 @@ async fn with_allowed_calls_unaudited_only_refusals_are_audited() {
     let logs = LogSink::default();
     logs.install_server_telemetry();
     let app = TestApp::builder()
-        .authenticator(
-            crate::harness::test_authenticator()
-                .with_audit_allowed(notes_server::auth::AuditAllowed::None),
-        )
+        .settings(|s, _| s.audit_allowed = notes_server::auth::AuditAllowed::None)
         .spawn()
         .await;
     let token = token_for("alice");
@@ -421,9 +418,8 @@ async fn by_default_repeated_reads_with_one_token_on_one_connection_are_counted_
 #[tokio::test]
 async fn an_identity_off_the_allow_list_holds_at_most_four_connections() {
     use notes_server::tls::Identity;
-    let allowed = [Identity::parse("uri:spiffe://notes.test/someone-else").unwrap()].into();
     let app = TestApp::builder()
-        .authenticator(crate::harness::test_authenticator().with_allowed_identities(allowed))
+        .allowed_identities([Identity::parse("uri:spiffe://notes.test/someone-else").unwrap()])
         .spawn()
         .await;
     let (served, _held) = open_connections(&app, 6).await;
@@ -463,15 +459,9 @@ async fn open_connections(
 #[tokio::test]
 async fn an_admitted_identity_holds_more_than_four_connections() {
     use notes_server::tls::Identity;
-    let on_list = [Identity::parse(&format!("uri:{CLIENT_SPIFFE}")).unwrap()].into();
-    for authenticator in [
-        crate::harness::test_authenticator(),
-        crate::harness::test_authenticator().with_allowed_identities(on_list),
-    ] {
-        let app = TestApp::builder()
-            .authenticator(authenticator)
-            .spawn()
-            .await;
+    let on_list = Identity::parse(&format!("uri:{CLIENT_SPIFFE}")).unwrap();
+    for allowed in [vec![], vec![on_list]] {
+        let app = TestApp::builder().allowed_identities(allowed).spawn().await;
         let (served, _held) = open_connections(&app, 6).await;
         assert_eq!(served, [true; 6]);
     }

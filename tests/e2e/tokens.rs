@@ -8,10 +8,8 @@ use notes_api::pb::ListNotesRequest;
 use serde_json::{Value, json};
 use tonic::{Code, Status};
 
-use std::sync::Arc;
-
-use jsonwebtoken::jwk::KeyAlgorithm;
-use notes_server::auth::{Authenticator, TokenVerifier, keys::StaticKeys, signer::TokenSigner};
+use jsonwebtoken::jwk::{JwkSet, KeyAlgorithm};
+use notes_server::auth::signer::TokenSigner;
 
 use crate::harness::{
     self, CLIENT_ID, KID, READ, TestApp, claims, create_as, issuer, list_as, new_key, now, sign,
@@ -157,20 +155,18 @@ fn refused(name: &'static str, token: String, fragment: &'static str) -> Case {
 }
 
 /// The test issuer's key set plus a key that declares RS384 for itself.
-fn authenticator_with_an_rs384_key() -> (Authenticator, TokenSigner) {
+fn keys_with_an_rs384_key() -> (JwkSet, TokenSigner) {
     let (rs384_key, mut rs384_jwk) = new_key("rs384-key");
     rs384_jwk.common.key_algorithm = Some(KeyAlgorithm::RS384);
     let mut set = issuer().jwks.clone();
     set.keys.push(rs384_jwk);
-    let keys = StaticKeys::from_jwk_set(&set).unwrap();
-    let auth = Authenticator::new(TokenVerifier::new(test_policy(), Arc::new(keys)));
-    (auth, rs384_key)
+    (set, rs384_key)
 }
 
 #[tokio::test]
 async fn each_kind_of_bad_token_gets_its_code_and_reason() {
-    let (auth, rs384_key) = authenticator_with_an_rs384_key();
-    let app = TestApp::builder().authenticator(auth).spawn().await;
+    let (keys, rs384_key) = keys_with_an_rs384_key();
+    let app = TestApp::builder().keys(test_policy(), &keys).spawn().await;
     let t = now();
     let good = claims("alice");
     let key = &issuer().signer;
@@ -497,9 +493,7 @@ async fn rs384_and_rs512_are_accepted_when_enabled() {
     jwk.common.key_algorithm = None;
     let mut set = issuer().jwks.clone();
     set.keys.push(jwk);
-    let keys = StaticKeys::from_jwk_set(&set).unwrap();
-    let auth = Authenticator::new(TokenVerifier::new(policy, Arc::new(keys)));
-    let app = TestApp::builder().authenticator(auth).spawn().await;
+    let app = TestApp::builder().keys(policy, &set).spawn().await;
     for alg in [Algorithm::RS384, Algorithm::RS512] {
         let token = sign_with(alg, "any-rs-key", &claims("alice"), &signer);
         let listed = list_as(&app, &token).await;

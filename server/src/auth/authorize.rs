@@ -11,10 +11,7 @@
 //! the access level. The caller's owner is the token's `sub` under its
 //! issuer's owner prefix, so two pools never share an owner.
 
-use std::{
-    collections::{BTreeMap, BTreeSet, HashMap},
-    sync::Mutex,
-};
+use std::collections::{BTreeSet, HashMap};
 
 use http::{HeaderMap, header::AUTHORIZATION};
 
@@ -81,14 +78,14 @@ pub struct Authenticator {
     /// Refusals each certificate identity may draw before its calls are
     /// refused unverified (RSA is the costly part of a refusal).
     refusals: Option<crate::bucket::Buckets>,
-    rejections: Mutex<BTreeMap<&'static str, u64>>,
     /// The allowed-call counters by issuer, user then machine: found once,
     /// not by their labels on every call.
     allowed: HashMap<String, [prometheus::IntCounter; 2], foldhash::fast::RandomState>,
 }
 
 impl Authenticator {
-    /// Decides with `verifier`; each issuer's policy comes with it.
+    /// Decides with `verifier`; each issuer's policy comes with it. The
+    /// refusal budget is on ([`crate::limits::REFUSALS_PER_IDENTITY`]).
     pub fn new(verifier: TokenVerifier) -> Self {
         let allowed = verifier
             .issuers()
@@ -110,8 +107,9 @@ impl Authenticator {
             allowed_identities: BTreeSet::new(),
             namespaced_owners: false,
             audit_allowed: AuditAllowed::default(),
-            refusals: None,
-            rejections: Mutex::default(),
+            refusals: Some(crate::bucket::Buckets::new(
+                crate::limits::REFUSALS_PER_IDENTITY,
+            )),
         }
     }
 
@@ -153,6 +151,12 @@ impl Authenticator {
         self
     }
 
+    /// Turns the refusal budget off: every refusal costs verification.
+    pub fn without_refusal_budget(mut self) -> Self {
+        self.refusals = None;
+        self
+    }
+
     /// Which allowed calls get an audit event too (refusals always do).
     pub fn with_audit_allowed(mut self, audit: AuditAllowed) -> Self {
         self.audit_allowed = audit;
@@ -167,14 +171,6 @@ impl Authenticator {
     /// The token verifier.
     pub fn verifier(&self) -> &TokenVerifier {
         &self.verifier
-    }
-
-    /// Refusals so far, by reason code.
-    pub fn rejections(&self) -> BTreeMap<&'static str, u64> {
-        self.rejections
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .clone()
     }
 
     /// Counts an allowed call of `caller`.
@@ -196,16 +192,6 @@ impl Authenticator {
                 ])
                 .inc(),
         }
-    }
-
-    /// Counts a refusal under its reason code.
-    pub(super) fn count_refusal(&self, reason: &'static str) {
-        *self
-            .rejections
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .entry(reason)
-            .or_default() += 1;
     }
 
     /// Decides one call. `Ok(None)`: a public method, no token needed.

@@ -134,7 +134,6 @@ where
                     inner.call(req).await
                 }
                 Err(err) => {
-                    auth.count_refusal(err.reason());
                     crate::metrics::metrics()
                         .auth_decisions
                         .with_label_values(&["deny", err.reason(), "none", "none"])

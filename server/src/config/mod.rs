@@ -15,7 +15,11 @@ pub mod limits;
 
 use std::{collections::BTreeSet, fmt, net::SocketAddr, path::PathBuf};
 
-use crate::auth::AuditAllowed;
+use crate::{
+    auth::AuditAllowed,
+    limits::{Limits, RateLimit},
+    tls::{Identity, TlsFiles},
+};
 
 pub use auth::{AuthArgs, AuthSettings, IssuerSettings, JwksLocation};
 pub use limits::LimitArgs;
@@ -57,6 +61,68 @@ pub(crate) fn config_err(setting: &'static str, problem: impl fmt::Display) -> C
         setting,
         problem: problem.to_string(),
     }
+}
+
+/// Everything the server is assembled from, validated and typed: what
+/// `serve`'s flags ([`ServeConfig::settings`]), dev mode's material
+/// ([`crate::dev::settings`]) and the tests' harness each make, and the one
+/// input of [`crate::startup::build`]. Secure defaults are the defaults:
+/// [`Settings::new`] leaves the refusal budget on.
+#[derive(Clone)]
+pub struct Settings {
+    /// The server's certificate and key, the client CAs and their CRLs.
+    pub tls: TlsFiles,
+    /// Token issuers, policies and certificate bindings.
+    pub auth: AuthSettings,
+    /// Client-certificate identities that may call; empty: any.
+    pub allowed_identities: BTreeSet<Identity>,
+    /// Which allowed calls get an audit event.
+    pub audit_allowed: AuditAllowed,
+    /// The page-token key's file.
+    pub page_token_key_file: PathBuf,
+    /// Where notes live.
+    pub store: StoreSettings,
+    /// Timeouts and bounds.
+    pub limits: Limits,
+    /// Refusals each certificate identity may draw before its calls are
+    /// refused unverified; `None` turns the budget off.
+    pub refusal_budget: Option<RateLimit>,
+    /// The wall clock of certificate expiry checks (the system's; tests
+    /// move one of their own).
+    pub clock: crate::clock::Clock,
+}
+
+impl Settings {
+    /// Settings with every default: the limits of [`crate::limits`], the
+    /// refusal budget on, allowed calls audited as `changes`, notes in memory.
+    pub fn new(tls: TlsFiles, auth: AuthSettings, page_token_key_file: PathBuf) -> Self {
+        Self {
+            tls,
+            auth,
+            allowed_identities: BTreeSet::new(),
+            audit_allowed: AuditAllowed::default(),
+            page_token_key_file,
+            store: StoreSettings::Memory,
+            limits: Limits::default(),
+            refusal_budget: Some(crate::limits::REFUSALS_PER_IDENTITY),
+            clock: crate::clock::system_clock(),
+        }
+    }
+}
+
+/// Where notes live, with what it takes to reach them.
+#[derive(Debug, Clone)]
+pub enum StoreSettings {
+    /// In process memory: one instance, lost on exit.
+    Memory,
+    /// A DynamoDB table, checked at start-up (created first when
+    /// `create_if_missing`, as dev mode does).
+    Dynamodb {
+        /// The table and how to reach it.
+        config: DynamoConfig,
+        /// Create the table if it is missing.
+        create_if_missing: bool,
+    },
 }
 
 /// Settings of `notes-server serve`.
@@ -110,6 +176,44 @@ pub struct ServeConfig {
     /// Timeouts and bounds.
     #[command(flatten)]
     pub limits: LimitArgs,
+}
+
+impl ServeConfig {
+    /// Checks every setting and returns them typed; each failure names its
+    /// setting.
+    pub fn settings(&self) -> Result<Settings, ConfigError> {
+        let auth = self.auth.settings()?;
+        let limits = self.limits.limits()?;
+        let allowed_identities = non_blank_set(&self.allowed_client_identities)
+            .iter()
+            .map(|identity| Identity::parse(identity))
+            .collect::<Result<_, _>>()
+            .map_err(|e| {
+                config_err(
+                    "--allowed-client-identities / NOTES_ALLOWED_CLIENT_IDENTITIES",
+                    e,
+                )
+            })?;
+        let tls = TlsFiles {
+            cert: self.tls_cert.clone(),
+            key: self.tls_key.clone(),
+            client_ca: self.client_ca.clone(),
+            crls: self.client_crls.clone(),
+        };
+        Ok(Settings {
+            allowed_identities,
+            audit_allowed: self.audit_allowed,
+            store: match self.store {
+                StoreKind::Memory => StoreSettings::Memory,
+                StoreKind::Dynamodb => StoreSettings::Dynamodb {
+                    config: self.dynamodb.clone(),
+                    create_if_missing: false,
+                },
+            },
+            limits,
+            ..Settings::new(tls, auth, self.page_token_key_file.clone())
+        })
+    }
 }
 
 /// Settings of `notes-server dev`. They read `NOTES_DEV_*` variables, not

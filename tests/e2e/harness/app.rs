@@ -1,27 +1,29 @@
 //! [`TestApp`]: a real server on 127.0.0.1 with an ephemeral port, built
-//! by [`TestApp::builder`], that shuts down when dropped.
+//! by [`TestApp::builder`] through `startup::build`, exactly as `serve`
+//! builds it, from settings over test files (PKI, the test issuer's JWKS,
+//! the page-token key) written for each server; it shuts down when dropped.
 
-use std::{net::SocketAddr, sync::Arc, time::Duration};
+use std::{net::SocketAddr, path::Path, sync::Arc, time::Duration};
 
+use jsonwebtoken::jwk::JwkSet;
 use notes_api::pb::notes_service_client::NotesServiceClient;
 use notes_client::{NotesClient, TlsMaterial};
 use notes_server::{
-    App, Limits,
-    api::PageTokens,
-    auth::Authenticator,
+    Limits,
+    auth::{Bindings, TokenPolicy, jwks::JwksSettings},
     certs::authority::CertifiedKey,
-    config::DynamoConfig,
+    config::{AuthSettings, DynamoConfig, IssuerSettings, JwksLocation, Settings, StoreSettings},
     startup,
-    store::{MemoryStore, NoteStore},
-    tls::ServerTls,
+    store::NoteStore,
+    tls::{Identity as PeerName, TlsFiles},
 };
 use tokio::{net::TcpListener, sync::oneshot};
 use tonic::transport::{Certificate, Channel, ClientTlsConfig, Endpoint, Identity};
 
 use super::{
     init,
-    pki::{pki, test_tls},
-    tokens::{test_authenticator, token_for},
+    pki::{pki, write_files},
+    tokens::{test_policy, token_for},
 };
 
 /// Which store a test server uses.
@@ -59,17 +61,17 @@ pub fn dynamodb_config(endpoint: String) -> DynamoConfig {
 }
 
 impl Backend {
-    pub async fn store(&self) -> Arc<dyn NoteStore> {
+    /// The store setting: a fresh table for DynamoDB, created at start.
+    pub fn settings(&self) -> StoreSettings {
         let endpoint = match self {
-            Backend::Memory => return Arc::new(MemoryStore::new()),
+            Backend::Memory => return StoreSettings::Memory,
             Backend::DynamoDb => dynamodb_endpoint(),
             Backend::DynamoDbAt(endpoint) => endpoint.clone(),
         };
-        let store = startup::dynamodb_store(&dynamodb_config(endpoint))
-            .await
-            .unwrap();
-        store.init_table(Duration::from_secs(30)).await.unwrap();
-        Arc::new(store)
+        StoreSettings::Dynamodb {
+            config: dynamodb_config(endpoint),
+            create_if_missing: true,
+        }
     }
 }
 
@@ -83,24 +85,39 @@ pub fn test_limits() -> Limits {
     }
 }
 
-/// Builds a [`TestApp`]: memory store, the test issuer, the test PKI and
-/// short timeouts unless told otherwise.
+/// One issuer whose keys are the JWKS file at `jwks`, with `policy`.
+pub fn issuer_settings(policy: TokenPolicy, jwks: JwksLocation) -> AuthSettings {
+    AuthSettings {
+        issuers: vec![IssuerSettings {
+            setting: "the test issuer",
+            policy,
+            jwks,
+        }],
+        max_token_bytes: notes_server::auth::verify::DEFAULT_MAX_TOKEN_BYTES,
+        cache_capacity: notes_server::auth::verify::DEFAULT_CACHE_CAPACITY,
+        bindings: Bindings::new(),
+        several_issuers: false,
+    }
+}
+
+/// Builds a [`TestApp`]: the settings `serve` would have over the test PKI
+/// and issuer (memory store, short timeouts), changed only through
+/// settings.
 pub struct TestAppBuilder {
-    backend: Backend,
+    dir: tempfile::TempDir,
+    settings: Settings,
     store: Option<Arc<dyn NoteStore>>,
-    authenticator: Option<Arc<Authenticator>>,
-    tls: Option<Arc<ServerTls>>,
-    limits: Limits,
 }
 
 impl TestAppBuilder {
     /// Notes live in `backend`.
     pub fn store(mut self, backend: Backend) -> Self {
-        self.backend = backend;
+        self.settings.store = backend.settings();
         self
     }
 
-    /// Notes live in this store (e.g. a wrapper that slows calls down).
+    /// Notes live in this store (a wrapper that slows calls down or injects
+    /// faults): `startup::build_with_store`, the one seam of the assembly.
     pub fn store_impl(mut self, store: Arc<dyn NoteStore>) -> Self {
         self.store = Some(store);
         self
@@ -108,60 +125,77 @@ impl TestAppBuilder {
 
     /// The server's bounds (the harness's short timeouts otherwise).
     pub fn limits(mut self, limits: Limits) -> Self {
-        self.limits = limits;
+        self.settings.limits = limits;
         self
     }
 
-    /// Calls are decided by `authenticator`.
-    pub fn authenticator(self, authenticator: Authenticator) -> Self {
-        self.shared_authenticator(Arc::new(authenticator))
-    }
-
-    /// Calls are decided by `authenticator`, which the test keeps a handle on.
-    pub fn shared_authenticator(mut self, authenticator: Arc<Authenticator>) -> Self {
-        self.authenticator = Some(authenticator);
+    /// Token issuers and policies.
+    pub fn auth(mut self, auth: AuthSettings) -> Self {
+        self.settings.auth = auth;
         self
     }
 
-    /// The server's TLS configuration (e.g. reloading from files).
-    pub fn tls(mut self, tls: Arc<ServerTls>) -> Self {
-        self.tls = Some(tls);
+    /// The test issuer with `policy` instead of the default one.
+    pub fn policy(self, policy: TokenPolicy) -> Self {
+        let jwks = JwksLocation::File(self.dir.path().join("jwks.json"));
+        self.auth(issuer_settings(policy, jwks))
+    }
+
+    /// The test issuer's policy over `keys`, written to a file of their own.
+    pub fn keys(self, policy: TokenPolicy, keys: &JwkSet) -> Self {
+        let path = self.dir.path().join("other-jwks.json");
+        super::pki::write(&path, &serde_json::to_vec(keys).unwrap());
+        self.auth(issuer_settings(policy, JwksLocation::File(path)))
+    }
+
+    /// The test issuer's policy over keys fetched from `url`.
+    pub fn jwks_url(self, url: &str, jwks: JwksSettings) -> Self {
+        self.auth(issuer_settings(
+            test_policy(),
+            JwksLocation::Url(url.to_owned(), jwks),
+        ))
+    }
+
+    /// Certificate bindings.
+    pub fn bindings(mut self, bindings: Bindings) -> Self {
+        self.settings.auth.bindings = bindings;
+        self
+    }
+
+    /// Only these certificate identities may call.
+    pub fn allowed_identities(mut self, identities: impl IntoIterator<Item = PeerName>) -> Self {
+        self.settings.allowed_identities = identities.into_iter().collect();
+        self
+    }
+
+    /// Any other setting.
+    pub fn settings(mut self, change: impl FnOnce(&mut Settings, &Path)) -> Self {
+        change(&mut self.settings, self.dir.path());
         self
     }
 
     pub async fn spawn(self) -> TestApp {
         init();
-        let store = match self.store {
-            Some(store) => store,
-            None => self.backend.store().await,
-        };
-        let app = App {
-            store,
-            authenticator: self
-                .authenticator
-                .unwrap_or_else(|| Arc::new(test_authenticator())),
-            tls: self.tls.unwrap_or_else(test_tls),
-            page_tokens: PageTokens::new(b"0123456789abcdef0123456789abcdef").unwrap(),
-            limits: self.limits,
-            admin: None,
-        };
+        let server = match self.store {
+            Some(store) => startup::build_with_store(self.settings, store),
+            None => startup::build(self.settings).await,
+        }
+        .expect("the test settings build a server");
         let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
         let addr = listener.local_addr().unwrap();
         let (tx, rx) = oneshot::channel();
         tokio::spawn(async move {
-            notes_server::run(
-                listener,
-                async {
+            server
+                .serve(listener, None, async {
                     let _ = rx.await;
-                },
-                app,
-            )
-            .await
-            .expect("server failed");
+                })
+                .await
+                .expect("server failed");
         });
         TestApp {
             addr,
             shutdown: Some(tx),
+            _dir: Arc::new(self.dir),
         }
     }
 }
@@ -170,6 +204,8 @@ impl TestAppBuilder {
 pub struct TestApp {
     pub addr: SocketAddr,
     shutdown: Option<oneshot::Sender<()>>,
+    /// The server's files, removed when the last holder is dropped.
+    _dir: Arc<tempfile::TempDir>,
 }
 
 impl Drop for TestApp {
@@ -182,12 +218,26 @@ impl Drop for TestApp {
 
 impl TestApp {
     pub fn builder() -> TestAppBuilder {
-        TestAppBuilder {
-            backend: Backend::Memory,
-            store: None,
-            authenticator: None,
-            tls: None,
+        let dir = tempfile::tempdir().unwrap();
+        write_files(dir.path());
+        let tls = TlsFiles {
+            cert: dir.path().join("server.pem"),
+            key: dir.path().join("server.key"),
+            client_ca: dir.path().join("ca.pem"),
+            crls: Vec::new(),
+        };
+        let auth = issuer_settings(
+            test_policy(),
+            JwksLocation::File(dir.path().join("jwks.json")),
+        );
+        let settings = Settings {
             limits: test_limits(),
+            ..Settings::new(tls, auth, dir.path().join("page.key"))
+        };
+        TestAppBuilder {
+            dir,
+            settings,
+            store: None,
         }
     }
 

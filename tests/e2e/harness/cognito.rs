@@ -3,7 +3,7 @@
 //! InitiateAuth with USER_PASSWORD_AUTH), and the `--auth-config` file an
 //! operator would write for it.
 
-use notes_server::{auth::Authenticator, config::AuthArgs, startup};
+use notes_server::config::{AuthArgs, AuthSettings};
 use serde_json::{Value, json};
 
 use super::{CLIENT_ID, ISSUER, dynamodb_endpoint, issuer};
@@ -133,8 +133,9 @@ impl Pool {
     }
 }
 
-/// The server as an operator would configure it: an auth file naming both issuers.
-pub fn authenticator(pool: &Pool, dir: &std::path::Path) -> Authenticator {
+/// The server's token settings as an operator would write them: an auth
+/// file naming both issuers.
+pub fn auth_settings(pool: &Pool, dir: &std::path::Path) -> AuthSettings {
     let jwks = dir.join("test-issuer-jwks.json");
     std::fs::write(&jwks, serde_json::to_vec(&issuer().jwks).unwrap()).unwrap();
     let config = format!(
@@ -159,12 +160,12 @@ machine_scopes = {{ read = ["notes/read"], write = ["notes/write"] }}
         pool_client = pool.client_id,
         jwks = jwks.display(),
     );
-    authenticator_from_file(dir, &config)
+    auth_from_file(dir, &config)
 }
 
-/// The authenticator `serve --auth-config FILE` builds, FILE holding `config`
+/// The token settings of `serve --auth-config FILE`, FILE holding `config`
 /// (written into `dir`).
-pub fn authenticator_from_file(dir: &std::path::Path, config: &str) -> Authenticator {
+pub fn auth_from_file(dir: &std::path::Path, config: &str) -> AuthSettings {
     let path = dir.join("auth.toml");
     std::fs::write(&path, config).unwrap();
     let args = AuthArgs {
@@ -177,5 +178,5 @@ pub fn authenticator_from_file(dir: &std::path::Path, config: &str) -> Authentic
         write_scopes: vec![],
         token_leeway_secs: 60,
     };
-    startup::authenticator(args.settings().unwrap()).unwrap()
+    args.settings().unwrap()
 }

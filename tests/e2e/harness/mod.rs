@@ -18,9 +18,20 @@ pub use app::{Backend, TestApp, dynamodb_config, dynamodb_endpoint};
 pub use net::{Proxy, serve_http};
 pub use pki::{CLIENT_SPIFFE, pki, tls_probe};
 pub use tokens::{
-    CLIENT_ID, ISSUER, KID, READ, claims, issuer, new_key, now, sign, sign_with,
-    test_authenticator, test_keys, test_policy, token_for,
+    CLIENT_ID, ISSUER, KID, READ, claims, issuer, new_key, now, sign, sign_with, test_keys,
+    test_policy, token_for,
 };
+
+/// The sum of a metric's series (this process's registry) whose labels
+/// contain every one of `labels`.
+pub fn metric_sum(name: &str, labels: &[&str]) -> f64 {
+    notes_server::metrics::metrics()
+        .render()
+        .lines()
+        .filter(|l| l.starts_with(&format!("{name}{{")) && labels.iter().all(|x| l.contains(x)))
+        .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
+        .sum()
+}
 
 /// Installs the crypto provider once; logs to stderr when `TEST_LOG` is set.
 pub fn init() {

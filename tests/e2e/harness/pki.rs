@@ -10,7 +10,7 @@ use std::{
 
 use notes_server::{
     certs::authority::{CertificateAuthority, CertifiedKey, Subject},
-    tls::{self, ServerTls},
+    tls,
 };
 use rustls::{
     ClientConfig, RootCertStore,
@@ -114,18 +114,6 @@ pub fn write_files(dir: &Path) {
 /// Replaces `path` with `contents` atomically.
 pub fn write(path: &Path, contents: &[u8]) {
     notes_api::files::write_atomically(path, contents, 0o600).unwrap();
-}
-
-/// The test PKI's server certificate, trusting the test CA's clients; fixed.
-pub fn test_tls() -> Arc<ServerTls> {
-    let pki = pki();
-    let material = tls::TlsMaterial::from_pem(
-        pki.server.cert_pem.as_bytes(),
-        pki.server.key_pem.as_bytes(),
-        pki.ca_pem.as_bytes(),
-    )
-    .unwrap();
-    ServerTls::fixed(tls::server_config(&material).unwrap())
 }
 
 /// Handshakes with the server at `addr` presenting `identity` (or no

@@ -7,9 +7,7 @@ use std::{
 };
 
 use jsonwebtoken::{Algorithm, Header, jwk::JwkSet};
-use notes_server::auth::{
-    Authenticator, ScopePolicy, TokenPolicy, TokenVerifier, keys::StaticKeys, signer::TokenSigner,
-};
+use notes_server::auth::{ScopePolicy, TokenPolicy, keys::StaticKeys, signer::TokenSigner};
 use serde_json::{Value, json};
 
 pub const ISSUER: &str = "https://cognito-idp.us-east-1.amazonaws.com/us-east-1_TestPool";
@@ -101,9 +99,4 @@ pub fn test_policy() -> TokenPolicy {
 /// The test issuer's keys, as a fixed JWKS.
 pub fn test_keys() -> Arc<StaticKeys> {
     Arc::new(StaticKeys::from_jwk_set(&issuer().jwks).unwrap())
-}
-
-/// The default authenticator of test servers.
-pub fn test_authenticator() -> Authenticator {
-    Authenticator::new(TokenVerifier::new(test_policy(), test_keys()))
 }
