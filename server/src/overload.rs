@@ -70,11 +70,6 @@ impl InFlightLimitLayer {
             .ok()
             .map(|_| Slot(self.in_flight.clone()))
     }
-
-    /// Calls refused so far.
-    pub fn shed(&self) -> Arc<AtomicU64> {
-        self.shed.clone()
-    }
 }
 
 impl<S> Layer<S> for InFlightLimitLayer {

@@ -2,8 +2,8 @@
 //!
 //! Every setting is a flag with a `NOTES_*` environment fallback (flags win);
 //! anything invalid fails start-up with a [`ConfigError`] naming the setting.
-//! Secrets live in [`Secret`], which never prints. This module only parses
-//! and validates; [`crate::startup`] assembles the server from the result.
+//! This module only parses and validates, into [`Settings`];
+//! [`crate::startup`] assembles the server from them.
 //!
 //! - [`auth`]: issuers, their JWKS and claim policies, certificate bindings
 //!   (flags for one issuer, or a TOML file for several).
@@ -23,28 +23,6 @@ use crate::{
 
 pub use auth::{AuthArgs, AuthSettings, IssuerSettings, JwksLocation};
 pub use limits::LimitArgs;
-
-/// A value that must not reach logs or error messages.
-#[derive(Clone)]
-pub struct Secret<T>(T);
-
-impl<T> Secret<T> {
-    /// Wraps a value so it prints as `[redacted]`.
-    pub fn new(value: T) -> Self {
-        Self(value)
-    }
-
-    /// The secret itself; call only where it is used.
-    pub fn expose(&self) -> &T {
-        &self.0
-    }
-}
-
-impl<T> fmt::Debug for Secret<T> {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str("Secret([redacted])")
-    }
-}
 
 /// A start-up configuration error, naming the setting at fault.
 #[derive(Debug, thiserror::Error)]
