@@ -153,7 +153,7 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         cli.server_log_format == LogFormat::Json,
         false,
         log,
-        notes_server::telemetry::LOG_QUEUE_BYTES,
+        notes_server::telemetry::LOG_QUEUE_LINES,
     );
     notes_server::tls::install_crypto_provider();
     let dir = tempfile::tempdir()?;

@@ -519,12 +519,12 @@ async fn a_stuck_log_writer_never_blocks_a_call_and_what_it_drops_is_counted() {
         }
     }
     std::mem::forget(notes_server::telemetry::init_non_blocking(
-        false, false, Stuck, 1024,
+        false, false, Stuck, 8,
     ));
     let app = TestApp::spawn().await;
     let client = app.client_as("alice").await;
 
-    // Every call writes an audit line into a queue of 1 KiB that never drains.
+    // Every call writes an audit line into a queue of 8 lines that never drains.
     let calls = tokio::time::timeout(Duration::from_secs(30), async {
         for i in 0..50 {
             client.create(&format!("n{i}"), None).await.unwrap();

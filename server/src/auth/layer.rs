@@ -18,7 +18,7 @@ use tower::{Layer, Service};
 
 use super::Authenticator;
 use crate::{
-    telemetry::Escaped,
+    telemetry::{Escaped, call::in_call},
     tls::{ConnInfo, PeerIdentity},
 };
 
@@ -116,16 +116,18 @@ where
                     if let Some(caller) = caller {
                         auth.count_allowed(&caller);
                         if caller.audited {
-                            tracing::info!(
-                                target: crate::telemetry::AUDIT_TARGET,
-                                method = %logged_path(&req),
-                                subject = %Escaped(&caller.token.subject, usize::MAX),
-                                client_id = %Escaped(&caller.token.client_id, usize::MAX),
-                                kind = ?caller.token.kind,
-                                peer = %DisplayPeer(peer(&req)),
-                                decision = "allow",
-                                reason = "ok",
-                            );
+                            in_call(|| {
+                                tracing::info!(
+                                    target: crate::telemetry::AUDIT_TARGET,
+                                    method = %logged_path(&req),
+                                    subject = %Escaped(&caller.token.subject, usize::MAX),
+                                    client_id = %Escaped(&caller.token.client_id, usize::MAX),
+                                    kind = ?caller.token.kind,
+                                    peer = %DisplayPeer(peer(&req)),
+                                    decision = "allow",
+                                    reason = "ok",
+                                )
+                            });
                         }
                         req.extensions_mut().insert(caller);
                     }
@@ -138,13 +140,15 @@ where
                         .auth_decisions
                         .with_label_values(&["deny", err.reason(), "none", "none"])
                         .inc();
-                    tracing::info!(
-                        target: crate::telemetry::AUDIT_TARGET,
-                        method = %logged_path(&req),
-                        peer = %DisplayPeer(peer(&req)),
-                        decision = "deny",
-                        reason = err.reason(),
-                    );
+                    in_call(|| {
+                        tracing::info!(
+                            target: crate::telemetry::AUDIT_TARGET,
+                            method = %logged_path(&req),
+                            peer = %DisplayPeer(peer(&req)),
+                            decision = "deny",
+                            reason = err.reason(),
+                        )
+                    });
                     Ok(Status::from(err).into_http())
                 }
             }

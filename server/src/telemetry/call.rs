@@ -7,18 +7,14 @@
 //! it, 0.81-0.87 without, four runs each), and without an exporter nothing
 //! but log lines ever reads it.
 //!
-//! So a call that exports no span ([`spanless`]: no `--otlp`, no terminal
-//! colours) carries its method and trace id in a task-local instead
-//! ([`scope`]). The audit line's formats ([`super::format`]) write them as
-//! the span's fields would have been written, byte for byte; anything else
-//! logged during the call goes through [`in_call`], which builds the call's
-//! span on first use (once per call) and logs inside it. With an exporter
-//! every call gets its span up front, as OpenTelemetry needs.
-//!
-//! Audit events therefore stay plain (fields only: no message, no error
-//! value), the shape the fast path writes; one that is not goes to
-//! tracing-subscriber's format, which knows nothing of the task-local.
-//! The end-to-end trace-id test reads both audit events (allow, deny).
+//! So a call that exports no span ([`spanless`]: no `--otlp`) carries its
+//! method and trace id in a task-local instead ([`scope`]); whatever is
+//! logged during the call (its audit event included) goes through
+//! [`in_call`], which builds the call's span on first use (once per call)
+//! and logs inside it. A read the audit policy does not write (the common
+//! case) builds no span at all. With an exporter every call gets its span
+//! up front, as OpenTelemetry needs. The end-to-end trace-id test reads
+//! both audit events (allow, deny).
 
 use std::{
     cell::OnceCell,
@@ -65,11 +61,6 @@ pub fn scope<F: Future>(
         },
         call,
     )
-}
-
-/// The method and trace id of the spanless call running on this thread.
-pub(super) fn current() -> Option<(&'static str, u128)> {
-    CALL.try_with(|call| (call.method, call.trace_id)).ok()
 }
 
 /// The target of a call's span (where it was always built, so `RUST_LOG`

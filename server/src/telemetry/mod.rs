@@ -1,15 +1,15 @@
-//! Tracing set-up shared by the binary and the tests; [`LogEvery`], which
-//! keeps a flood of one event to one log line per interval; and [`escape`],
-//! for every string an outsider chose (certificate names, token claims)
-//! before it reaches a log line.
+//! Tracing set-up shared by the binary and the tests: tracing-subscriber's
+//! own text and JSON formats, written through tracing-appender's bounded,
+//! non-blocking writer; [`LogEvery`], which keeps a flood of one event to
+//! one log line per interval; and [`escape`], for every string an outsider
+//! chose (certificate names, token claims) before it reaches a log line.
 
 use tracing_subscriber::{EnvFilter, fmt};
 
 pub mod call;
-mod format;
-pub mod queue;
 
-pub use format::AUDIT_TARGET;
+/// The audit trail's target.
+pub const AUDIT_TARGET: &str = "notes::audit";
 
 /// How log lines are written.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
@@ -91,7 +91,7 @@ pub fn escape(text: &str) -> std::borrow::Cow<'_, str> {
 /// the spans and lines not yet written.
 pub struct TelemetryGuard(
     Option<opentelemetry_sdk::trace::SdkTracerProvider>,
-    Option<queue::QueueGuard>,
+    Option<tracing_appender::non_blocking::WorkerGuard>,
 );
 
 impl Drop for TelemetryGuard {
@@ -103,29 +103,36 @@ impl Drop for TelemetryGuard {
     }
 }
 
-/// The queue [`init_non_blocking`] installed, for its drop count.
-static LOG_QUEUE: std::sync::OnceLock<std::sync::Arc<queue::LogQueue>> = std::sync::OnceLock::new();
+/// The writer [`init_non_blocking`] installed, for its drop count.
+static DROPPED: std::sync::OnceLock<tracing_appender::non_blocking::ErrorCounter> =
+    std::sync::OnceLock::new();
 
 /// Log lines (audit events included) dropped because the writer's queue was
 /// full, so far.
 pub fn dropped_log_lines() -> u64 {
-    LOG_QUEUE.get().map_or(0, |queue| queue.dropped())
+    DROPPED
+        .get()
+        .map_or(0, |counter| counter.dropped_lines() as u64)
 }
 
-/// Bytes of log lines the queue holds before it drops: about 100,000
-/// audit lines, and a call never waits for stderr.
-pub const LOG_QUEUE_BYTES: usize = 32 * 1024 * 1024;
+/// Log lines the writer's queue holds before it drops: about 30 MB of audit
+/// lines, and a call never waits for stderr.
+pub const LOG_QUEUE_LINES: usize = 128_000;
 
-/// [`init_with_writer`] behind the log queue ([`queue`]): lines go to a
-/// bounded queue (`queue_bytes`) that one thread writes out in batches;
+/// [`init_with_writer`] behind tracing-appender's non-blocking writer:
+/// lines go to a bounded queue (`queue_lines`) that one thread writes out;
 /// when it is full, lines are dropped and counted ([`dropped_log_lines`],
 /// metric `notes_log_lines_dropped_total`), never blocking a call.
-pub fn init_non_blocking<W>(json: bool, otlp: bool, writer: W, queue_bytes: usize) -> TelemetryGuard
+pub fn init_non_blocking<W>(json: bool, otlp: bool, writer: W, queue_lines: usize) -> TelemetryGuard
 where
     W: std::io::Write + Send + 'static,
 {
-    let (writer, worker) = queue::spawn(writer, queue_bytes);
-    let _ = LOG_QUEUE.set(writer.queue().clone());
+    let (writer, worker) = tracing_appender::non_blocking::NonBlockingBuilder::default()
+        .lossy(true)
+        .buffered_lines_limit(queue_lines)
+        .thread_name("notes-log-writer")
+        .finish(writer);
+    let _ = DROPPED.set(writer.error_counter());
     let mut guard = init_with_writer(json, otlp, writer);
     guard.1 = Some(worker);
     guard
@@ -139,7 +146,7 @@ where
 /// exported over OTLP/gRPC to `OTEL_EXPORTER_OTLP_ENDPOINT` (default
 /// `http://localhost:4317`). Calling it twice is harmless.
 pub fn init(json: bool, otlp: bool) -> TelemetryGuard {
-    init_non_blocking(json, otlp, std::io::stderr(), LOG_QUEUE_BYTES)
+    init_non_blocking(json, otlp, std::io::stderr(), LOG_QUEUE_LINES)
 }
 
 /// [`init`], writing log lines to `writer` (tests capture them).
@@ -185,17 +192,9 @@ where
     // Colours only for a person at a terminal, never in a file or a pipe.
     let ansi = std::io::IsTerminal::is_terminal(&std::io::stderr());
     let logs = if json {
-        fmt::layer()
-            .json()
-            .event_format(format::JsonFormat::new())
-            .with_writer(writer)
-            .boxed()
+        fmt::layer().json().with_writer(writer).boxed()
     } else {
-        fmt::layer()
-            .event_format(format::TextFormat::new(ansi))
-            .with_writer(writer)
-            .with_ansi(ansi)
-            .boxed()
+        fmt::layer().with_writer(writer).with_ansi(ansi).boxed()
     };
     // Spans of this crate always, whatever the log level, so traces never
     // depend on it. Without an exporter there is nothing to build spans
@@ -217,12 +216,11 @@ where
     };
     if installed.is_ok() {
         EXPORTING.store(exporting, std::sync::atomic::Ordering::Release);
-        // The audit line's formats write a spanless call's method and trace
-        // id; tracing-subscriber's coloured text format would not, span
+        // A spanless call builds its span for its first log line; span
         // directives (`[grpc]=debug`) need the span entered throughout, and
         // so do libraries' debug lines.
         let span_directives = std::env::var("RUST_LOG").is_ok_and(|filter| filter.contains('['));
-        call::set_spanless(!exporting && (json || !ansi) && !span_directives && quiet);
+        call::set_spanless(!exporting && !span_directives && quiet);
     }
     TelemetryGuard(installed.is_ok().then_some(provider), None)
 }
