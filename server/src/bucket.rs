@@ -1,12 +1,15 @@
-//! Token buckets by caller, bounded in how many callers they track: the
-//! per-caller rate limit and the per-certificate refusal budget.
+//! Token buckets by certificate identity (the refusal budget): the bucket
+//! arithmetic is ours, the bounded concurrent map is quick_cache's.
 
-use std::{collections::HashMap, sync::RwLock, time::Instant};
+use std::{
+    sync::{Arc, Mutex},
+    time::Instant,
+};
 
 use crate::limits::RateLimit;
 
-/// Most callers whose buckets are kept; full buckets are forgotten first
-/// (a full bucket is the same as a new one).
+/// Most callers whose buckets are kept; the least used are forgotten first
+/// (forgetting a bucket refills it: only a caller the cache judged idle).
 const MAX_TRACKED_CALLERS: usize = 100_000;
 
 struct Bucket {
@@ -17,11 +20,9 @@ struct Bucket {
 /// Token buckets by caller.
 pub struct Buckets {
     limit: RateLimit,
-    /// foldhash (seeded per map), not SipHash: looked up on every call; the
-    /// callers are certificate identities and token subjects, which only
-    /// the CA and the issuers make. A read lock for [`Buckets::has_token`],
-    /// which every call asks and which changes nothing.
-    buckets: RwLock<HashMap<String, Bucket, foldhash::fast::RandomState>>,
+    /// Looked up by `&str`, no allocation but for a new caller; the
+    /// callers are certificate identities, which only the CA makes.
+    buckets: quick_cache::sync::Cache<String, Arc<Mutex<Bucket>>>,
 }
 
 impl Buckets {
@@ -29,7 +30,7 @@ impl Buckets {
     pub fn new(limit: RateLimit) -> Self {
         Self {
             limit,
-            buckets: RwLock::default(),
+            buckets: quick_cache::sync::Cache::new(MAX_TRACKED_CALLERS),
         }
     }
 
@@ -40,30 +41,22 @@ impl Buckets {
 
     /// Whether `caller`'s bucket holds a token now (nothing is taken).
     pub fn has_token(&self, caller: &str, now: Instant) -> bool {
-        let buckets = self.buckets.read().unwrap_or_else(|e| e.into_inner());
-        buckets
-            .get(caller)
-            .is_none_or(|bucket| refill(bucket, self.limit, now) >= 1.0)
+        self.buckets.get(caller).is_none_or(|bucket| {
+            let bucket = bucket.lock().unwrap_or_else(|e| e.into_inner());
+            refill(&bucket, self.limit, now) >= 1.0
+        })
     }
 
     /// Takes one token from `caller`'s bucket; `false` when it is empty.
     pub fn take(&self, caller: &str, now: Instant) -> bool {
-        let burst = f64::from(self.limit.burst);
-        let mut buckets = self.buckets.write().unwrap_or_else(|e| e.into_inner());
-        if !buckets.contains_key(caller) && buckets.len() >= MAX_TRACKED_CALLERS {
-            let limit = self.limit;
-            buckets.retain(|_, b| refill(b, limit, now) < burst);
-            if buckets.len() >= MAX_TRACKED_CALLERS {
-                // Every tracked caller is active: refuse a new one rather than
-                // grow without bound (fail closed).
-                return false;
-            }
-        }
-        let bucket = buckets.entry(caller.to_owned()).or_insert(Bucket {
-            tokens: burst,
-            updated: now,
+        let Ok(bucket) = self.buckets.get_or_insert_with(caller, || {
+            Ok::<_, std::convert::Infallible>(Arc::new(Mutex::new(Bucket {
+                tokens: f64::from(self.limit.burst),
+                updated: now,
+            })))
         });
-        bucket.tokens = refill(bucket, self.limit, now);
+        let mut bucket = bucket.lock().unwrap_or_else(|e| e.into_inner());
+        bucket.tokens = refill(&bucket, self.limit, now);
         bucket.updated = now;
         if bucket.tokens >= 1.0 {
             bucket.tokens -= 1.0;
@@ -86,10 +79,7 @@ mod tests {
     use super::*;
 
     fn buckets(per_second: f64, burst: u32) -> Buckets {
-        Buckets {
-            limit: RateLimit { per_second, burst },
-            buckets: RwLock::default(),
-        }
+        Buckets::new(RateLimit { per_second, burst })
     }
 
     #[test]

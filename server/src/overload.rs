@@ -13,7 +13,7 @@
 //! - A request message over its service's decoding limit is refused from its
 //!   length prefix, before its body is read, with **RESOURCE_EXHAUSTED**
 //!   (the gRPC convention; tonic itself says OUT_OF_RANGE, which
-//!   [`OversizeAsResourceExhausted`] rewrites).
+//!   [`oversize_as_resource_exhausted`] rewrites).
 
 use std::{
     future::Future,
@@ -23,14 +23,13 @@ use std::{
         atomic::{AtomicU64, AtomicUsize, Ordering},
     },
     task::{Context, Poll},
-    time::Instant,
 };
 
 use http::{Request, Response};
 use tonic::{Status, body::Body};
 use tower::{Layer, Service};
 
-use crate::{auth::Caller, bucket::Buckets, limits::RateLimit, tls::ConnInfo};
+use crate::{auth::Caller, limits::RateLimit, tls::ConnInfo};
 
 const HEALTH_PREFIX: &str = "/grpc.health.v1.Health/";
 
@@ -209,20 +208,71 @@ impl Drop for InFlight {
     }
 }
 
+/// Most callers the rate limit tracks; past it, callers at their full
+/// allowance are forgotten, and if all are active, calls are refused
+/// (fail closed) rather than the map growing without bound.
+const MAX_TRACKED_CALLERS: usize = 100_000;
+
+/// Keyed GCRA limiters (governor): token owners, and certificate
+/// identities for calls with no token.
+struct Limiters {
+    limit: RateLimit,
+    owners: governor::DefaultKeyedRateLimiter<String>,
+    peers: governor::DefaultKeyedRateLimiter<String>,
+}
+
+impl Limiters {
+    fn new(limit: RateLimit) -> Self {
+        let burst = std::num::NonZeroU32::new(limit.burst).unwrap_or(std::num::NonZeroU32::MIN);
+        // The settings allow only positive, finite rates; one too fast for
+        // a nanosecond period is no limit to speak of.
+        let quota = std::time::Duration::try_from_secs_f64(1.0 / limit.per_second)
+            .ok()
+            .and_then(governor::Quota::with_period)
+            .unwrap_or_else(|| governor::Quota::per_second(std::num::NonZeroU32::MAX))
+            .allow_burst(burst);
+        Self {
+            limit,
+            owners: governor::RateLimiter::keyed(quota),
+            peers: governor::RateLimiter::keyed(quota),
+        }
+    }
+
+    /// Whether the caller of `req` may make a call now (it is counted).
+    fn admits<B>(&self, req: &Request<B>) -> bool {
+        fn check(limiter: &governor::DefaultKeyedRateLimiter<String>, key: &String) -> bool {
+            if limiter.len() >= MAX_TRACKED_CALLERS {
+                limiter.retain_recent();
+                if limiter.len() >= MAX_TRACKED_CALLERS {
+                    return false;
+                }
+            }
+            limiter.check_key(key).is_ok()
+        }
+        match req.extensions().get::<Caller>() {
+            Some(caller) => check(&self.owners, &caller.owner),
+            None => match req.extensions().get::<ConnInfo>() {
+                Some(conn) => check(&self.peers, &conn.peer.name().to_owned()),
+                None => check(&self.peers, &String::new()),
+            },
+        }
+    }
+}
+
 /// Refuses a caller's calls beyond its rate with RESOURCE_EXHAUSTED. Sits
 /// inside the auth layer: the caller is the token's owner, or the client
 /// certificate's identity for calls that need no token. Health checks are
 /// never limited.
 #[derive(Clone)]
 pub struct RateLimitLayer {
-    buckets: Arc<Buckets>,
+    limiters: Arc<Limiters>,
 }
 
 impl RateLimitLayer {
     /// Each caller gets `limit`.
     pub fn new(limit: RateLimit) -> Self {
         Self {
-            buckets: Arc::new(Buckets::new(limit)),
+            limiters: Arc::new(Limiters::new(limit)),
         }
     }
 }
@@ -233,7 +283,7 @@ impl<S> Layer<S> for RateLimitLayer {
     fn layer(&self, inner: S) -> Self::Service {
         RateLimited {
             inner,
-            buckets: self.buckets.clone(),
+            limiters: self.limiters.clone(),
         }
     }
 }
@@ -242,7 +292,7 @@ impl<S> Layer<S> for RateLimitLayer {
 #[derive(Clone)]
 pub struct RateLimited<S> {
     inner: S,
-    buckets: Arc<Buckets>,
+    limiters: Arc<Limiters>,
 }
 
 impl<S, B> Service<Request<B>> for RateLimited<S>
@@ -260,26 +310,17 @@ where
     }
 
     fn call(&mut self, req: Request<B>) -> Self::Future {
-        if !req.uri().path().starts_with(HEALTH_PREFIX) {
-            let caller = match req.extensions().get::<Caller>() {
-                Some(caller) => format!("owner:{}", caller.owner),
-                None => match req.extensions().get::<ConnInfo>() {
-                    Some(conn) => format!("peer:{}", conn.peer.name()),
-                    None => String::new(),
-                },
-            };
-            if !self.buckets.take(&caller, Instant::now()) {
-                crate::metrics::metrics()
-                    .requests_shed
-                    .with_label_values(&["rate_limit"])
-                    .inc();
-                let limit = self.buckets.limit();
-                let status = Status::resource_exhausted(format!(
-                    "rate limit exceeded: at most {} calls per second per caller (bursts of {})",
-                    limit.per_second, limit.burst
-                ));
-                return Box::pin(async move { Ok(status.into_http()) });
-            }
+        if !req.uri().path().starts_with(HEALTH_PREFIX) && !self.limiters.admits(&req) {
+            crate::metrics::metrics()
+                .requests_shed
+                .with_label_values(&["rate_limit"])
+                .inc();
+            let limit = self.limiters.limit;
+            let status = Status::resource_exhausted(format!(
+                "rate limit exceeded: at most {} calls per second per caller (bursts of {})",
+                limit.per_second, limit.burst
+            ));
+            return Box::pin(async move { Ok(status.into_http()) });
         }
         Box::pin(self.inner.call(req))
     }
@@ -289,74 +330,26 @@ where
 const TONIC_TOO_LARGE: &str = "Error, decoded message length too large: ";
 
 /// Rewrites tonic's OUT_OF_RANGE for an oversized request message into
-/// RESOURCE_EXHAUSTED, keeping the sizes it names.
-#[derive(Clone, Copy, Default)]
-pub struct OversizeAsResourceExhausted;
-
-impl<S> Layer<S> for OversizeAsResourceExhausted {
-    type Service = Oversize<S>;
-
-    fn layer(&self, inner: S) -> Self::Service {
-        Oversize { inner }
-    }
-}
-
-/// See [`OversizeAsResourceExhausted`].
-#[derive(Clone)]
-pub struct Oversize<S> {
-    inner: S,
-}
-
-impl<S, B> Service<Request<B>> for Oversize<S>
-where
-    S: Service<Request<B>, Response = Response<Body>>,
-{
-    type Response = Response<Body>;
-    type Error = S::Error;
-    type Future = OversizeFuture<S::Future>;
-
-    fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), Self::Error>> {
-        self.inner.poll_ready(cx)
-    }
-
-    fn call(&mut self, req: Request<B>) -> Self::Future {
-        OversizeFuture {
-            inner: self.inner.call(req),
+/// RESOURCE_EXHAUSTED, keeping the sizes it names: a response mapping
+/// ([`oversize_layer`]).
+pub fn oversize_as_resource_exhausted(response: Response<Body>) -> Response<Body> {
+    let oversize = response.extensions().get::<Status>().and_then(|status| {
+        (status.code() == tonic::Code::OutOfRange)
+            .then(|| status.message().strip_prefix(TONIC_TOO_LARGE))
+            .flatten()
+            .map(str::to_owned)
+    });
+    match oversize {
+        Some(sizes) => {
+            Status::resource_exhausted(format!("request message too large: {sizes}")).into_http()
         }
+        None => response,
     }
 }
 
-pin_project_lite::pin_project! {
-    /// The response of [`Oversize`]: the inner call's, its OUT_OF_RANGE for
-    /// an oversized message rewritten.
-    pub struct OversizeFuture<F> {
-        #[pin]
-        inner: F,
-    }
-}
-
-impl<F, E> Future for OversizeFuture<F>
-where
-    F: Future<Output = Result<Response<Body>, E>>,
-{
-    type Output = F::Output;
-
-    fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
-        let response = std::task::ready!(self.project().inner.poll(cx))?;
-        let oversize = response.extensions().get::<Status>().and_then(|status| {
-            (status.code() == tonic::Code::OutOfRange)
-                .then(|| status.message().strip_prefix(TONIC_TOO_LARGE))
-                .flatten()
-                .map(str::to_owned)
-        });
-        Poll::Ready(Ok(match oversize {
-            Some(sizes) => {
-                Status::resource_exhausted(format!("request message too large: {sizes}"))
-                    .into_http()
-            }
-            None => response,
-        }))
-    }
+/// [`oversize_as_resource_exhausted`] as a layer.
+pub fn oversize_layer() -> tower::util::MapResponseLayer<fn(Response<Body>) -> Response<Body>> {
+    tower::util::MapResponseLayer::new(oversize_as_resource_exhausted)
 }
 
 #[cfg(test)]

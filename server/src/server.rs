@@ -20,7 +20,7 @@ use crate::{
     auth::{AuthLayer, Authenticator, jwks},
     limits::{Limits, MAX_NOTES_MESSAGE_BYTES, MAX_SMALL_MESSAGE_BYTES},
     metrics::RpcMetricsLayer,
-    overload::{InFlightLimitLayer, OversizeAsResourceExhausted, RateLimitLayer},
+    overload::{InFlightLimitLayer, RateLimitLayer, oversize_layer},
     store::NoteStore,
     tls::{self, Admission, ServerTls},
 };
@@ -171,7 +171,7 @@ impl Server {
             // call it cannot take, not even RSA.
             .layer(InFlightLimitLayer::new(limits.max_requests_in_flight))
             // Answers from the router for oversized messages get the gRPC code.
-            .layer(OversizeAsResourceExhausted)
+            .layer(oversize_layer())
             // Authentication wraps the router: nothing routes before it decides.
             .layer(AuthLayer::new(self.authenticator))
             // The rate limit needs the caller the auth layer established.

@@ -1,6 +1,6 @@
 //! What a client certificate says about the caller.
 
-use std::{collections::HashMap, fmt, sync::Arc};
+use std::{fmt, sync::Arc};
 
 use base64::{Engine, engine::general_purpose::URL_SAFE_NO_PAD};
 use x509_parser::{extensions::GeneralName, prelude::FromDer};
@@ -101,8 +101,13 @@ impl PeerIdentity {
 /// parsed again. Only certificates the handshake verified are looked up, so
 /// outsiders cannot fill it; at [`IdentityCache::CAPACITY`] entries it
 /// starts over.
-#[derive(Default)]
-pub struct IdentityCache(std::sync::Mutex<HashMap<[u8; 32], Arc<PeerIdentity>>>);
+pub struct IdentityCache(quick_cache::sync::Cache<[u8; 32], Arc<PeerIdentity>>);
+
+impl Default for IdentityCache {
+    fn default() -> Self {
+        Self(quick_cache::sync::Cache::new(Self::CAPACITY))
+    }
+}
 
 impl IdentityCache {
     /// Certificates remembered at most.
@@ -112,16 +117,11 @@ impl IdentityCache {
     pub fn identity_of(&self, der: &[u8]) -> Result<Arc<PeerIdentity>, UnreadableCertificate> {
         let digest = aws_lc_rs::digest::digest(&aws_lc_rs::digest::SHA256, der);
         let key: [u8; 32] = digest.as_ref().try_into().expect("SHA-256 is 32 bytes");
-        let lock = || self.0.lock().unwrap_or_else(|e| e.into_inner());
-        if let Some(known) = lock().get(&key) {
-            return Ok(known.clone());
+        if let Some(known) = self.0.get(&key) {
+            return Ok(known);
         }
         let peer = Arc::new(PeerIdentity::with_digest(der, digest)?);
-        let mut known = lock();
-        if known.len() >= Self::CAPACITY {
-            known.clear();
-        }
-        known.insert(key, peer.clone());
+        self.0.insert(key, peer.clone());
         Ok(peer)
     }
 }
