@@ -11,12 +11,15 @@ if ! cmp -s tests/requirements.txt "$VENV/requirements.txt" 2>/dev/null; then
   "$VENV/bin/pip" install --quiet --disable-pip-version-check -r tests/requirements.txt
   cp tests/requirements.txt "$VENV/requirements.txt"
 fi
-MOTO_PORT=$(python3 -c 'import socket; s = socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])')
-echo "==> starting moto on 127.0.0.1:$MOTO_PORT (log: target/moto.log)"
-"$VENV/bin/python" tests/tools/moto_server.py 127.0.0.1 "$MOTO_PORT" >target/moto.log 2>&1 &
-MOTO_PID=$!
-trap 'kill "$MOTO_PID" 2>/dev/null || true' EXIT
-python3 - "$MOTO_PORT" <<'PY'
+# (Re)starts moto on a fresh port, empty; stopped when the script exits.
+start_moto() {
+  if [ -n "${MOTO_PID:-}" ]; then kill "$MOTO_PID" 2>/dev/null || true; fi
+  MOTO_PORT=$(python3 -c 'import socket; s = socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])')
+  echo "==> starting moto on 127.0.0.1:$MOTO_PORT (log: target/moto.log)"
+  "$VENV/bin/python" tests/tools/moto_server.py 127.0.0.1 "$MOTO_PORT" >target/moto.log 2>&1 &
+  MOTO_PID=$!
+  trap 'kill "$MOTO_PID" 2>/dev/null || true' EXIT
+  python3 - "$MOTO_PORT" <<'PY'
 import sys, time, urllib.request
 url = f"http://127.0.0.1:{sys.argv[1]}/moto-api/"
 for _ in range(300):
@@ -27,7 +30,9 @@ for _ in range(300):
         time.sleep(0.1)
 sys.exit("moto did not start; see target/moto.log")
 PY
-export NOTES_TEST_DYNAMODB_ENDPOINT="http://127.0.0.1:$MOTO_PORT"
+  export NOTES_TEST_DYNAMODB_ENDPOINT="http://127.0.0.1:$MOTO_PORT"
+}
+start_moto
 export NOTES_TEST_GRPCURL="$PWD/$VENV/bin/grpcurl"
 # Dummy credentials for moto; no profile files and no instance-metadata lookups.
 export AWS_ACCESS_KEY_ID=testing AWS_SECRET_ACCESS_KEY=testing AWS_REGION=us-east-1

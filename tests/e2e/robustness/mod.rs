@@ -24,7 +24,7 @@ use std::{
 
 use futures_util::TryStreamExt;
 use notes_client::{Error, NotesClient, RetryPolicy};
-use notes_server::{startup, store::NoteStore};
+use notes_server::{config::DynamoConfig, startup, store::NoteStore};
 use tokio::process::Child;
 
 use self::{
@@ -90,7 +90,7 @@ impl Instances {
         let env = self.env(i);
         let env: Vec<(&str, &str)> = env.iter().map(|(k, v)| (*k, v.as_str())).collect();
         let mut said = String::new();
-        for _ in 0..10 {
+        for _ in 0..60 {
             match try_start_serve(&self.dir, &self.table, self.ports[i], &env).await {
                 Ok((child, port, _)) => {
                     self.ports[i] = port;
@@ -305,7 +305,12 @@ async fn two_instances_under_faults_and_kills_apply_every_write_once() {
     );
     let dir = tempfile::tempdir().unwrap();
     write_files(dir.path());
-    let config = dynamodb_config(dynamodb_endpoint());
+    // The test's own view of the table, patient with a busy moto.
+    let config = DynamoConfig {
+        dynamodb_timeout_ms: 30_000,
+        dynamodb_attempt_timeout_ms: 10_000,
+        ..dynamodb_config(dynamodb_endpoint())
+    };
     let direct = startup::dynamodb_store(&config).await.unwrap();
     direct.init_table(Duration::from_secs(30)).await.unwrap();
 
