@@ -17,6 +17,7 @@ use crate::{
     },
     config::{
         AuthSettings, ConfigError, DynamoConfig, JwksLocation, Settings, StoreSettings, config_err,
+        setting,
     },
     error::error_chain,
     server::Server,
@@ -26,8 +27,6 @@ use crate::{
 
 /// How long `init-table` and `dev --store dynamodb` wait for a new table.
 pub const TABLE_READY_WAIT: Duration = Duration::from_secs(120);
-
-const PAGE_TOKEN_KEY_SETTING: &str = "--page-token-key-file / NOTES_PAGE_TOKEN_KEY_FILE";
 
 /// Builds the server from `settings`: TLS, token verification and policy,
 /// page tokens and the store (its table checked). Nothing is bound or
@@ -145,10 +144,18 @@ fn token_authenticator(settings: AuthSettings) -> Result<Authenticator, ConfigEr
 
 /// The page-token sealer with the key in `path`.
 pub fn page_tokens(path: &Path) -> Result<PageTokens, ConfigError> {
-    let key = std::fs::read(path)
-        .map_err(|e| config_err(PAGE_TOKEN_KEY_SETTING, format!("{}: {e}", path.display())))?;
-    PageTokens::new(&key)
-        .map_err(|e| config_err(PAGE_TOKEN_KEY_SETTING, format!("{}: {e}", path.display())))
+    let key = std::fs::read(path).map_err(|e| {
+        config_err(
+            setting("page-token-key-file"),
+            format!("{}: {e}", path.display()),
+        )
+    })?;
+    PageTokens::new(&key).map_err(|e| {
+        config_err(
+            setting("page-token-key-file"),
+            format!("{}: {e}", path.display()),
+        )
+    })
 }
 
 /// A DynamoDB client with the configured timeouts and retry policy; region
@@ -158,11 +165,11 @@ pub async fn dynamodb_client(
 ) -> Result<aws_sdk_dynamodb::Client, ConfigError> {
     use aws_config::{BehaviorVersion, retry::RetryConfig, timeout::TimeoutConfig};
     if config.table.trim().is_empty() {
-        return Err(config_err("--table / NOTES_TABLE", "must not be empty"));
+        return Err(config_err(setting("table"), "must not be empty"));
     }
     if config.dynamodb_max_attempts == 0 {
         return Err(config_err(
-            "--dynamodb-max-attempts / NOTES_DYNAMODB_MAX_ATTEMPTS",
+            setting("dynamodb-max-attempts"),
             "must be at least 1",
         ));
     }
@@ -254,8 +261,6 @@ fn log_summary(settings: &Settings) {
     );
 }
 
-const ENDPOINT_SETTING: &str = "--dynamodb-endpoint / NOTES_DYNAMODB_ENDPOINT";
-
 /// A DynamoDB endpoint is a URL with a scheme and a host.
 fn check_endpoint(endpoint: &str) -> Result<(), ConfigError> {
     let uri: Option<http::Uri> = endpoint.parse().ok();
@@ -270,7 +275,7 @@ fn check_endpoint(endpoint: &str) -> Result<(), ConfigError> {
         return Ok(());
     }
     Err(config_err(
-        ENDPOINT_SETTING,
+        setting("dynamodb-endpoint"),
         format!(
             "{endpoint:?} is not a URL with a scheme and a host (and no credentials): use http://HOST:PORT (DynamoDB Local, \
              moto, LocalStack) or https://HOST"
@@ -290,7 +295,7 @@ fn table_error(config: &DynamoConfig, err: &StoreError) -> ConfigError {
                 |e| e.to_owned(),
             );
             config_err(
-                ENDPOINT_SETTING,
+                setting("dynamodb-endpoint"),
                 format!(
                     "DynamoDB at {endpoint} is unavailable (no answer in time, throttling or a \
                      server error): {chain}"
@@ -298,10 +303,10 @@ fn table_error(config: &DynamoConfig, err: &StoreError) -> ConfigError {
             )
         }
         _ if chain.contains("ResourceNotFound") || chain.contains("not found") => config_err(
-            "--table / NOTES_TABLE",
+            setting("table"),
             format!("{chain} (run `notes-server init-table` to create it)"),
         ),
-        _ => config_err("--table / NOTES_TABLE", chain),
+        _ => config_err(setting("table"), chain),
     }
 }
 

@@ -37,6 +37,8 @@ use super::{
     keys::{KeyError, KeySource, VerifyKey},
 };
 
+/// Clock skew allowed on `exp`, `nbf` and `iat` unless configured otherwise.
+pub const DEFAULT_LEEWAY: Duration = Duration::from_secs(60);
 /// The largest leeway the policy accepts for `exp`, `nbf` and `iat`.
 pub const MAX_LEEWAY: Duration = Duration::from_secs(300);
 /// Default limit on a token's length, checked before any decoding.
@@ -75,7 +77,7 @@ impl TokenPolicy {
             algorithms: vec![Algorithm::RS256],
             client_ids: client_ids.into_iter().collect(),
             accept_id_tokens: false,
-            leeway: Duration::from_secs(60),
+            leeway: DEFAULT_LEEWAY,
             scopes: ScopePolicy::default(),
             required_groups: BTreeSet::new(),
             owner_prefix: String::new(),

@@ -31,12 +31,12 @@ use std::{collections::BTreeSet, path::PathBuf, time::Duration};
 use jsonwebtoken::Algorithm;
 use serde::Deserialize;
 
-use super::{ConfigError, config_err, non_blank_set};
+use super::{ConfigError, config_err, non_blank_set, setting};
 use crate::{
     auth::{
         AccessScopes, Bindings, ScopePolicy, TokenPolicy,
         jwks::JwksSettings,
-        verify::{DEFAULT_CACHE_CAPACITY, DEFAULT_MAX_TOKEN_BYTES, MAX_LEEWAY},
+        verify::{DEFAULT_CACHE_CAPACITY, DEFAULT_LEEWAY, DEFAULT_MAX_TOKEN_BYTES, MAX_LEEWAY},
     },
     tls::Identity,
 };
@@ -129,7 +129,7 @@ pub struct AuthArgs {
     )]
     pub write_scopes: Vec<String>,
     /// Clock skew allowed on exp/nbf/iat, in seconds (at most 300).
-    #[arg(long, env = "NOTES_TOKEN_LEEWAY_SECS", default_value_t = 60)]
+    #[arg(long, env = "NOTES_TOKEN_LEEWAY_SECS", default_value_t = DEFAULT_LEEWAY.as_secs())]
     pub token_leeway_secs: u64,
 }
 
@@ -287,31 +287,22 @@ impl AuthArgs {
     pub fn settings(&self) -> Result<AuthSettings, ConfigError> {
         if let Some(path) = &self.auth_config {
             let text = std::fs::read_to_string(path).map_err(|e| {
-                config_err(
-                    "--auth-config / NOTES_AUTH_CONFIG",
-                    format!("{}: {e}", path.display()),
-                )
+                config_err(setting("auth-config"), format!("{}: {e}", path.display()))
             })?;
             let file: AuthFile = toml::from_str(&text).map_err(|e| {
-                config_err(
-                    "--auth-config / NOTES_AUTH_CONFIG",
-                    format!("{}: {e}", path.display()),
-                )
+                config_err(setting("auth-config"), format!("{}: {e}", path.display()))
             })?;
             return file.settings();
         }
-        let leeway = leeway(
-            "--token-leeway-secs / NOTES_TOKEN_LEEWAY_SECS",
-            self.token_leeway_secs,
-        )?;
+        let leeway = leeway(setting("token-leeway-secs"), self.token_leeway_secs)?;
         let issuer = self.issuer.as_deref().unwrap_or_default().trim();
         if issuer.is_empty() {
-            return Err(config_err("--issuer / NOTES_ISSUER", "must not be empty"));
+            return Err(config_err(setting("issuer"), "must not be empty"));
         }
         let client_ids = non_blank_set(&self.client_ids);
         if client_ids.is_empty() {
             return Err(config_err(
-                "--client-ids / NOTES_CLIENT_IDS",
+                setting("client-ids"),
                 "must name at least one app client",
             ));
         }
@@ -340,8 +331,8 @@ impl AuthArgs {
         };
         let mut policy =
             TokenPolicy::new(issuer, client_ids).with_scopes(ScopePolicy::same_for_all(
-                scopes("--read-scopes / NOTES_READ_SCOPES", &self.read_scopes)?,
-                scopes("--write-scopes / NOTES_WRITE_SCOPES", &self.write_scopes)?,
+                scopes(setting("read-scopes"), &self.read_scopes)?,
+                scopes(setting("write-scopes"), &self.write_scopes)?,
             ));
         policy.leeway = leeway;
         Ok(AuthSettings {
@@ -361,9 +352,12 @@ impl AuthArgs {
 impl AuthFile {
     /// Checks the file's settings.
     pub fn settings(self) -> Result<AuthSettings, ConfigError> {
-        const SETTING: &str = "--auth-config / NOTES_AUTH_CONFIG";
+        let file_setting: &str = setting("auth-config");
         if self.issuers.is_empty() {
-            return Err(config_err(SETTING, "at least one [[issuer]] is required"));
+            return Err(config_err(
+                file_setting,
+                "at least one [[issuer]] is required",
+            ));
         }
         let several = self.issuers.len() > 1;
         let mut issuers = Vec::new();
@@ -373,13 +367,13 @@ impl AuthFile {
             let name = &issuer.issuer;
             if !seen_issuers.insert(name.clone()) {
                 return Err(config_err(
-                    SETTING,
+                    file_setting,
                     format!("issuer {name:?} is listed twice; merge the two [[issuer]] entries"),
                 ));
             }
             if issuer.client_ids.is_empty() {
                 return Err(config_err(
-                    SETTING,
+                    file_setting,
                     format!("issuer {name:?} lists no client_ids"),
                 ));
             }
@@ -387,7 +381,7 @@ impl AuthFile {
                 None if index == 0 || !several => String::new(),
                 None => {
                     return Err(config_err(
-                        SETTING,
+                        file_setting,
                         format!(
                             "issuer {name:?} needs an owner_prefix such as \"pool{}:\": with several \
                              issuers, every one after the first keeps its owners apart",
@@ -399,7 +393,7 @@ impl AuthFile {
                     let body = prefix.strip_suffix(':').unwrap_or_default();
                     if body.is_empty() || body.contains(':') {
                         return Err(config_err(
-                            SETTING,
+                            file_setting,
                             format!(
                                 "issuer {name:?}: owner_prefix {prefix:?} must be a name followed by one ':', e.g. \"pool2:\""
                             ),
@@ -407,7 +401,7 @@ impl AuthFile {
                     }
                     if !seen_prefixes.insert(prefix.to_owned()) {
                         return Err(config_err(
-                            SETTING,
+                            file_setting,
                             format!("owner_prefix {prefix:?} is used by two issuers"),
                         ));
                     }
@@ -416,7 +410,7 @@ impl AuthFile {
             };
             let positive = |key: &str, value: Option<u64>| match value {
                 Some(0) => Err(config_err(
-                    SETTING,
+                    file_setting,
                     format!("issuer {name:?}: {key} must be at least 1"),
                 )),
                 other => Ok(other),
@@ -435,16 +429,19 @@ impl AuthFile {
                 ..defaults
             };
             let jwks = jwks_location(
-                SETTING,
+                file_setting,
                 &issuer.issuer,
                 issuer.jwks_url.as_deref(),
                 issuer.jwks_file,
                 settings,
             )?;
             let mut policy = TokenPolicy::new(issuer.issuer, issuer.client_ids);
-            policy.algorithms = algorithms(SETTING, &issuer.algorithms)?;
+            policy.algorithms = algorithms(file_setting, &issuer.algorithms)?;
             policy.accept_id_tokens = issuer.accept_id_tokens;
-            policy.leeway = leeway(SETTING, issuer.leeway_secs.unwrap_or(60))?;
+            policy.leeway = leeway(
+                file_setting,
+                issuer.leeway_secs.unwrap_or(DEFAULT_LEEWAY.as_secs()),
+            )?;
             policy.required_groups = issuer.required_groups;
             policy.scopes = ScopePolicy {
                 user: issuer.user_scopes.unwrap_or_else(default_scopes),
@@ -452,7 +449,7 @@ impl AuthFile {
             };
             policy.owner_prefix = owner_prefix;
             issuers.push(IssuerSettings {
-                setting: SETTING,
+                setting: file_setting,
                 policy,
                 jwks,
             });
@@ -460,10 +457,10 @@ impl AuthFile {
         let mut bindings = Bindings::new();
         for binding in self.bindings {
             let identity =
-                Identity::parse(&binding.identity).map_err(|e| config_err(SETTING, e))?;
+                Identity::parse(&binding.identity).map_err(|e| config_err(file_setting, e))?;
             if bindings.contains_key(&identity) {
                 return Err(config_err(
-                    SETTING,
+                    file_setting,
                     format!(
                         "identity {:?} has two [[binding]] entries",
                         binding.identity
@@ -571,7 +568,7 @@ client_ids = ["other"]
             client_ids: vec!["app".into()],
             read_scopes: read.iter().map(|s| (*s).to_owned()).collect(),
             write_scopes: vec![DEFAULT_WRITE_SCOPE.into()],
-            token_leeway_secs: 60,
+            token_leeway_secs: DEFAULT_LEEWAY.as_secs(),
         }
     }
 

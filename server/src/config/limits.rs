@@ -3,7 +3,7 @@
 
 use std::time::Duration;
 
-use super::{ConfigError, config_err};
+use super::{ConfigError, config_err, setting};
 use crate::limits::{self, Limits, RateLimit};
 
 fn secs(d: Duration) -> u64 {
@@ -109,78 +109,72 @@ impl LimitArgs {
             0.0 => None,
             rate if !rate.is_finite() || rate < 0.0 => {
                 return Err(config_err(
-                    "--rate-limit-per-second / NOTES_RATE_LIMIT_PER_SECOND",
+                    setting("rate-limit-per-second"),
                     "must be a positive number of calls per second, or 0 for no limit",
                 ));
             }
             rate => Some(RateLimit {
                 per_second: rate,
                 burst: at_least_one(
-                    "--rate-limit-burst / NOTES_RATE_LIMIT_BURST",
+                    setting("rate-limit-burst"),
                     self.rate_limit_burst.unwrap_or(rate.ceil() as u32),
                 )?,
             }),
         };
         Ok(Limits {
             handshake_timeout: at_least_one_sec(
-                "--handshake-timeout-secs / NOTES_HANDSHAKE_TIMEOUT_SECS",
+                setting("handshake-timeout-secs"),
                 self.handshake_timeout_secs,
             )?,
             grace_period: Duration::from_secs(self.grace_period_secs.min(MAX_SECS)),
             request_timeout: limits::REQUEST_TIMEOUT,
             tls_reload_interval: at_least_one_sec(
-                "--tls-reload-interval-secs / NOTES_TLS_RELOAD_INTERVAL_SECS",
+                setting("tls-reload-interval-secs"),
                 self.tls_reload_interval_secs,
             )?,
-            max_connections: count(
-                "--max-connections / NOTES_MAX_CONNECTIONS",
-                self.max_connections,
-            )?,
-            max_handshakes: count(
-                "--max-handshakes / NOTES_MAX_HANDSHAKES",
-                self.max_handshakes,
-            )?,
+            max_connections: count(setting("max-connections"), self.max_connections)?,
+            max_handshakes: count(setting("max-handshakes"), self.max_handshakes)?,
             max_handshakes_per_ip: count(
-                "--max-handshakes-per-ip / NOTES_MAX_HANDSHAKES_PER_IP",
+                setting("max-handshakes-per-ip"),
                 self.max_handshakes_per_ip,
             )?,
             max_connections_per_identity: count(
-                "--max-connections-per-identity / NOTES_MAX_CONNECTIONS_PER_IDENTITY",
+                setting("max-connections-per-identity"),
                 self.max_connections_per_identity,
             )?,
             max_concurrent_streams: at_least_one(
-                "--max-concurrent-streams / NOTES_MAX_CONCURRENT_STREAMS",
+                setting("max-concurrent-streams"),
                 self.max_concurrent_streams,
             )?,
             max_local_error_resets: count(
-                "--max-local-error-resets / NOTES_MAX_LOCAL_ERROR_RESETS",
+                setting("max-local-error-resets"),
                 self.max_local_error_resets,
             )?,
             max_pending_accept_resets: count(
-                "--max-pending-accept-resets / NOTES_MAX_PENDING_ACCEPT_RESETS",
+                setting("max-pending-accept-resets"),
                 self.max_pending_accept_resets,
             )?,
             max_header_list_bytes: at_least_one(
-                "--max-header-list-bytes / NOTES_MAX_HEADER_LIST_BYTES",
+                setting("max-header-list-bytes"),
                 self.max_header_list_bytes,
             )?,
             keepalive_interval: at_least_one_sec(
-                "--keepalive-interval-secs / NOTES_KEEPALIVE_INTERVAL_SECS",
+                setting("keepalive-interval-secs"),
                 self.keepalive_interval_secs,
             )?,
             keepalive_timeout: at_least_one_sec(
-                "--keepalive-timeout-secs / NOTES_KEEPALIVE_TIMEOUT_SECS",
+                setting("keepalive-timeout-secs"),
                 self.keepalive_timeout_secs,
             )?,
             max_connection_age: at_least_one_sec(
-                "--max-connection-age-secs / NOTES_MAX_CONNECTION_AGE_SECS",
+                setting("max-connection-age-secs"),
                 self.max_connection_age_secs,
             )?,
             max_connection_age_grace: Duration::from_secs(
                 self.max_connection_age_grace_secs.min(MAX_SECS),
             ),
             max_requests_in_flight: count(
-                "--max-requests-in-flight / NOTES_MAX_REQUESTS_IN_FLIGHT",
+                setting("max-requests-in-flight"),
                 self.max_requests_in_flight,
             )?,
             rate_limit,

@@ -34,6 +34,37 @@ pub struct ConfigError {
     pub problem: String,
 }
 
+/// `--flag / NOTES_VARIABLE` of the setting whose long flag is `flag`, read
+/// from clap's own metadata (`serve`'s and `dev`'s arguments), so a message
+/// names exactly what the programs read; a flag they do not have is named
+/// as given (a unit test finds every name this file's callers use).
+pub(crate) fn setting(flag: &str) -> &'static str {
+    use clap::Args as _;
+    static NAMES: std::sync::LazyLock<std::collections::HashMap<String, &'static str>> =
+        std::sync::LazyLock::new(|| {
+            let commands = [
+                ServeConfig::augment_args(clap::Command::new("serve")),
+                DevConfig::augment_args(clap::Command::new("dev")),
+            ];
+            commands
+                .iter()
+                .flat_map(|command| command.get_arguments())
+                .filter_map(|arg| {
+                    let long = arg.get_long()?;
+                    let name = match arg.get_env() {
+                        Some(env) => format!("--{long} / {}", env.to_string_lossy()),
+                        None => format!("--{long}"),
+                    };
+                    Some((long.to_owned(), &*Box::leak(name.into_boxed_str())))
+                })
+                .collect()
+        });
+    NAMES
+        .get(flag)
+        .copied()
+        .unwrap_or_else(|| Box::leak(format!("--{flag}").into_boxed_str()))
+}
+
 pub(crate) fn config_err(setting: &'static str, problem: impl fmt::Display) -> ConfigError {
     ConfigError {
         setting,
@@ -166,12 +197,7 @@ impl ServeConfig {
             .iter()
             .map(|identity| Identity::parse(identity))
             .collect::<Result<_, _>>()
-            .map_err(|e| {
-                config_err(
-                    "--allowed-client-identities / NOTES_ALLOWED_CLIENT_IDENTITIES",
-                    e,
-                )
-            })?;
+            .map_err(|e| config_err(setting("allowed-client-identities"), e))?;
         let tls = TlsFiles {
             cert: self.tls_cert.clone(),
             key: self.tls_key.clone(),
@@ -235,7 +261,7 @@ impl DevConfig {
     pub fn check_listen(&self) -> Result<(), ConfigError> {
         if !self.listen.ip().is_loopback() && !self.unsafe_listen_beyond_loopback {
             return Err(config_err(
-                "--dev-listen / NOTES_DEV_LISTEN",
+                setting("dev-listen"),
                 format!(
                     "{} is not a loopback address: dev mode's tokens are signed by a key on disk, \
                      so it listens on 127.0.0.1 or ::1 unless given --unsafe-listen-beyond-loopback",
@@ -303,4 +329,37 @@ pub(crate) fn non_blank_set(values: &[String]) -> BTreeSet<String> {
         .map(|s| s.trim().to_owned())
         .filter(|s| !s.is_empty())
         .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    /// Every `setting("...")` in the settings code names a flag `serve` or
+    /// `dev` has, so no message names a flag that does not exist.
+    #[test]
+    fn every_setting_named_in_a_message_is_a_flag() {
+        let sources = [
+            include_str!("mod.rs"),
+            include_str!("auth.rs"),
+            include_str!("limits.rs"),
+            include_str!("../startup.rs"),
+        ];
+        let mut named = 0;
+        for source in sources {
+            for call in source.split("setting(\"").skip(1) {
+                let flag = call.split('"').next().unwrap();
+                if flag.is_empty() || flag.contains('.') {
+                    continue;
+                }
+                named += 1;
+                let name = super::setting(flag);
+                assert!(name.contains(" / NOTES_"), "--{flag}: {name}");
+            }
+        }
+        assert!(named > 20, "{named}");
+        assert_eq!(super::setting("table"), "--table / NOTES_TABLE");
+        assert_eq!(
+            super::setting("client-crl"),
+            "--client-crl / NOTES_CLIENT_CRL"
+        );
+    }
 }
