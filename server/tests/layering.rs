@@ -1,6 +1,8 @@
-//! The server crate's top-level modules depend on each other without a
-//! cycle: read every source file, collect the `crate::<module>` paths each
-//! top-level module names, and look for a cycle in that graph.
+//! The server crate's modules depend on each other without a cycle, at both
+//! levels: read every source file, collect the `crate::<module>` paths each
+//! top-level module names and the sibling paths (`super::x`,
+//! `crate::<module>::x`) each submodule names, and look for a cycle in
+//! either graph.
 
 use std::{
     collections::{BTreeMap, BTreeSet},
@@ -9,8 +11,7 @@ use std::{
 };
 
 /// Top-level module of each item the crate root re-exports (`pub use`).
-const ROOT_REEXPORTS: [(&str, &str); 3] =
-    [("App", "server"), ("Limits", "server"), ("run", "server")];
+const ROOT_REEXPORTS: [(&str, &str); 2] = [("Server", "server"), ("Limits", "limits")];
 
 fn rust_files(dir: &Path, out: &mut Vec<std::path::PathBuf>) {
     for entry in fs::read_dir(dir).unwrap() {
@@ -26,9 +27,15 @@ fn rust_files(dir: &Path, out: &mut Vec<std::path::PathBuf>) {
 /// The first path segment of every `crate::` path in `source`, including
 /// each item of a `crate::{a::x, b}` group.
 fn crate_references(source: &str) -> BTreeSet<String> {
+    references(source, "crate::")
+}
+
+/// The first path segment after every `prefix` in `source`, including each
+/// item of a `prefix{a::x, b}` group.
+fn references(source: &str, prefix: &str) -> BTreeSet<String> {
     let mut found = BTreeSet::new();
-    for (at, _) in source.match_indices("crate::") {
-        let rest = &source[at + "crate::".len()..];
+    for (at, _) in source.match_indices(prefix) {
+        let rest = &source[at + prefix.len()..];
         if let Some(group) = rest.strip_prefix('{') {
             let mut depth = 0;
             let mut item_start = true;
@@ -36,7 +43,12 @@ fn crate_references(source: &str) -> BTreeSet<String> {
             for c in group.chars() {
                 match c {
                     '{' => depth += 1,
-                    '}' if depth == 0 => break,
+                    '}' if depth == 0 => {
+                        if !word.is_empty() {
+                            found.insert(std::mem::take(&mut word));
+                        }
+                        break;
+                    }
                     '}' => depth -= 1,
                     ',' if depth == 0 => item_start = true,
                     c if c.is_alphanumeric() || c == '_' => {
@@ -127,6 +139,81 @@ fn find_cycle(graph: &BTreeMap<String, BTreeSet<String>>) -> Option<Vec<String>>
     graph
         .keys()
         .find_map(|node| visit(node, graph, &mut Vec::new(), &mut done))
+}
+
+/// Code without comments and without its tests.
+fn code(file: &Path) -> String {
+    let source = fs::read_to_string(file).unwrap();
+    let source = source.split("#[cfg(test)]").next().unwrap_or_default();
+    source
+        .lines()
+        .filter(|line| !line.trim_start().starts_with("//"))
+        .collect::<Vec<_>>()
+        .join("\n")
+}
+
+/// For each module folder, the graph of its submodules (files other than
+/// `mod.rs`): which siblings each one names.
+fn submodule_graphs() -> BTreeMap<String, BTreeMap<String, BTreeSet<String>>> {
+    let src = Path::new(env!("CARGO_MANIFEST_DIR")).join("src");
+    let mut graphs = BTreeMap::<String, BTreeMap<String, BTreeSet<String>>>::new();
+    let mut files = Vec::new();
+    rust_files(&src, &mut files);
+    for file in files {
+        let relative = file.strip_prefix(&src).unwrap();
+        let parts: Vec<String> = relative
+            .components()
+            .map(|c| {
+                c.as_os_str()
+                    .to_string_lossy()
+                    .trim_end_matches(".rs")
+                    .to_owned()
+            })
+            .collect();
+        if parts.len() < 2 || parts.last().is_some_and(|p| p == "mod") {
+            continue;
+        }
+        let folder = parts[..parts.len() - 1].join("::");
+        let name = parts[parts.len() - 1].clone();
+        let source = code(&file);
+        let mut named = references(&source, "super::");
+        named.extend(references(&source, &format!("crate::{folder}::")));
+        let siblings: Vec<String> = fs::read_dir(file.parent().unwrap())
+            .unwrap()
+            .filter_map(|e| {
+                let path = e.ok()?.path();
+                let stem = path.file_stem()?.to_string_lossy().into_owned();
+                (stem != "mod" && stem != name).then_some(stem)
+            })
+            .collect();
+        let deps = graphs.entry(folder).or_default().entry(name).or_default();
+        deps.extend(named.into_iter().filter(|n| siblings.contains(n)));
+    }
+    graphs
+}
+
+#[test]
+fn no_module_folder_has_a_cycle_between_its_files() {
+    let graphs = submodule_graphs();
+    assert!(graphs.contains_key("auth") && graphs.contains_key("store::dynamodb"));
+    for (folder, graph) in &graphs {
+        assert_eq!(find_cycle(graph), None, "{folder}: {graph:#?}");
+    }
+}
+
+#[test]
+fn a_cycle_between_two_files_would_be_found() {
+    let graph: BTreeMap<String, BTreeSet<String>> = [
+        ("cache".to_owned(), ["verify".to_owned()].into()),
+        ("verify".to_owned(), ["cache".to_owned()].into()),
+    ]
+    .into();
+    assert!(find_cycle(&graph).is_some());
+    let refs = references("use super::{cache::X, verify};", "super::");
+    assert_eq!(
+        refs,
+        ["cache", "verify"].into_iter().map(String::from).collect()
+    );
 }
 
 #[test]

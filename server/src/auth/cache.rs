@@ -17,7 +17,12 @@
 
 use std::sync::Arc;
 
-use super::verify::VerifiedToken;
+/// What the cache holds for a token: anything that knows when it expires
+/// (the verifier's `VerifiedToken`; the cache needs nothing else of it).
+pub trait Expiring: Send + Sync + 'static {
+    /// `exp`, seconds since the epoch.
+    fn exp(&self) -> u64;
+}
 
 /// Bytes of the token's end that key the map.
 const KEY_BYTES: usize = 32;
@@ -31,12 +36,12 @@ fn key(token: &[u8]) -> [u8; KEY_BYTES] {
 }
 
 /// A verified token and the text it was verified from.
-pub struct Entry {
+pub struct Entry<V> {
     token: Box<str>,
-    verified: Arc<VerifiedToken>,
+    verified: Arc<V>,
 }
 
-impl Entry {
+impl<V> Entry<V> {
     fn is(&self, token: &[u8]) -> bool {
         self.token.len() == token.len()
             && aws_lc_rs::constant_time::verify_slices_are_equal(self.token.as_bytes(), token)
@@ -54,19 +59,19 @@ pub struct TokenWeight {
     floor: u64,
 }
 
-impl quick_cache::Weighter<[u8; KEY_BYTES], Arc<Entry>> for TokenWeight {
-    fn weight(&self, _: &[u8; KEY_BYTES], entry: &Arc<Entry>) -> u64 {
+impl<V> quick_cache::Weighter<[u8; KEY_BYTES], Arc<Entry<V>>> for TokenWeight {
+    fn weight(&self, _: &[u8; KEY_BYTES], entry: &Arc<Entry<V>>) -> u64 {
         (entry.token.len() as u64).max(self.floor)
     }
 }
 
 /// The cache; capacity 0 disables it.
-pub struct TokenCache {
+pub struct TokenCache<V> {
     max_bytes: usize,
-    entries: Option<quick_cache::sync::Cache<[u8; KEY_BYTES], Arc<Entry>, TokenWeight>>,
+    entries: Option<quick_cache::sync::Cache<[u8; KEY_BYTES], Arc<Entry<V>>, TokenWeight>>,
 }
 
-impl TokenCache {
+impl<V: Expiring> TokenCache<V> {
     /// A cache holding at most `capacity` tokens and [`MAX_BYTES`] of them.
     pub fn new(capacity: usize) -> Self {
         Self::with_max_bytes(capacity, MAX_BYTES)
@@ -87,7 +92,7 @@ impl TokenCache {
 
     /// The verified token for exactly `token` if it has not expired at `now` (seconds).
     /// `token` may be any bytes: only a token verified before, text, hits.
-    pub fn get(&self, token: &(impl AsRef<[u8]> + ?Sized), now: u64) -> Option<Arc<VerifiedToken>> {
+    pub fn get(&self, token: &(impl AsRef<[u8]> + ?Sized), now: u64) -> Option<Arc<V>> {
         let entries = self.entries.as_ref()?;
         let token = token.as_ref();
         let key = key(token);
@@ -95,7 +100,7 @@ impl TokenCache {
         if !entry.is(token) {
             return None;
         }
-        if entry.verified.exp > now {
+        if entry.verified.exp() > now {
             return Some(entry.verified.clone());
         }
         // Expired: dropped, unless another call replaced it meanwhile.
@@ -104,7 +109,7 @@ impl TokenCache {
     }
 
     /// Remembers a verified token (the cache evicts what it must to hold it).
-    pub fn insert(&self, token: &str, verified: Arc<VerifiedToken>, _now: u64) {
+    pub fn insert(&self, token: &str, verified: Arc<V>, _now: u64) {
         let Some(entries) = &self.entries else {
             return;
         };
@@ -157,21 +162,22 @@ impl TokenCache {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::auth::{CallerKind, verify::TokenUse};
 
-    fn verified(subject: &str, exp: u64) -> Arc<VerifiedToken> {
-        Arc::new(VerifiedToken {
-            issuer: "https://issuer".into(),
+    struct Verified {
+        subject: String,
+        exp: u64,
+    }
+
+    impl Expiring for Verified {
+        fn exp(&self) -> u64 {
+            self.exp
+        }
+    }
+
+    fn verified(subject: &str, exp: u64) -> Arc<Verified> {
+        Arc::new(Verified {
             subject: subject.into(),
-            client_id: "app".into(),
-            username: Some(subject.into()),
-            kind: CallerKind::User,
-            token_use: TokenUse::Access,
-            scopes: Default::default(),
-            groups: Default::default(),
-            cnf_x5t_s256: None,
             exp,
-            kid: "k".into(),
         })
     }
 

@@ -127,6 +127,12 @@ pub struct VerifiedToken {
     pub kid: String,
 }
 
+impl super::cache::Expiring for VerifiedToken {
+    fn exp(&self) -> u64 {
+        self.exp
+    }
+}
+
 #[derive(Debug, Deserialize)]
 struct Confirmation {
     #[serde(rename = "x5t#S256")]
@@ -168,7 +174,7 @@ pub struct TokenVerifier {
     /// only configuration puts issuers in it.
     issuers: HashMap<String, Issuer, foldhash::fast::RandomState>,
     max_token_bytes: usize,
-    cache: TokenCache,
+    cache: TokenCache<VerifiedToken>,
     clock: Clock,
 }
 
