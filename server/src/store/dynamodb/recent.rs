@@ -103,6 +103,45 @@ struct Entry {
     requested: bool,
 }
 
+impl Entry {
+    /// The write recorded under `key` in `map`: `Some(None)` for the info
+    /// entry of a write with a `request_id` (read with its write), `None`
+    /// for what this code never writes.
+    fn read(map: &Item, key: &str, value: &AttributeValue) -> Option<Option<Self>> {
+        let version = match value {
+            AttributeValue::N(n) => n.parse::<i64>().ok(),
+            _ => None,
+        };
+        let id = key.get(1..).unwrap_or_default();
+        match (key.as_bytes().first(), version) {
+            (Some(b'p'), Some(version)) => {
+                let (issued, _) = id.split_once('.')?;
+                Some(Some(Entry {
+                    keys: vec![key.to_owned()],
+                    version,
+                    issued_ns: parse_hex(issued)?,
+                    requested: false,
+                }))
+            }
+            (Some(b'r'), Some(version)) => {
+                let info_key = format!("i{id}");
+                let Some(AttributeValue::S(info)) = map.get(&info_key) else {
+                    return None;
+                };
+                let issued_ns = info.split_once('.').and_then(|(t, _)| parse_hex(t))?;
+                Some(Some(Entry {
+                    keys: vec![key.to_owned(), info_key],
+                    version,
+                    issued_ns,
+                    requested: true,
+                }))
+            }
+            (Some(b'i'), _) if map.contains_key(&format!("r{id}")) => Some(None),
+            _ => None,
+        }
+    }
+}
+
 /// What the record says of one write.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub(super) enum Seen {
@@ -170,41 +209,10 @@ impl Recent {
         let mut entries = Vec::with_capacity(map.len());
         let mut unknown = Vec::new();
         for (key, value) in map {
-            let version = match value {
-                AttributeValue::N(n) => n.parse::<i64>().ok(),
-                _ => None,
-            };
-            let entry = match (key.as_bytes().first(), version) {
-                (Some(b'p'), Some(version)) => key[1..]
-                    .split_once('.')
-                    .and_then(|(issued, _)| parse_hex(issued))
-                    .map(|issued_ns| Entry {
-                        keys: vec![key.clone()],
-                        version,
-                        issued_ns,
-                        requested: false,
-                    }),
-                (Some(b'r'), Some(version)) => {
-                    let info_key = format!("i{}", &key[1..]);
-                    let issued_ns = match map.get(&info_key) {
-                        Some(AttributeValue::S(info)) => {
-                            info.split_once('.').and_then(|(t, _)| parse_hex(t))
-                        }
-                        _ => None,
-                    };
-                    issued_ns.map(|issued_ns| Entry {
-                        keys: vec![key.clone(), info_key],
-                        version,
-                        issued_ns,
-                        requested: true,
-                    })
-                }
+            match Entry::read(map, key, value) {
+                Some(Some(entry)) => entries.push(entry),
                 // Info entries go with their write.
-                (Some(b'i'), _) if map.contains_key(&format!("r{}", &key[1..])) => continue,
-                _ => None,
-            };
-            match entry {
-                Some(entry) => entries.push(entry),
+                Some(None) => {}
                 None => unknown.push(key.clone()),
             }
         }
