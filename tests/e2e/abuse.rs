@@ -585,7 +585,8 @@ async fn memory_per_idle_connection_and_per_open_stream_is_measured_and_bounded(
     let dir = tempfile::tempdir().unwrap();
     crate::harness::pki::write_files(dir.path());
     let (server, port) =
-        crate::binaries::start_serve(dir.path(), "unused", 0, &[("NOTES_STORE", "memory")]).await;
+        crate::harness::process::start_serve(dir.path(), "unused", 0, &[("NOTES_STORE", "memory")])
+            .await;
     let pid = server.id().unwrap();
     let addr = SocketAddr::from(([127, 0, 0, 1], port));
     // Warm up: the first connection and call allocate what every later one shares.

@@ -9,7 +9,8 @@ use tonic::Code;
 
 use crate::harness::{
     CLIENT_ID, CLIENT_SPIFFE, ISSUER, TestApp, claims, cognito::auth_from_file, create_as, issuer,
-    list_as, new_key, pki, sign, sign_with, test_policy, with_token,
+    list_as, new_key, pki, sign, sign_with, test_policy, token_for, with_other_signature,
+    with_token,
 };
 
 const SECOND_ISSUER: &str = "https://cognito-idp.eu-west-1.amazonaws.com/eu-west-1_Second";
@@ -189,4 +190,51 @@ async fn a_dns_name_spelling_an_allowed_uri_is_not_that_uri() {
 
     assert_eq!(status.code(), Code::PermissionDenied, "{status:?}");
     assert!(genuine.is_ok(), "{genuine:?}");
+}
+
+/// A unary call to any path, with the notes API's empty request.
+async fn call_path(app: &TestApp, path: &'static str, token: Option<&str>) -> tonic::Status {
+    let mut grpc = tonic::client::Grpc::new(app.channel(Some(&pki().client)).await);
+    grpc.ready().await.unwrap();
+    let request = match token {
+        Some(token) => with_token(ListNotesRequest::default(), token),
+        None => tonic::Request::new(ListNotesRequest::default()),
+    };
+    grpc.unary::<_, notes_api::pb::ListNotesResponse, _>(
+        request,
+        tonic::codegen::http::uri::PathAndQuery::from_static(path),
+        tonic_prost::ProstCodec::default(),
+    )
+    .await
+    .expect_err("an unknown path answered")
+}
+
+/// An unknown path is refused UNAUTHENTICATED without a valid token (it
+/// never reaches the router); with one, it is authenticated, audited, and
+/// then UNIMPLEMENTED.
+#[tokio::test]
+async fn an_unknown_path_is_unauthenticated_without_a_valid_token() {
+    let app = TestApp::spawn().await;
+    let token = token_for("alice");
+    let forged = with_other_signature(&token);
+    for path in [
+        "/notes.v1.NotesService/ExportEverything",
+        "/notes.v2.NotesService/ListNotes",
+        "/grpc.admin.v1/Shutdown",
+    ] {
+        for bad in [None, Some(forged.as_str())] {
+            let status = call_path(&app, path, bad).await;
+            assert_eq!(
+                status.code(),
+                tonic::Code::Unauthenticated,
+                "{path}: {status:?}"
+            );
+        }
+        let status = call_path(&app, path, Some(&token)).await;
+        assert_eq!(
+            status.code(),
+            tonic::Code::Unimplemented,
+            "{path}: {status:?}"
+        );
+    }
 }

@@ -32,6 +32,7 @@ macro_rules! conformance {
 }
 
 mod abuse;
+mod audit;
 mod binaries;
 mod client;
 mod cognito;
@@ -47,10 +48,11 @@ mod mtls;
 mod observability;
 mod outage;
 mod policy;
-mod promises;
+
 mod public_services;
 mod retries;
 mod robustness;
 mod settings;
+mod table;
 mod tokens;
 mod transport;

@@ -16,6 +16,11 @@ use rustls::{
     pki_types::{CertificateDer, pem::PemObject},
 };
 use time::OffsetDateTime;
+use tokio::{
+    io::{AsyncReadExt, AsyncWriteExt},
+    net::TcpStream,
+};
+use tokio_rustls::TlsConnector;
 use tonic::Code;
 use tonic_health::pb::{HealthCheckRequest, health_client::HealthClient};
 use tonic_reflection::pb::v1;
@@ -747,4 +752,58 @@ async fn a_certificate_name_with_a_newline_cannot_forge_a_log_line() {
         logs.lines().all(|line| !line.starts_with("FORGED")),
         "a forged line: {logs}"
     );
+}
+
+/// An identity off the allow-list may hold 4 connections (enough to be
+/// told PERMISSION_DENIED), and the next are closed at once.
+#[tokio::test]
+async fn an_identity_off_the_allow_list_holds_at_most_four_connections() {
+    use notes_server::tls::Identity;
+    let app = TestApp::builder()
+        .allowed_identities([Identity::parse("uri:spiffe://notes.test/someone-else").unwrap()])
+        .spawn()
+        .await;
+    let (served, _held) = open_connections(&app, 6).await;
+    assert_eq!(served, [true, true, true, true, false, false]);
+}
+
+/// Opens `n` connections with the test client's certificate, one after
+/// another, each kept open: whether the server answered each one's HTTP/2
+/// preface, and the connections.
+async fn open_connections(
+    app: &TestApp,
+    n: usize,
+) -> (Vec<bool>, Vec<tokio_rustls::client::TlsStream<TcpStream>>) {
+    let mut held = Vec::new();
+    let mut served = Vec::new();
+    for _ in 0..n {
+        let tcp = TcpStream::connect(app.addr).await.unwrap();
+        let mut stream =
+            TlsConnector::from(crate::harness::pki::client_config(Some(&pki().client)))
+                .connect("localhost".try_into().unwrap(), tcp)
+                .await
+                .unwrap();
+        stream
+            .write_all(b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n")
+            .await
+            .unwrap();
+        let mut buf = [0u8; 16];
+        served.push(matches!(stream.read(&mut buf).await, Ok(n) if n > 0));
+        held.push(stream);
+    }
+    (served, held)
+}
+
+/// The other side of that cap: an identity on the allow-list, or any
+/// identity when there is no allow-list, holds the full per-identity cap
+/// (more than four).
+#[tokio::test]
+async fn an_admitted_identity_holds_more_than_four_connections() {
+    use notes_server::tls::Identity;
+    let on_list = Identity::parse(&format!("uri:{CLIENT_SPIFFE}")).unwrap();
+    for allowed in [vec![], vec![on_list]] {
+        let app = TestApp::builder().allowed_identities(allowed).spawn().await;
+        let (served, _held) = open_connections(&app, 6).await;
+        assert_eq!(served, [true; 6]);
+    }
 }

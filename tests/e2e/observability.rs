@@ -14,12 +14,9 @@ use serde_json::{Value, json};
 use tokio::process::Command;
 use tonic_health::pb::{HealthCheckRequest, health_client::HealthClient};
 
-use crate::{
-    binaries::start_serve_with_admin,
-    harness::{
-        LogSink, TestApp, claims, create_as, dynamodb_config, dynamodb_endpoint, pki,
-        pki::write_files, sign, token_for, with_token,
-    },
+use crate::harness::{
+    LogSink, TestApp, claims, create_as, dynamodb_config, dynamodb_endpoint, pki, pki::write_files,
+    process::start_serve_with_admin, sign, token_for, with_token,
 };
 
 async fn get(port: u16, path: &str) -> (u16, String) {
@@ -383,7 +380,7 @@ async fn the_server_span_continues_the_callers_trace_and_reaches_an_otlp_collect
     write_files(dir.path());
     let table = crate::harness::dynamodb_config(crate::harness::dynamodb_endpoint()).table;
     let endpoint = format!("http://127.0.0.1:{otlp}");
-    let mut init = Command::new(crate::binaries::bin("notes-server"));
+    let mut init = Command::new(crate::harness::process::bin("notes-server"));
     init.args(["init-table", "--table", &table, "--dynamodb-endpoint"])
         .arg(crate::harness::dynamodb_endpoint());
     assert!(init.status().await.unwrap().success());

@@ -7,7 +7,7 @@
 
 use std::{collections::BTreeSet, path::Path, process::Command};
 
-use super::binaries::bin;
+use crate::harness::process::bin;
 
 /// One option of one command, as its `--help` shows it.
 #[derive(Debug)]

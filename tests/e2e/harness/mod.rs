@@ -12,6 +12,7 @@ pub mod app;
 pub mod cognito;
 pub mod net;
 pub mod pki;
+pub mod process;
 pub mod tokens;
 
 pub use app::{Backend, TestApp, dynamodb_config, dynamodb_endpoint};
@@ -99,6 +100,15 @@ impl LogSink {
             move || writer.clone(),
         ));
     }
+}
+
+/// `token` with the signature of another token of the same issuer: well
+/// formed, and refused only by the signature check.
+pub fn with_other_signature(token: &str) -> String {
+    let other = token_for("mallory");
+    let (signed, _) = token.rsplit_once('.').unwrap();
+    let (_, signature) = other.rsplit_once('.').unwrap();
+    format!("{signed}.{signature}")
 }
 
 /// A request carrying `authorization: Bearer <token>`.

@@ -31,9 +31,8 @@ use self::{
     history::{Call, History, Op, Outcome, Seen},
     proxy::{Events, FaultProxy, Faults},
 };
-use crate::{
-    binaries::try_start_serve,
-    harness::{dynamodb_config, dynamodb_endpoint, pki::write_files, token_for},
+use crate::harness::{
+    dynamodb_config, dynamodb_endpoint, pki::write_files, process::try_start_serve, token_for,
 };
 
 /// Clients, and the owners they write as.
