@@ -15,6 +15,7 @@
 //! - [`bucket`]: token buckets by caller (the rate limit, the refusal budget).
 //! - [`overload`]: the in-flight bound (UNAVAILABLE) and the per-caller rate limit (RESOURCE_EXHAUSTED).
 //! - [`tls`]: rustls server configuration, the mTLS accept loop, certificate identities, reload.
+//! - [`audit`]: the audit trail: which calls get an event, what a connection remembers, the events.
 //! - [`auth`]: one file per step: the tower layer, the per-call decision, the policy table, token verification, JWKS, the cache.
 //! - [`api`]: the gRPC handlers: validate, call the store, map errors; sealed page tokens.
 //! - [`store`]: the [`store::NoteStore`] trait and one module per backend (memory, DynamoDB).
@@ -33,6 +34,7 @@
 
 pub mod admin;
 pub mod api;
+pub mod audit;
 pub mod auth;
 pub mod bucket;
 pub mod certs;

@@ -16,51 +16,10 @@ use std::collections::{BTreeSet, HashMap};
 use http::{HeaderMap, header::AUTHORIZATION};
 
 use super::{Access, AuthError, Caller, CallerKind, TokenVerifier};
-use crate::tls::{ConnInfo, Identity};
-
-/// Which allowed calls get an audit event; refusals always get one.
-///
-/// The default, [`AuditAllowed::Changes`], writes every change to notes,
-/// every call to a method the service does not have, and a token's first
-/// allowed read on a connection: every token's use over every client
-/// certificate is on record with its subject, client and certificate, a
-/// stolen token replayed over another certificate included. Each connection
-/// remembers only the token it last audited a read with: further reads with
-/// that token there are counted (`notes_auth_decisions_total`), not
-/// written, and a read with another token is audited again (a gateway
-/// alternating its users' tokens over one connection gets a line per
-/// switch). At load one line per read was most of the log (about 9 MB a
-/// second at 46,000 reads a second) and about a twentieth of the server's
-/// CPU per GetNote. A connection lives at most `--max-connection-age-secs`
-/// plus its grace, so a long-lived caller's reads are on record again at
-/// least that often. A line the full log queue drops is counted
-/// (`notes_log_lines_dropped_total`) but still counts as written.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, clap::ValueEnum)]
-pub enum AuditAllowed {
-    /// Every allowed call (`true` is accepted for it).
-    #[value(alias = "true")]
-    All,
-    /// Calls that change notes or name an unknown method, and each token's
-    /// first allowed read on each connection.
-    #[default]
-    Changes,
-    /// No allowed call; refusals only (`false` is accepted for it).
-    #[value(alias = "false")]
-    None,
-}
-
-impl AuditAllowed {
-    /// Whether an allowed call of `access` gets an audit event;
-    /// `first_read` says whether a read is its token's first allowed one on
-    /// its connection (asked only for reads under `Changes`).
-    pub fn covers(self, access: Access, first_read: impl FnOnce() -> bool) -> bool {
-        match self {
-            AuditAllowed::All => true,
-            AuditAllowed::Changes => access != Access::Read || first_read(),
-            AuditAllowed::None => false,
-        }
-    }
-}
+use crate::{
+    audit::{AuditAllowed, TokenMark},
+    tls::{ConnInfo, Identity},
+};
 
 /// Which app clients each client-certificate identity may present tokens of.
 pub type Bindings = HashMap<Identity, BTreeSet<String>>;
@@ -275,9 +234,9 @@ impl Authenticator {
         }
         // Only an allowed call counts as the token's first on this
         // connection: a refused one leaves the next read audited.
-        let audited = self
-            .audit_allowed
-            .covers(access, || conn.last_audited.is_new(&verified));
+        let audited = self.audit_allowed.covers(access == Access::Read, || {
+            conn.audit_memory.is_new(TokenMark::of(token))
+        });
         Ok(Some(Caller {
             audited,
             owner: [policy.owner_prefix.as_str(), verified.subject.as_str()].concat(),
@@ -339,22 +298,6 @@ mod tests {
         assert_eq!(parse("true"), AuditAllowed::All);
         assert_eq!(parse("false"), AuditAllowed::None);
         assert_eq!(parse("changes"), AuditAllowed::default());
-
-        let changes = AuditAllowed::Changes;
-        assert!(!changes.covers(Access::Read, || false));
-        assert!(changes.covers(Access::Read, || true));
-        assert!(changes.covers(Access::Write, || false));
-        assert!(changes.covers(Access::Authenticated, || false));
-        assert!(AuditAllowed::All.covers(Access::Read, || false));
-        assert!(!AuditAllowed::None.covers(Access::Write, || true));
-
-        // The memory a connection keeps: the very same value, not an equal one.
-        let conn = crate::tls::LastAudited::default();
-        let first = std::sync::Arc::new(1u8);
-        assert!(conn.is_new(&first));
-        assert!(!conn.is_new(&first.clone()));
-        assert!(conn.is_new(&std::sync::Arc::new(1u8)));
-        assert!(conn.is_new(&first));
     }
 
     fn headers(values: &[&str]) -> HeaderMap {

@@ -18,12 +18,9 @@ use tower::{Layer, Service};
 
 use super::Authenticator;
 use crate::{
-    telemetry::{Escaped, call::in_call},
+    audit,
     tls::{ConnInfo, PeerIdentity},
 };
-
-/// Characters of a request path an audit line keeps.
-const MAX_LOGGED_PATH: usize = 200;
 
 /// The peer's certificate identity in a log line (escaped by its `Display`),
 /// or nothing on a connection without one.
@@ -36,12 +33,6 @@ impl std::fmt::Display for DisplayPeer {
             None => Ok(()),
         }
     }
-}
-
-/// The request's path in a log line: escaped, at most [`MAX_LOGGED_PATH`]
-/// characters.
-fn logged_path<B>(req: &Request<B>) -> Escaped<'_> {
-    Escaped(req.uri().path(), MAX_LOGGED_PATH)
 }
 
 /// Adds [`AuthService`] around the router.
@@ -107,8 +98,8 @@ where
                 )
                 .await;
             // The path, and the names the peer and the token chose, are the
-            // caller's: escaped and bounded, and formatted only for a line
-            // that is kept.
+            // caller's: the audit trail escapes and bounds them, and formats
+            // them only for a line that is kept.
             let peer =
                 |req: &Request<B>| req.extensions().get::<ConnInfo>().map(|c| c.peer.clone());
             match decision {
@@ -116,18 +107,13 @@ where
                     if let Some(caller) = caller {
                         auth.count_allowed(&caller);
                         if caller.audited {
-                            in_call(|| {
-                                tracing::info!(
-                                    target: crate::telemetry::AUDIT_TARGET,
-                                    method = %logged_path(&req),
-                                    subject = %Escaped(&caller.token.subject, usize::MAX),
-                                    client_id = %Escaped(&caller.token.client_id, usize::MAX),
-                                    kind = ?caller.token.kind,
-                                    peer = %DisplayPeer(peer(&req)),
-                                    decision = "allow",
-                                    reason = "ok",
-                                )
-                            });
+                            audit::allowed(
+                                req.uri().path(),
+                                &caller.token.subject,
+                                &caller.token.client_id,
+                                &caller.token.kind,
+                                &DisplayPeer(peer(&req)),
+                            );
                         }
                         req.extensions_mut().insert(caller);
                     }
@@ -140,15 +126,7 @@ where
                         .auth_decisions
                         .with_label_values(&["deny", err.reason(), "none", "none"])
                         .inc();
-                    in_call(|| {
-                        tracing::info!(
-                            target: crate::telemetry::AUDIT_TARGET,
-                            method = %logged_path(&req),
-                            peer = %DisplayPeer(peer(&req)),
-                            decision = "deny",
-                            reason = err.reason(),
-                        )
-                    });
+                    audit::refused(req.uri().path(), &DisplayPeer(peer(&req)), err.reason());
                     Ok(Status::from(err).into_http())
                 }
             }

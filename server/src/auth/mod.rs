@@ -27,7 +27,8 @@ use std::sync::Arc;
 
 use tonic::Status;
 
-pub use authorize::{AuditAllowed, Authenticator, Bindings};
+pub use crate::audit::AuditAllowed;
+pub use authorize::{Authenticator, Bindings};
 pub use layer::AuthLayer;
 pub use policy::{Access, AccessScopes, ScopePolicy};
 pub use verify::{TokenPolicy, TokenVerifier, VerifiedToken};

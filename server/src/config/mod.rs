@@ -16,7 +16,7 @@ pub mod limits;
 use std::{collections::BTreeSet, fmt, net::SocketAddr, path::PathBuf};
 
 use crate::{
-    auth::AuditAllowed,
+    audit::AuditAllowed,
     limits::{Limits, RateLimit},
     tls::{Identity, TlsFiles},
 };

@@ -335,8 +335,8 @@ pub struct ConnInfo {
     pub remote_addr: SocketAddr,
     /// The verified client certificate's identity.
     pub peer: Arc<PeerIdentity>,
-    /// What the auth layer last audited a read with on this connection.
-    pub last_audited: Arc<LastAudited>,
+    /// What the audit trail remembers of this connection.
+    pub audit_memory: Arc<crate::audit::ConnectionMemory>,
 }
 
 impl ConnInfo {
@@ -345,37 +345,8 @@ impl ConnInfo {
         Self {
             remote_addr,
             peer,
-            last_audited: Arc::default(),
+            audit_memory: Arc::default(),
         }
-    }
-}
-
-/// One value a connection remembers for the auth layer: the verified token
-/// it last audited a read with, so the next reads with that very token on
-/// this connection need no line of their own. It holds the value, so its
-/// address is not reused while it is compared.
-#[derive(Default)]
-pub struct LastAudited(Mutex<Option<Arc<dyn std::any::Any + Send + Sync>>>);
-
-impl LastAudited {
-    /// Whether `value` is not the one remembered (compared by address: the
-    /// very same value); remembers it.
-    pub fn is_new<T: std::any::Any + Send + Sync>(&self, value: &Arc<T>) -> bool {
-        let mut last = self.0.lock().unwrap_or_else(|e| e.into_inner());
-        if last
-            .as_ref()
-            .is_some_and(|last| std::ptr::addr_eq(Arc::as_ptr(last), Arc::as_ptr(value)))
-        {
-            return false;
-        }
-        *last = Some(value.clone());
-        true
-    }
-}
-
-impl std::fmt::Debug for LastAudited {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.write_str("LastAudited")
     }
 }
 

@@ -27,7 +27,7 @@ use rustls::{
     server::WebPkiClientVerifier,
 };
 
-pub use accept::{Admission, ConnInfo, LastAudited, OpenConnections, TlsConn};
+pub use accept::{Admission, ConnInfo, OpenConnections, TlsConn};
 pub use identity::{Identity, PeerIdentity, UnreadableCertificate};
 pub use reload::{ServerTls, TlsFiles};
 
