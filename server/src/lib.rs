@@ -12,8 +12,7 @@
 //! - [`limits`]: every bound on what a peer can make the server hold, with its default and reason.
 //! - [`metrics`]: Prometheus metrics: go-grpc-middleware's RPC metrics and the service's `notes_*`.
 //! - [`admin`]: the admin listener: `/metrics`, `/livez`, `/readyz`, apart from the data plane.
-//! - [`bucket`]: token buckets by caller (the rate limit, the refusal budget).
-//! - [`overload`]: the in-flight bound (UNAVAILABLE) and the per-caller rate limit (RESOURCE_EXHAUSTED).
+//! - [`admission`]: admission and overload: connection and handshake caps, calls in flight, the rate limit, the refusal budget.
 //! - [`tls`]: rustls server configuration, the mTLS accept loop, certificate identities, reload.
 //! - [`audit`]: the audit trail: which calls get an event, what a connection remembers, the events.
 //! - [`auth`]: one file per step: the tower layer, the per-call decision, the policy table, token verification, JWKS, the cache.
@@ -33,10 +32,10 @@
 #![forbid(unsafe_code)]
 
 pub mod admin;
+pub mod admission;
 pub mod api;
 pub mod audit;
 pub mod auth;
-pub mod bucket;
 pub mod certs;
 pub mod check;
 pub mod clock;
@@ -45,7 +44,6 @@ pub mod dev;
 pub mod error;
 pub mod limits;
 pub mod metrics;
-pub mod overload;
 pub mod server;
 pub mod startup;
 pub mod store;

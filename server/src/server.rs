@@ -16,13 +16,13 @@ use tonic_health::{ServingStatus, server::HealthReporter};
 
 use crate::{
     admin::{self, Readiness},
+    admission::{Admission, Charged, InFlightLimitLayer, RateLimitLayer, oversize_layer},
     api::{NotesApi, PageTokens},
-    auth::{AuthLayer, Authenticator, jwks},
+    auth::{AuthLayer, Authenticator, Caller, jwks},
     limits::{Limits, MAX_NOTES_MESSAGE_BYTES, MAX_SMALL_MESSAGE_BYTES},
     metrics::RpcMetricsLayer,
-    overload::{InFlightLimitLayer, RateLimitLayer, oversize_layer},
     store::NoteStore,
-    tls::{self, Admission, ServerTls},
+    tls::{self, ConnInfo, OpenConnections, ServerTls, accept::PeerCap},
 };
 
 /// Open connections an identity off the allow-list may hold.
@@ -141,15 +141,25 @@ impl Server {
         self.spawn_background(&health, &readiness, &stop).await;
         let limits = self.limits.clone();
         let local_addr = listener.local_addr().ok();
-        let admission = admission(&limits, self.authenticator.clone());
+        let admission = Admission::new(
+            limits.max_connections,
+            limits.max_handshakes,
+            limits.max_handshakes_per_ip,
+            limits.handshake_timeout,
+        );
+        let open = Arc::new(OpenConnections::default());
         // Reloads the TLS files and closes connections whose certificate is
         // revoked or expired, every reload interval and on SIGHUP.
-        self.tls.spawn_watch(
-            limits.tls_reload_interval,
-            admission.open.clone(),
+        self.tls
+            .spawn_watch(limits.tls_reload_interval, open.clone(), stop.clone());
+        let incoming = tls::accept::incoming(
+            listener,
+            self.tls.clone(),
+            admission,
+            open,
+            identity_caps(&limits, self.authenticator.clone()),
             stop.clone(),
         );
-        let incoming = tls::accept::incoming(listener, self.tls.clone(), admission, stop.clone());
         let signal = drain_on(shutdown, health.clone(), readiness, stop.clone());
         let routes = Self::routes(self.store, self.page_tokens, health_service)?;
         let router = tonic::transport::Server::builder()
@@ -176,7 +186,9 @@ impl Server {
             .layer(AuthLayer::new(self.authenticator))
             // The rate limit needs the caller the auth layer established.
             .layer(tower::util::option_layer(
-                limits.rate_limit.map(RateLimitLayer::new),
+                limits
+                    .rate_limit
+                    .map(|limit| RateLimitLayer::new(limit, charged)),
             ))
             .add_routes(routes);
         let addr = local_addr.map(|a| a.to_string()).unwrap_or_default();
@@ -248,24 +260,31 @@ impl Server {
     }
 }
 
-/// Connection admission: the global caps, and per identity (an identity
-/// off the allow-list may hold a few connections, to be told
-/// PERMISSION_DENIED, and no more).
-fn admission(limits: &Limits, authenticator: Arc<Authenticator>) -> Arc<Admission> {
+/// How many connections each identity may hold: an identity off the
+/// allow-list a few, to be told PERMISSION_DENIED, and no more.
+fn identity_caps(limits: &Limits, authenticator: Arc<Authenticator>) -> PeerCap {
     let per_identity = limits.max_connections_per_identity;
-    Admission::with_peers(
-        limits.max_connections,
-        limits.max_handshakes,
-        limits.max_handshakes_per_ip,
-        limits.handshake_timeout,
-        Arc::new(move |peer| {
-            if authenticator.admits(peer) {
-                per_identity
-            } else {
-                NOT_ALLOWED_CONNECTIONS
-            }
-        }),
-    )
+    Arc::new(move |peer| {
+        if authenticator.admits(peer) {
+            per_identity
+        } else {
+            NOT_ALLOWED_CONNECTIONS
+        }
+    })
+}
+
+/// Who a call is charged to by the rate limit: its token's owner, or its
+/// certificate's identity when it needs no token.
+fn charged(extensions: &http::Extensions) -> Charged<'_> {
+    match extensions.get::<Caller>() {
+        Some(caller) => Charged::Owner(&caller.owner),
+        None => Charged::Peer(
+            extensions
+                .get::<ConnInfo>()
+                .map(|conn| conn.peer.name().to_owned())
+                .unwrap_or_default(),
+        ),
+    }
 }
 
 /// Resolves when `shutdown` does, after turning not ready (load balancers

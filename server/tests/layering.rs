@@ -233,6 +233,20 @@ fn the_server_modules_have_no_import_cycle() {
 }
 
 #[test]
+fn admission_and_audit_name_none_of_the_modules_that_use_them() {
+    let graph = module_graph();
+    for (module, users) in [
+        ("admission", ["tls", "auth", "server", "api"]),
+        ("audit", ["tls", "auth", "server", "api"]),
+    ] {
+        let deps = &graph[module];
+        for user in users {
+            assert!(!deps.contains(user), "{module} names {user}: {deps:?}");
+        }
+    }
+}
+
+#[test]
 fn only_startup_assembles_from_settings() {
     // `check` is a command beside `startup`: it runs what startup would.
     for (module, deps) in module_graph() {

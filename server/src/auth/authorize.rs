@@ -36,7 +36,7 @@ pub struct Authenticator {
     audit_allowed: AuditAllowed,
     /// Refusals each certificate identity may draw before its calls are
     /// refused unverified (RSA is the costly part of a refusal).
-    refusals: Option<crate::bucket::Buckets>,
+    refusals: Option<crate::admission::Buckets>,
     /// The allowed-call counters by issuer, user then machine: found once,
     /// not by their labels on every call.
     allowed: HashMap<String, [prometheus::IntCounter; 2], foldhash::fast::RandomState>,
@@ -66,7 +66,7 @@ impl Authenticator {
             allowed_identities: BTreeSet::new(),
             namespaced_owners: false,
             audit_allowed: AuditAllowed::default(),
-            refusals: Some(crate::bucket::Buckets::new(
+            refusals: Some(crate::admission::Buckets::new(
                 crate::limits::REFUSALS_PER_IDENTITY,
             )),
         }
@@ -106,7 +106,7 @@ impl Authenticator {
     /// Lets each client-certificate identity draw refusals at `budget`; past
     /// it, its calls are refused before any token is verified.
     pub fn with_refusal_budget(mut self, budget: crate::limits::RateLimit) -> Self {
-        self.refusals = Some(crate::bucket::Buckets::new(budget));
+        self.refusals = Some(crate::admission::Buckets::new(budget));
         self
     }
 

@@ -1,7 +1,8 @@
 //! Mutual TLS: the server's rustls configuration, the accept loop, and the
 //! identity a client certificate proves.
 //!
-//! - [`accept`]: the TLS accept loop feeding tonic: connection and handshake caps, handshake timeout.
+//! - [`accept`]: the TLS accept loop feeding tonic, under the caps of [`crate::admission`]; handshake timeout.
+//! - [`conn`]: an established connection, what each request knows of it, the registry a CRL reload closes through.
 //! - [`identity`]: [`PeerIdentity`], extracted once per connection.
 //! - [`verifier`]: the client-certificate verifier that logs why it refused, naming the certificate,
 //!   and checks the newest CRLs.
@@ -10,6 +11,7 @@
 //! Issuing certificates is not here: see [`crate::certs::authority`].
 
 pub mod accept;
+pub mod conn;
 pub mod identity;
 pub mod reload;
 pub mod verifier;
@@ -27,7 +29,7 @@ use rustls::{
     server::WebPkiClientVerifier,
 };
 
-pub use accept::{Admission, ConnInfo, OpenConnections, TlsConn};
+pub use conn::{ConnInfo, OpenConnections, TlsConn};
 pub use identity::{Identity, PeerIdentity, UnreadableCertificate};
 pub use reload::{ServerTls, TlsFiles};
 

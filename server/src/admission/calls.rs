@@ -1,6 +1,6 @@
-//! Overload protection: a bound on calls in flight across the server, and an
-//! optional per-caller rate limit. Neither queues: a call over a bound is
-//! answered at once.
+//! The bounds on calls: calls in flight across the server, an optional
+//! per-caller rate limit, and oversized request messages. None queues: a
+//! call over a bound is answered at once.
 //!
 //! - Over the in-flight bound, a call is refused **UNAVAILABLE**: the server
 //!   as a whole is busy, the call did nothing, and any client may retry it
@@ -29,7 +29,7 @@ use http::{Request, Response};
 use tonic::{Status, body::Body};
 use tower::{Layer, Service};
 
-use crate::{auth::Caller, limits::RateLimit, tls::ConnInfo};
+use crate::limits::RateLimit;
 
 const HEALTH_PREFIX: &str = "/grpc.health.v1.Health/";
 
@@ -238,8 +238,8 @@ impl Limiters {
         }
     }
 
-    /// Whether the caller of `req` may make a call now (it is counted).
-    fn admits<B>(&self, req: &Request<B>) -> bool {
+    /// Whether `caller` may make a call now (it is counted).
+    fn admits(&self, caller: Charged<'_>) -> bool {
         fn check(limiter: &governor::DefaultKeyedRateLimiter<String>, key: &String) -> bool {
             if limiter.len() >= MAX_TRACKED_CALLERS {
                 limiter.retain_recent();
@@ -249,30 +249,42 @@ impl Limiters {
             }
             limiter.check_key(key).is_ok()
         }
-        match req.extensions().get::<Caller>() {
-            Some(caller) => check(&self.owners, &caller.owner),
-            None => match req.extensions().get::<ConnInfo>() {
-                Some(conn) => check(&self.peers, &conn.peer.name().to_owned()),
-                None => check(&self.peers, &String::new()),
-            },
+        match caller {
+            Charged::Owner(owner) => check(&self.owners, owner),
+            Charged::Peer(peer) => check(&self.peers, &peer),
         }
     }
 }
 
+/// Who a call is charged to.
+pub enum Charged<'a> {
+    /// A verified token's owner.
+    Owner(&'a String),
+    /// The certificate identity of a call that needs no token (or nothing
+    /// known: an empty name).
+    Peer(String),
+}
+
+/// Who a request is charged to, read from its extensions (what the auth
+/// layer and the connection put there).
+pub type ChargeOf = for<'a> fn(&'a http::Extensions) -> Charged<'a>;
+
 /// Refuses a caller's calls beyond its rate with RESOURCE_EXHAUSTED. Sits
 /// inside the auth layer: the caller is the token's owner, or the client
-/// certificate's identity for calls that need no token. Health checks are
-/// never limited.
+/// certificate's identity for calls that need no token ([`ChargeOf`]).
+/// Health checks are never limited.
 #[derive(Clone)]
 pub struct RateLimitLayer {
     limiters: Arc<Limiters>,
+    charge_of: ChargeOf,
 }
 
 impl RateLimitLayer {
-    /// Each caller gets `limit`.
-    pub fn new(limit: RateLimit) -> Self {
+    /// Each caller gets `limit`; `charge_of` says who a call's caller is.
+    pub fn new(limit: RateLimit, charge_of: ChargeOf) -> Self {
         Self {
             limiters: Arc::new(Limiters::new(limit)),
+            charge_of,
         }
     }
 }
@@ -284,6 +296,7 @@ impl<S> Layer<S> for RateLimitLayer {
         RateLimited {
             inner,
             limiters: self.limiters.clone(),
+            charge_of: self.charge_of,
         }
     }
 }
@@ -293,6 +306,7 @@ impl<S> Layer<S> for RateLimitLayer {
 pub struct RateLimited<S> {
     inner: S,
     limiters: Arc<Limiters>,
+    charge_of: ChargeOf,
 }
 
 impl<S, B> Service<Request<B>> for RateLimited<S>
@@ -310,7 +324,9 @@ where
     }
 
     fn call(&mut self, req: Request<B>) -> Self::Future {
-        if !req.uri().path().starts_with(HEALTH_PREFIX) && !self.limiters.admits(&req) {
+        if !req.uri().path().starts_with(HEALTH_PREFIX)
+            && !self.limiters.admits((self.charge_of)(req.extensions()))
+        {
             crate::metrics::metrics()
                 .requests_shed
                 .with_label_values(&["rate_limit"])

@@ -1,0 +1,21 @@
+//! Admission and overload, in one place: whether the server takes a
+//! connection or a call, and what it answers when it does not.
+//!
+//! - [`connections`]: open connections, TLS handshakes in progress (in all
+//!   and per address), open connections per certificate identity.
+//! - [`calls`]: calls in flight across the server (UNAVAILABLE beyond), a
+//!   per-caller rate limit (RESOURCE_EXHAUSTED beyond), oversized request
+//!   messages (RESOURCE_EXHAUSTED).
+//! - [`refusals`]: the refusal budget's buckets per certificate identity.
+//!
+//! Every bound's default and reason is in [`crate::limits`]. This module
+//! names no type of the modules that use it (TLS, auth, the server): they
+//! pass the keys (an identity's text, who a call is charged to).
+
+pub mod calls;
+pub mod connections;
+pub mod refusals;
+
+pub use calls::{Charged, InFlightLimitLayer, RateLimitLayer, oversize_layer};
+pub use connections::{Admission, AdmissionRefusals, HandshakeSlot, IdentitySlot, Refusal};
+pub use refusals::Buckets;
