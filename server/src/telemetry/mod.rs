@@ -7,6 +7,7 @@
 use tracing_subscriber::{EnvFilter, fmt};
 
 pub mod call;
+pub mod trace;
 
 /// The audit trail's target.
 pub const AUDIT_TARGET: &str = "notes::audit";
