@@ -45,6 +45,13 @@ pub fn incoming(
     stop: CancellationToken,
 ) -> ReceiverStream<io::Result<TlsConn>> {
     let (tx, rx) = mpsc::channel(64);
+    // This loop's own: certificates parsed once, and one line per 10 s
+    // about refused handshakes (anyone can cause those before
+    // authentication).
+    let peers = Arc::new(Peers {
+        identities: IdentityCache::default(),
+        refused: LogEvery::new(Duration::from_secs(10)),
+    });
     tokio::spawn(async move {
         let accept_errors = LogEvery::new(Duration::from_secs(10));
         let mut backoff = Duration::from_millis(5);
@@ -81,12 +88,19 @@ pub fn incoming(
             let admission = admission.clone();
             let open = open.clone();
             let cap_of = cap_of.clone();
+            let peers = peers.clone();
             tokio::spawn(async move {
                 let Some(handshake_slot) = admission.admit_handshake(remote_addr) else {
                     return;
                 };
-                let Some((stream, info)) =
-                    handshake(acceptor, tcp, remote_addr, admission.handshake_timeout).await
+                let Some((stream, info)) = handshake(
+                    &peers,
+                    acceptor,
+                    tcp,
+                    remote_addr,
+                    admission.handshake_timeout,
+                )
+                .await
                 else {
                     return;
                 };
@@ -131,15 +145,19 @@ pub fn incoming(
     ReceiverStream::new(rx)
 }
 
+/// What the accept loop keeps about its peers.
+struct Peers {
+    identities: IdentityCache,
+    refused: LogEvery,
+}
+
 async fn handshake(
+    peers: &Peers,
     acceptor: TlsAcceptor,
     tcp: TcpStream,
     remote_addr: SocketAddr,
     timeout: Duration,
 ) -> Option<(TlsStream<TcpStream>, ConnInfo)> {
-    // Before authentication anyone can make these happen: one line per 10 s.
-    static REFUSED: std::sync::LazyLock<LogEvery> =
-        std::sync::LazyLock::new(|| LogEvery::new(Duration::from_secs(10)));
     let handshakes = &crate::metrics::metrics().tls_handshakes;
     let accept = acceptor.accept(tcp).into_fallible();
     let stream = match tokio::time::timeout(timeout, accept).await {
@@ -149,7 +167,7 @@ async fn handshake(
         }
         Ok(Err((err, tcp))) => {
             handshakes.with_label_values(&["refused"]).inc();
-            if let Some(suppressed) = REFUSED.check() {
+            if let Some(suppressed) = peers.refused.check() {
                 tracing::info!(%remote_addr, error = %escape(&err.to_string()), suppressed, "TLS handshake refused");
             }
             // The alert, if any, is written: let the client read it.
@@ -158,7 +176,7 @@ async fn handshake(
         }
         Err(_) => {
             handshakes.with_label_values(&["timeout"]).inc();
-            if let Some(suppressed) = REFUSED.check() {
+            if let Some(suppressed) = peers.refused.check() {
                 tracing::info!(%remote_addr, ?timeout, suppressed, "TLS handshake timed out");
             }
             return None;
@@ -169,9 +187,7 @@ async fn handshake(
         .1
         .peer_certificates()
         .and_then(|certs| certs.first());
-    static IDENTITIES: std::sync::LazyLock<IdentityCache> =
-        std::sync::LazyLock::new(IdentityCache::default);
-    let peer = match leaf.map(|der| IDENTITIES.identity_of(der)) {
+    let peer = match leaf.map(|der| peers.identities.identity_of(der)) {
         Some(Ok(peer)) => peer,
         Some(Err(err)) => {
             tracing::info!(%remote_addr, error = %crate::error::error_chain(&err), "client certificate unreadable");
