@@ -127,39 +127,12 @@ impl Server {
         let stop = CancellationToken::new();
         let readiness = Arc::new(Readiness::default());
         readiness.publish();
-        let admin_stop = CancellationToken::new();
         // The admin endpoints outlive the drain (503 throughout), then stop.
-        let _admin_guard = admin_stop.clone().drop_guard();
-        if let Some(listener) = admin {
-            let addr = listener
-                .local_addr()
-                .map(|a| a.to_string())
-                .unwrap_or_default();
-            tracing::info!(%addr, "admin endpoints: /metrics /livez /readyz");
-            admin::spawn(listener, readiness.clone(), admin_stop.clone());
-        }
+        let _admin_guard = start_admin(admin, &readiness);
         self.spawn_background(&health, &readiness, &stop).await;
         let limits = self.limits.clone();
         let local_addr = listener.local_addr().ok();
-        let admission = Admission::new(
-            limits.max_connections,
-            limits.max_handshakes,
-            limits.max_handshakes_per_ip,
-            limits.handshake_timeout,
-        );
-        let open = Arc::new(OpenConnections::default());
-        // Reloads the TLS files and closes connections whose certificate is
-        // revoked or expired, every reload interval and on SIGHUP.
-        self.tls
-            .spawn_watch(limits.tls_reload_interval, open.clone(), stop.clone());
-        let incoming = tls::accept::incoming(
-            listener,
-            self.tls.clone(),
-            admission,
-            open,
-            identity_caps(&limits, self.authenticator.clone()),
-            stop.clone(),
-        );
+        let incoming = self.accept(listener, &stop);
         let signal = drain_on(shutdown, health.clone(), readiness, stop.clone());
         let routes = Self::routes(self.store, self.page_tokens, health_service)?;
         let router = tonic::transport::Server::builder()
@@ -204,6 +177,35 @@ impl Server {
         }
         tracing::info!("server stopped");
         Ok(())
+    }
+
+    /// The accept loop on `listener`, under the connection caps; with the
+    /// TLS watch that reloads the files and closes connections whose
+    /// certificate is revoked or expired (every reload interval and on
+    /// SIGHUP), until `stop`.
+    fn accept(
+        &self,
+        listener: TcpListener,
+        stop: &CancellationToken,
+    ) -> tokio_stream::wrappers::ReceiverStream<std::io::Result<tls::TlsConn>> {
+        let limits = &self.limits;
+        let admission = Admission::new(
+            limits.max_connections,
+            limits.max_handshakes,
+            limits.max_handshakes_per_ip,
+            limits.handshake_timeout,
+        );
+        let open = Arc::new(OpenConnections::default());
+        self.tls
+            .spawn_watch(limits.tls_reload_interval, open.clone(), stop.clone());
+        tls::accept::incoming(
+            listener,
+            self.tls.clone(),
+            admission,
+            open,
+            identity_caps(limits, self.authenticator.clone()),
+            stop.clone(),
+        )
     }
 
     /// The store probe, the first key load (then SERVING) and the key
@@ -258,6 +260,24 @@ impl Server {
         .add_service(reflection_v1alpha)
         .add_service(notes))
     }
+}
+
+/// Serves the admin endpoints on `admin`, if given, until the returned
+/// guard is dropped.
+fn start_admin(
+    admin: Option<TcpListener>,
+    readiness: &Arc<Readiness>,
+) -> tokio_util::sync::DropGuard {
+    let admin_stop = CancellationToken::new();
+    if let Some(listener) = admin {
+        let addr = listener
+            .local_addr()
+            .map(|a| a.to_string())
+            .unwrap_or_default();
+        tracing::info!(%addr, "admin endpoints: /metrics /livez /readyz");
+        admin::spawn(listener, readiness.clone(), admin_stop.clone());
+    }
+    admin_stop.drop_guard()
 }
 
 /// How many connections each identity may hold: an identity off the

@@ -83,66 +83,80 @@ pub fn incoming(
             let _ = tcp.set_nodelay(true);
             // The configuration in force now; a later reload does not touch this connection.
             let acceptor = TlsAcceptor::from(tls.current());
-            let tls = tls.clone();
+            let loop_state = Loop {
+                tls: tls.clone(),
+                admission: admission.clone(),
+                open: open.clone(),
+                cap_of: cap_of.clone(),
+                peers: peers.clone(),
+            };
             let tx = tx.clone();
-            let admission = admission.clone();
-            let open = open.clone();
-            let cap_of = cap_of.clone();
-            let peers = peers.clone();
             tokio::spawn(async move {
-                let Some(handshake_slot) = admission.admit_handshake(remote_addr) else {
-                    return;
-                };
-                let Some((stream, info)) = handshake(
-                    &peers,
-                    acceptor,
-                    tcp,
-                    remote_addr,
-                    admission.handshake_timeout,
-                )
-                .await
-                else {
-                    return;
-                };
-                // Refusals from here on linger under the handshake slot, so
-                // the handshake caps bound them too.
-                let Some(identity) = admission.admit_identity(
-                    info.peer.identity_text(),
-                    cap_of(&info.peer),
-                    remote_addr,
-                ) else {
-                    close_refused(stream).await;
-                    return;
-                };
-                let (id, closer) = open.register(info.peer.clone());
-                // The verifier checked both already; this keeps them true
-                // even if a session were ever resumed, and for a certificate
-                // that expires in the handshake. Checked once registered: a
-                // reload's sweep either finds this connection or ran before
-                // this check, which then sees the new CRLs.
-                if !tls.is_live(&info.peer) {
-                    open.remove(id);
-                    tracing::info!(%remote_addr, "client certificate revoked or expired; connection refused");
-                    close_refused(stream).await;
-                    return;
+                if let Some(conn) = loop_state.establish(acceptor, tcp, remote_addr, slot).await {
+                    let _ = tx.send(Ok(conn)).await;
                 }
-                drop(handshake_slot);
-                let _ = tx
-                    .send(Ok(TlsConn {
-                        stream,
-                        info,
-                        _slot: slot,
-                        _identity: identity,
-                        id,
-                        closer,
-                        open,
-                    }))
-                    .await;
             });
         }
         tracing::debug!("accept loop stopped");
     });
     ReceiverStream::new(rx)
+}
+
+/// What each connection's task needs of the accept loop.
+struct Loop {
+    tls: Arc<ServerTls>,
+    admission: Arc<Admission>,
+    open: Arc<OpenConnections>,
+    cap_of: PeerCap,
+    peers: Arc<Peers>,
+}
+
+impl Loop {
+    /// The handshake of an admitted connection (under a handshake slot),
+    /// then its identity's cap and a last check that its certificate is
+    /// live; `None` when it is refused.
+    async fn establish(
+        self,
+        acceptor: TlsAcceptor,
+        tcp: TcpStream,
+        remote_addr: SocketAddr,
+        slot: tokio::sync::OwnedSemaphorePermit,
+    ) -> Option<TlsConn> {
+        let admission = &self.admission;
+        let handshake_slot = admission.admit_handshake(remote_addr)?;
+        let timeout = admission.handshake_timeout;
+        let (stream, info) = handshake(&self.peers, acceptor, tcp, remote_addr, timeout).await?;
+        // Refusals from here on linger under the handshake slot, so the
+        // handshake caps bound them too.
+        let cap = (self.cap_of)(&info.peer);
+        let Some(identity) = admission.admit_identity(info.peer.identity_text(), cap, remote_addr)
+        else {
+            close_refused(stream).await;
+            return None;
+        };
+        let (id, closer) = self.open.register(info.peer.clone());
+        // The verifier checked both already; this keeps them true even if a
+        // session were ever resumed, and for a certificate that expires in
+        // the handshake. Checked once registered: a reload's sweep either
+        // finds this connection or ran before this check, which then sees
+        // the new CRLs.
+        if !self.tls.is_live(&info.peer) {
+            self.open.remove(id);
+            tracing::info!(%remote_addr, "client certificate revoked or expired; connection refused");
+            close_refused(stream).await;
+            return None;
+        }
+        drop(handshake_slot);
+        Some(TlsConn {
+            stream,
+            info,
+            _slot: slot,
+            _identity: identity,
+            id,
+            closer,
+            open: self.open,
+        })
+    }
 }
 
 /// What the accept loop keeps about its peers.
