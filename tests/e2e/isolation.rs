@@ -88,6 +88,31 @@ async fn a_page_token_issued_to_one_user_is_refused_for_another(backend: Backend
     );
 }
 
+/// Cognito's subjects are UUIDs, all of one length: a page token is bound
+/// to its owner's bytes, not only to their length.
+async fn a_page_token_is_refused_for_another_user_whose_sub_has_the_same_length(backend: Backend) {
+    let app = TestApp::builder().store(backend).spawn().await;
+    let alice_sub = "3f1c9a2e-8b7d-4e6f-a5c4-0d9e8f7a6b51";
+    let bob_sub = "3f1c9a2e-8b7d-4e6f-a5c4-0d9e8f7a6b52";
+    assert_eq!(alice_sub.len(), bob_sub.len());
+    let alice = app.client_as(alice_sub).await;
+    let bob = app.client_as(bob_sub).await;
+    for i in 0..3 {
+        alice.create(&format!("a{i}"), None).await.unwrap();
+        bob.create(&format!("b{i}"), None).await.unwrap();
+    }
+    let alices_token = alice.list(1, "").await.unwrap().next_page_token;
+
+    let err = bob.list(1, &alices_token).await.unwrap_err();
+    let own = alice.list(1, &alices_token).await.unwrap();
+
+    assert!(
+        matches!(err, Error::InvalidArgument(ref m) if m.starts_with("page_token:")),
+        "{err}"
+    );
+    assert!(own.notes.iter().all(|n| n.user_id == alice_sub));
+}
+
 async fn the_same_request_id_from_two_users_makes_two_notes(backend: Backend) {
     let app = TestApp::builder().store(backend).spawn().await;
     let alice = app.client_as("alice").await;
@@ -105,5 +130,6 @@ conformance!(
     another_user_cannot_update_or_delete_and_the_note_is_unchanged,
     listing_shows_only_the_callers_notes,
     a_page_token_issued_to_one_user_is_refused_for_another,
+    a_page_token_is_refused_for_another_user_whose_sub_has_the_same_length,
     the_same_request_id_from_two_users_makes_two_notes,
 );

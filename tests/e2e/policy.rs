@@ -47,6 +47,88 @@ async fn spawn(policy: TokenPolicy) -> TestApp {
     TestApp::builder().policy(policy).spawn().await
 }
 
+/// A user token (`username` set) with `scope`.
+fn user_claims(scope: &str) -> Value {
+    let mut c = claims("alice");
+    c["scope"] = json!(scope);
+    c
+}
+
+/// Each level requiring two scopes, as the flags set it.
+fn two_scopes_from_flags(dir: &std::path::Path) -> notes_server::config::AuthSettings {
+    notes_server::config::AuthArgs {
+        auth_config: None,
+        issuer: Some(ISSUER.to_owned()),
+        jwks_url: None,
+        jwks_file: Some(dir.join("jwks.json")),
+        client_ids: vec![CLIENT_ID.to_owned()],
+        read_scopes: vec!["notes/read".into(), "tenant/a".into()],
+        write_scopes: vec!["notes/write".into(), "tenant/a".into()],
+        token_leeway_secs: 60,
+    }
+    .settings()
+    .unwrap()
+}
+
+/// Each level requiring two scopes, users and machines, as a TOML file sets it.
+fn two_scopes_from_toml(dir: &std::path::Path) -> notes_server::config::AuthSettings {
+    let config = format!(
+        r#"
+[[issuer]]
+issuer = "{ISSUER}"
+jwks_file = "{jwks}"
+client_ids = ["{CLIENT_ID}"]
+user_scopes = {{ read = ["notes/read", "tenant/a"], write = ["notes/write", "tenant/a"] }}
+machine_scopes = {{ read = ["notes/read", "tenant/a"], write = ["notes/write", "tenant/a"] }}
+"#,
+        jwks = dir.join("jwks.json").display(),
+    );
+    crate::harness::cognito::auth_from_file(dir, &config)
+}
+
+/// "All required scopes": a token holding one of a level's two scopes is
+/// refused, users and machines alike, whether the flags or a TOML file set
+/// the scopes; one holding both is let through.
+#[tokio::test]
+async fn a_level_requiring_two_scopes_refuses_a_token_holding_only_one() {
+    for (source, auth) in [
+        ("flags", two_scopes_from_flags as fn(&std::path::Path) -> _),
+        ("toml", two_scopes_from_toml),
+    ] {
+        let app = TestApp::builder()
+            .settings(|s, dir| s.auth = auth(dir))
+            .spawn()
+            .await;
+        for (kind, claims_with) in [
+            ("user", user_claims as fn(&str) -> Value),
+            ("machine", machine_claims),
+        ] {
+            for one in ["notes/read notes/write", "tenant/a"] {
+                let status = list_as(&app, &sign(&claims_with(one))).await.unwrap_err();
+                assert_eq!(
+                    status.code(),
+                    Code::PermissionDenied,
+                    "{source} {kind} {one}"
+                );
+            }
+            list_as(&app, &sign(&claims_with("notes/read tenant/a")))
+                .await
+                .unwrap_or_else(|e| panic!("{source} {kind}: {e:?}"));
+            let status = create_as(&app, &sign(&claims_with("notes/read tenant/a")))
+                .await
+                .unwrap_err();
+            assert_eq!(
+                status.code(),
+                Code::PermissionDenied,
+                "{source} {kind} write"
+            );
+            create_as(&app, &sign(&claims_with("notes/write tenant/a")))
+                .await
+                .unwrap_or_else(|e| panic!("{source} {kind} write: {e:?}"));
+        }
+    }
+}
+
 #[tokio::test]
 async fn a_client_credentials_token_is_a_service_caller_that_owns_its_notes() {
     let app = TestApp::spawn().await;

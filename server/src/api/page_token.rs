@@ -125,6 +125,64 @@ mod tests {
         }
     }
 
+    /// Cognito subjects are UUIDs: every owner of one pool has the same
+    /// length, so the owner's bytes, not its length, must bind the token.
+    #[test]
+    fn a_token_is_refused_for_another_owner_of_the_same_length() {
+        let alice = "7d5a0c3e-5b1f-4f2a-9c1d-00000000a11c";
+        let mallory = "7d5a0c3e-5b1f-4f2a-9c1d-00000000ba11";
+        assert_eq!(alice.len(), mallory.len());
+        let token = tokens().seal(alice, Uuid::now_v7());
+        assert!(tokens().open(mallory, &token).is_err());
+        assert!(tokens().open(alice, &token).is_ok());
+    }
+
+    proptest::proptest! {
+        /// A token opens for exactly the owner and key it was sealed with,
+        /// owners generated as Cognito makes them (UUIDs, so of one length,
+        /// with or without a pool prefix).
+        #[test]
+        fn a_token_opens_only_for_its_owner_and_key(
+            owner in owner(),
+            other in owner(),
+            key in proptest::array::uniform32(proptest::prelude::any::<u8>()),
+            other_key in proptest::array::uniform32(proptest::prelude::any::<u8>()),
+            id in proptest::prelude::any::<u128>(),
+        ) {
+            let id = Uuid::from_u128(id);
+            let sealer = PageTokens::new(&key).unwrap();
+            let token = sealer.seal(&owner, id);
+            proptest::prop_assert_eq!(sealer.open(&owner, &token).ok(), Some(id));
+            if other != owner {
+                proptest::prop_assert!(sealer.open(&other, &token).is_err());
+            }
+            if other_key != key {
+                let other_sealer = PageTokens::new(&other_key).unwrap();
+                proptest::prop_assert!(other_sealer.open(&owner, &token).is_err());
+            }
+        }
+
+        /// Any string at all is refused or opened, never a panic; what is
+        /// not a sealed token is refused.
+        #[test]
+        fn any_input_is_refused_without_a_panic(input in ".{0,200}", bytes in proptest::collection::vec(proptest::prelude::any::<u8>(), 0..80)) {
+            let sealer = tokens();
+            proptest::prop_assert!(sealer.open("alice", &input).is_err());
+            let encoded = URL_SAFE_NO_PAD.encode(&bytes);
+            proptest::prop_assert!(sealer.open("alice", &encoded).is_err());
+        }
+    }
+
+    /// A Cognito-shaped owner: a UUID `sub`, sometimes behind a pool prefix.
+    fn owner() -> impl proptest::strategy::Strategy<Value = String> {
+        use proptest::prelude::*;
+        (
+            any::<u128>(),
+            prop_oneof![Just(""), Just("pool2:"), Just("services:")],
+        )
+            .prop_map(|(sub, prefix)| format!("{prefix}{}", Uuid::from_u128(sub)))
+    }
+
     #[test]
     fn garbage_and_other_keys_are_refused() {
         for garbage in ["", "x", "!!!!", &"A".repeat(66), &"A".repeat(10_000)] {

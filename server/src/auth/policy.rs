@@ -191,4 +191,45 @@ mod tests {
             Some("notes/read")
         );
     }
+
+    /// "All required scopes", not any one of them: a level that requires
+    /// two refuses a token holding only one, for users and for machines.
+    #[test]
+    fn a_level_requiring_two_scopes_refuses_a_token_with_one() {
+        let two: BTreeSet<String> = ["notes/read".to_owned(), "tenant/a".to_owned()].into();
+        let policy = ScopePolicy::same_for_all(two.clone(), two.clone());
+        for kind in [CallerKind::User, CallerKind::Machine] {
+            for access in [Access::Read, Access::Write] {
+                for one in &two {
+                    let granted: BTreeSet<String> = [one.clone()].into();
+                    assert!(
+                        policy.missing(access, kind, &granted).is_some(),
+                        "{kind:?} {access:?} with only {one}"
+                    );
+                }
+                assert_eq!(policy.missing(access, kind, &two), None);
+            }
+        }
+    }
+
+    proptest::proptest! {
+        /// A token is admitted iff its scopes are a superset of the level's
+        /// required set, for any sets, users and machines alike.
+        #[test]
+        fn admitted_iff_the_granted_scopes_cover_the_required(
+            required in proptest::collection::btree_set("[a-c]{1,2}", 0..4),
+            granted in proptest::collection::btree_set("[a-c]{1,2}", 0..5),
+            machine in proptest::prelude::any::<bool>(),
+            write in proptest::prelude::any::<bool>(),
+        ) {
+            let policy = ScopePolicy::same_for_all(required.clone(), required.clone());
+            let kind = if machine { CallerKind::Machine } else { CallerKind::User };
+            let access = if write { Access::Write } else { Access::Read };
+            let missing = policy.missing(access, kind, &granted);
+            proptest::prop_assert_eq!(missing.is_none(), required.is_subset(&granted));
+            if let Some(scope) = missing {
+                proptest::prop_assert!(required.contains(scope) && !granted.contains(scope));
+            }
+        }
+    }
 }

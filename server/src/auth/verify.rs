@@ -683,4 +683,75 @@ mod tests {
             Err(AuthError::UnknownTokenKind)
         );
     }
+
+    proptest::proptest! {
+        /// `exp`, `nbf` and the issuer each refuse exactly the tokens
+        /// outside their rule, with the policy's leeway, for any times.
+        #[test]
+        fn validity_refuses_exactly_what_is_outside_its_window(
+            exp in proptest::option::of(0u64..4_000),
+            nbf in proptest::option::of(0u64..4_000),
+            now in 0u64..4_000,
+            leeway in 0u64..=300,
+            same_issuer in proptest::prelude::any::<bool>(),
+        ) {
+            let mut policy = policy();
+            policy.leeway = Duration::from_secs(leeway);
+            let claims = Claims {
+                iss: Some(if same_issuer { "https://issuer" } else { "https://other" }.into()),
+                exp,
+                nbf,
+                ..claims(serde_json::json!({}))
+            };
+            let got = check_validity(&claims, &policy, now);
+            let expected = match exp {
+                None => Err(AuthError::MissingClaim("exp")),
+                Some(_) if !same_issuer => Err(AuthError::WrongIssuer),
+                Some(exp) if exp + leeway < now => Err(AuthError::Expired),
+                Some(_) if nbf.is_some_and(|nbf| nbf > now + leeway) => Err(AuthError::NotYetValid),
+                Some(exp) => Ok(exp),
+            };
+            proptest::prop_assert_eq!(got, expected);
+        }
+
+        /// `iat`, `token_use` and the app client (`client_id` of access
+        /// tokens, `aud` of ID tokens where accepted) each refuse exactly
+        /// the tokens outside their rule.
+        #[test]
+        fn claims_refuse_exactly_what_is_outside_their_rule(
+            iat in proptest::option::of(0u32..4_000),
+            now in 0u32..4_000,
+            leeway in 0u64..=300,
+            token_use in proptest::option::of(proptest::prop_oneof!["access", "id", "refresh", ""]),
+            client in proptest::prop_oneof!["app", "other-app"],
+            accept_id in proptest::prelude::any::<bool>(),
+        ) {
+            let mut policy = policy();
+            policy.leeway = Duration::from_secs(leeway);
+            policy.accept_id_tokens = accept_id;
+            let mut claims = Claims {
+                sub: Some("alice".into()),
+                iat: iat.map(f64::from),
+                token_use: token_use.clone(),
+                client_id: Some(client.clone()),
+                aud: Some(client.clone()),
+                ..claims(serde_json::json!({}))
+            };
+            let got = check_claims(&mut claims, &policy, f64::from(now)).map(|c| c.client_id);
+            let expected = if iat.is_some_and(|iat| u64::from(iat) > u64::from(now) + leeway) {
+                Err(AuthError::IssuedInFuture)
+            } else {
+                match token_use.as_deref() {
+                    None => Err(AuthError::MissingClaim("token_use")),
+                    Some("access") | Some("id") if token_use.as_deref() == Some("id") && !accept_id => {
+                        Err(AuthError::WrongTokenUse("id".into()))
+                    }
+                    Some("access") | Some("id") if client != "app" => Err(AuthError::ClientNotAllowed),
+                    Some("access") | Some("id") => Ok(client.clone()),
+                    Some(other) => Err(AuthError::WrongTokenUse(other.into())),
+                }
+            };
+            proptest::prop_assert_eq!(got, expected);
+        }
+    }
 }
