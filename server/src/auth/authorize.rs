@@ -207,11 +207,12 @@ impl Authenticator {
         {
             return Err(AuthError::CertificateMismatch);
         }
-        let bound_here = self.bindings.get(identity);
-        let allowed_here = bound_here.is_none_or(|clients| clients.contains(&verified.client_id));
-        let client_bound_elsewhere = self.bound_clients.contains(&verified.client_id)
-            && !bound_here.is_some_and(|clients| clients.contains(&verified.client_id));
-        if !allowed_here || client_bound_elsewhere {
+        if !binding_allows(
+            &self.bindings,
+            &self.bound_clients,
+            identity,
+            &verified.client_id,
+        ) {
             return Err(AuthError::ClientNotBound(conn.peer.name().to_owned()));
         }
         if verified.kind == CallerKind::User
@@ -226,12 +227,11 @@ impl Authenticator {
         {
             return Err(AuthError::MissingScope(scope.to_owned()));
         }
-        if policy.owner_prefix.is_empty()
-            && self.namespaced_owners
-            && verified.subject.contains(':')
-        {
-            return Err(AuthError::ReservedSubject);
-        }
+        let owner = owner_of(
+            &policy.owner_prefix,
+            &verified.subject,
+            self.namespaced_owners,
+        )?;
         // Only an allowed call counts as the token's first on this
         // connection: a refused one leaves the next read audited.
         let audited = self.audit_allowed.covers(access == Access::Read, || {
@@ -239,11 +239,38 @@ impl Authenticator {
         });
         Ok(Some(Caller {
             audited,
-            owner: [policy.owner_prefix.as_str(), verified.subject.as_str()].concat(),
+            owner,
             token: verified,
             peer: conn.peer.clone(),
         }))
     }
+}
+
+/// Whether a certificate of `identity` may present a token of `client`:
+/// an identity with a binding only its bound clients' tokens, and a bound
+/// client's tokens only over the identities bound to it (`bound_clients`:
+/// every client some binding names).
+fn binding_allows(
+    bindings: &Bindings,
+    bound_clients: &BTreeSet<String>,
+    identity: &Identity,
+    client: &str,
+) -> bool {
+    match bindings.get(identity) {
+        Some(clients) => clients.contains(client),
+        None => !bound_clients.contains(client),
+    }
+}
+
+/// The owner of a token's notes: its pool's prefix and its `sub`. Where
+/// pools share the table (`namespaced`), a pool without a prefix may not
+/// have subjects with `:`, which prefixed owners use, so no two pools'
+/// owners are ever equal.
+fn owner_of(prefix: &str, subject: &str, namespaced: bool) -> Result<String, AuthError> {
+    if prefix.is_empty() && namespaced && subject.contains(':') {
+        return Err(AuthError::ReservedSubject);
+    }
+    Ok([prefix, subject].concat())
 }
 
 /// The token of the single `authorization: Bearer <token>` entry: what
@@ -338,6 +365,59 @@ mod tests {
                 Err(AuthError::MalformedAuthorization),
                 "{bad:?}"
             );
+        }
+    }
+
+    proptest::proptest! {
+        /// Bindings hold both ways: a bound identity presents only its
+        /// clients' tokens, and a bound client's tokens travel only over
+        /// the identities bound to it; nothing else is restricted.
+        #[test]
+        fn bindings_hold_both_ways(
+            bindings in proptest::collection::btree_map(
+                "[a-c]",
+                proptest::collection::btree_set("[w-z]", 0..3),
+                0..3,
+            ),
+            identity in "[a-d]",
+            client in "[w-z]",
+        ) {
+            let map: Bindings = bindings
+                .iter()
+                .map(|(id, clients)| (Identity::Uri(id.clone()), clients.clone()))
+                .collect();
+            let bound: BTreeSet<String> = map.values().flatten().cloned().collect();
+            let allowed = binding_allows(&map, &bound, &Identity::Uri(identity.clone()), &client);
+            let identity_bound = bindings.get(&identity);
+            let client_bound_to: Vec<&String> = bindings
+                .iter()
+                .filter(|(_, clients)| clients.contains(&client))
+                .map(|(id, _)| id)
+                .collect();
+            let expected = identity_bound.is_none_or(|clients| clients.contains(&client))
+                && (client_bound_to.is_empty() || client_bound_to.contains(&&identity));
+            proptest::prop_assert_eq!(allowed, expected);
+        }
+
+        /// Owners of two pools never collide: with distinct `name:`
+        /// prefixes (the first pool may have none), equal owners mean the
+        /// same pool and the same subject.
+        #[test]
+        fn owners_of_different_pools_never_collide(
+            prefixes in proptest::prop_oneof![
+                proptest::strategy::Just(("", "pool2:")),
+                proptest::strategy::Just(("pool1:", "pool2:")),
+                proptest::strategy::Just(("pool2:", "")),
+            ],
+            a in "[a-z:2]{0,8}",
+            b in "[a-z:2]{0,8}",
+        ) {
+            let (first, second) = prefixes;
+            if let (Ok(x), Ok(y)) = (owner_of(first, &a, true), owner_of(second, &b, true)) {
+                proptest::prop_assert_ne!(x, y, "{} {} / {} {}", first, a, second, b);
+            }
+            // One pool alone keeps its subjects as they are.
+            proptest::prop_assert_eq!(owner_of("", &a, false), Ok(a.clone()));
         }
     }
 }

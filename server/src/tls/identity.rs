@@ -245,4 +245,32 @@ mod tests {
             Identity::Dns("spiffe://a/b".into())
         );
     }
+
+    proptest::proptest! {
+        #![proptest_config(proptest::prelude::ProptestConfig::with_cases(24))]
+
+        /// A certificate's DNS SAN matches the allow-list entry `dns:NAME`
+        /// whatever the case of either (and a trailing dot), and never a
+        /// `uri:` entry with the same text; a URI matches only exactly.
+        #[test]
+        fn typed_identities_match_exactly_what_the_allow_list_says(
+            label in "[a-zA-Z][a-zA-Z0-9-]{0,10}",
+            upper in proptest::prelude::any::<bool>(),
+            dot in proptest::prelude::any::<bool>(),
+        ) {
+            let name = format!("{label}.example");
+            let presented = if upper { name.to_uppercase() } else { name.to_lowercase() };
+            let peer = PeerIdentity::from_der(&certificate(&presented)).unwrap();
+            let listed = format!("dns:{}{}", name.to_lowercase(), if dot { "." } else { "" });
+            proptest::prop_assert_eq!(peer.identity(), &Identity::parse(&listed).unwrap());
+            let as_uri = Identity::parse(&format!("uri:{}", name.to_lowercase())).unwrap();
+            proptest::prop_assert_ne!(peer.identity(), &as_uri);
+            let uri = format!("spiffe://notes.test/{label}");
+            let parsed = Identity::parse(&uri).unwrap();
+            proptest::prop_assert_eq!(&parsed, &Identity::Uri(uri.clone()));
+            if uri.to_uppercase() != uri {
+                proptest::prop_assert_ne!(parsed, Identity::parse(&uri.to_uppercase()).unwrap());
+            }
+        }
+    }
 }
