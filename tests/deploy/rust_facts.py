@@ -37,6 +37,7 @@ OP_ACTIONS: dict[str, frozenset[str] | None] = {
     "create_table": frozenset({"dynamodb:CreateTable"}),
     "update_time_to_live": frozenset({"dynamodb:UpdateTimeToLive"}),
     "transact_write_items": None,  # derived from the items built
+    "config": frozenset(),  # the client's own settings: no request, no action
 }
 
 #: TransactWriteItem builder methods -> the IAM action of that item.
