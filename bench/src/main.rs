@@ -179,9 +179,11 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         }
         Command::Soak(args) => soak(&material, args, cli.server_audit_allowed).await?,
     };
-    let dropped = notes_server::telemetry::dropped_log_lines();
-    if dropped > 0 {
-        println!("server log lines dropped by the full queue (counted, never blocking): {dropped}");
+    let [audit, other] = notes_server::telemetry::dropped_log_lines();
+    if audit + other > 0 {
+        println!(
+            "server log lines dropped by full queues (counted, never blocking): {audit} audit, {other} other"
+        );
     }
     Ok(code)
 }

@@ -9,7 +9,12 @@
 //! client, the certificate's names) reaches the line escaped and bounded
 //! ([`crate::telemetry::Escaped`]).
 
-use std::{fmt::Display, sync::Mutex};
+use std::{
+    collections::{BTreeMap, HashMap},
+    fmt::Display,
+    sync::Mutex,
+    time::{Duration, Instant},
+};
 
 use crate::telemetry::{Escaped, call::in_call};
 
@@ -113,6 +118,7 @@ pub fn allowed(
 ) {
     in_call(|| {
         tracing::info!(
+            name: crate::telemetry::AUDIT_ALLOWED_EVENT,
             target: AUDIT_TARGET,
             method = %logged_path(path),
             subject = %Escaped(subject, usize::MAX),
@@ -126,7 +132,7 @@ pub fn allowed(
 }
 
 /// The audit event of a refused call, with its reason code.
-pub fn refused(path: &str, peer: &dyn Display, reason: &'static str) {
+fn refused_line(path: &str, peer: &dyn Display, reason: &'static str) {
     in_call(|| {
         tracing::info!(
             target: AUDIT_TARGET,
@@ -138,9 +144,144 @@ pub fn refused(path: &str, peer: &dyn Display, reason: &'static str) {
     });
 }
 
+/// Refusal lines each certificate identity gets per interval; the rest
+/// are summarised in one line per identity per interval.
+pub const REFUSAL_LINES_PER_INTERVAL: u64 = 20;
+/// The interval of [`REFUSAL_LINES_PER_INTERVAL`].
+pub const REFUSAL_INTERVAL: Duration = Duration::from_secs(10);
+/// Identities whose refusals are tracked at once; beyond, refusals of new
+/// identities are summarised together (an empty peer).
+const MAX_TRACKED_IDENTITIES: usize = 10_000;
+
+/// One identity's refusals in the current interval.
+#[derive(Debug)]
+struct Window {
+    started: Instant,
+    written: u64,
+    summarised: BTreeMap<&'static str, u64>,
+}
+
+/// The audit trail's refusals, bounded: each certificate identity gets
+/// [`REFUSAL_LINES_PER_INTERVAL`] lines per [`REFUSAL_INTERVAL`], and the
+/// refusals beyond are counted by reason and written as one summary line
+/// when the interval ends ([`RefusalLog::flush`], every interval).
+#[derive(Debug, Default)]
+pub struct RefusalLog {
+    windows: Mutex<HashMap<String, Window>>,
+}
+
+impl RefusalLog {
+    /// Audits a refused call: its own line, or a count in its identity's
+    /// summary. `peer` is the certificate identity ("" for none).
+    pub fn refused(&self, path: &str, peer: &str, shown: &dyn Display, reason: &'static str) {
+        let now = Instant::now();
+        let write = {
+            let mut windows = self.windows.lock().unwrap_or_else(|e| e.into_inner());
+            let key = if windows.len() >= MAX_TRACKED_IDENTITIES && !windows.contains_key(peer) {
+                ""
+            } else {
+                peer
+            };
+            let window = match windows.get_mut(key) {
+                Some(window) => window,
+                None => windows.entry(key.to_owned()).or_insert(Window {
+                    started: now,
+                    written: 0,
+                    summarised: BTreeMap::new(),
+                }),
+            };
+            if window.written < REFUSAL_LINES_PER_INTERVAL {
+                window.written += 1;
+                true
+            } else {
+                *window.summarised.entry(reason).or_default() += 1;
+                false
+            }
+        };
+        if write {
+            refused_line(path, shown, reason);
+        }
+    }
+
+    /// Writes the summary of every interval that has ended and forgets it.
+    pub fn flush(&self) {
+        self.flush_at(Instant::now());
+    }
+
+    /// Writes every summary, ended or not (the server is stopping).
+    pub fn flush_all(&self) {
+        self.flush_at(Instant::now() + REFUSAL_INTERVAL);
+    }
+
+    fn flush_at(&self, now: Instant) -> usize {
+        let ended: Vec<(String, Window)> = {
+            let mut windows = self.windows.lock().unwrap_or_else(|e| e.into_inner());
+            let keys: Vec<String> = windows
+                .iter()
+                .filter(|(_, w)| now.saturating_duration_since(w.started) >= REFUSAL_INTERVAL)
+                .map(|(k, _)| k.clone())
+                .collect();
+            keys.into_iter()
+                .filter_map(|k| windows.remove_entry(&k))
+                .collect()
+        };
+        let mut summaries = 0;
+        for (peer, window) in ended {
+            if window.summarised.is_empty() {
+                continue;
+            }
+            summaries += 1;
+            let refused: u64 = window.summarised.values().sum();
+            let reasons = window
+                .summarised
+                .iter()
+                .map(|(reason, n)| format!("{reason}={n}"))
+                .collect::<Vec<_>>()
+                .join(",");
+            tracing::warn!(
+                target: AUDIT_TARGET,
+                peer = %Escaped(&peer, usize::MAX),
+                decision = "deny",
+                reason = "summary",
+                refused,
+                reasons = %reasons,
+                interval_secs = REFUSAL_INTERVAL.as_secs(),
+                "refusals beyond {REFUSAL_LINES_PER_INTERVAL} lines per interval, summarised"
+            );
+        }
+        summaries
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn refusals_beyond_the_lines_of_an_interval_are_summarised_per_identity() {
+        let log = RefusalLog::default();
+        for _ in 0..REFUSAL_LINES_PER_INTERVAL + 5 {
+            log.refused("/x", "spiffe://a", &"a", "missing_token");
+        }
+        log.refused("/x", "spiffe://a", &"a", "bad_signature");
+        log.refused("/x", "spiffe://b", &"b", "missing_token");
+        {
+            let windows = log.windows.lock().unwrap();
+            let a = &windows["spiffe://a"];
+            assert_eq!(a.written, REFUSAL_LINES_PER_INTERVAL);
+            assert_eq!(a.summarised["missing_token"], 5);
+            assert_eq!(a.summarised["bad_signature"], 1);
+            assert_eq!(windows["spiffe://b"].written, 1);
+        }
+        let now = Instant::now();
+        assert_eq!(log.flush_at(now), 0, "no interval has ended");
+        assert_eq!(
+            log.flush_at(now + REFUSAL_INTERVAL),
+            1,
+            "a's summary; b had none"
+        );
+        assert!(log.windows.lock().unwrap().is_empty());
+    }
 
     #[test]
     fn a_connection_remembers_the_last_token_it_audited() {

@@ -5,9 +5,18 @@
 
 use std::time::Duration;
 
-/// A TLS handshake that takes longer is dropped: a client that connects and
-/// sends nothing holds a slot for at most this long.
+/// A TLS handshake that takes longer is dropped (counted from its first
+/// bytes, the ClientHello).
 pub const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
+/// A connection that sends nothing (no ClientHello) for this long is
+/// closed: a real client sends its ClientHello in its first round trip.
+pub const FIRST_BYTES_TIMEOUT: Duration = Duration::from_secs(2);
+/// Connections that have sent nothing yet, held apart from the handshake
+/// slots (which only connections that sent their first bytes take). Past
+/// it, the oldest silent connection is closed to make room: a newcomer is
+/// never refused for silent sockets, and a real client, which speaks at
+/// once, is never the oldest.
+pub const MAX_SILENT_CONNECTIONS: usize = 256;
 /// In-flight calls get this long to finish on shutdown; longer than the
 /// per-call deadline most clients use, shorter than an orchestrator's kill.
 pub const GRACE_PERIOD: Duration = Duration::from_secs(20);
@@ -57,13 +66,41 @@ pub const MAX_CONNECTION_AGE_GRACE: Duration = Duration::from_secs(30);
 /// Calls in flight across the server; beyond it calls fail fast with
 /// UNAVAILABLE instead of queueing (health checks are never refused).
 pub const MAX_REQUESTS_IN_FLIGHT: usize = 1_024;
-/// Refusals one client-certificate identity may draw: bursts of 100, then
-/// 10 per second; past it its calls are refused RESOURCE_EXHAUSTED before
-/// any token is verified, so garbage tokens cannot buy RSA work.
-pub const REFUSALS_PER_IDENTITY: RateLimit = RateLimit {
+/// Calls in flight of one client-certificate identity (a tenant): a
+/// quarter of the server, so one tenant never holds it all.
+pub const MAX_REQUESTS_IN_FLIGHT_PER_IDENTITY: usize = 256;
+/// Calls of each tenant admitted even when the server is full: a tenant
+/// holding fewer is served while others hold every shared slot (the server
+/// may then hold this many more per tenant than its bound). At most a
+/// sixteenth of `--max-requests-in-flight`.
+pub const RESERVED_IN_FLIGHT_PER_IDENTITY: usize = 16;
+/// A unary call's request message must arrive within this of its headers:
+/// a call that stalls after its headers frees its slot in seconds.
+pub const REQUEST_MESSAGE_TIMEOUT: Duration = Duration::from_secs(5);
+/// Streams without a token (Health/Watch, reflection) open on one
+/// connection: a client needs one or two.
+pub const MAX_TOKENLESS_STREAMS_PER_CONNECTION: usize = 8;
+/// Streams without a token open for one client-certificate identity (about
+/// 3.5 KiB each): a service with a Watch per instance fits.
+pub const MAX_TOKENLESS_STREAMS_PER_IDENTITY: usize = 256;
+/// How long a stream without a token lives; then it ends UNAVAILABLE and
+/// the client calls again (as it does when a connection ages out).
+pub const STREAM_LIFETIME: Duration = Duration::from_secs(15 * 60);
+/// Refusals that cost verification work (a token the verified-token cache
+/// does not know, failing verification) one connection may draw: bursts of
+/// 100, then 10 per second. Past it, that connection's calls with uncached
+/// tokens are refused RESOURCE_EXHAUSTED before any verification, so
+/// garbage tokens cannot buy RSA work; cached (valid) tokens are never
+/// charged nor refused, and other connections are not affected.
+pub const REFUSALS_PER_CONNECTION: RateLimit = RateLimit {
     per_second: 10.0,
     burst: 100,
 };
+/// The ceiling of one certificate identity over all its connections that
+/// have drawn refusals, as so many connections' budgets: opening more
+/// connections buys a misbehaving identity no more than ten connections'
+/// worth of verification.
+pub const REFUSAL_CEILING_CONNECTIONS: u32 = 10;
 /// Largest NotesService request: a 64 KiB note plus its id, `request_id`
 /// and protobuf framing, with a little headroom; larger ones are refused
 /// RESOURCE_EXHAUSTED from the length prefix, before decoding.
@@ -87,6 +124,10 @@ pub struct RateLimit {
 pub struct Limits {
     /// See [`HANDSHAKE_TIMEOUT`].
     pub handshake_timeout: Duration,
+    /// See [`FIRST_BYTES_TIMEOUT`].
+    pub first_bytes_timeout: Duration,
+    /// See [`MAX_SILENT_CONNECTIONS`].
+    pub max_silent_connections: usize,
     /// See [`GRACE_PERIOD`].
     pub grace_period: Duration,
     /// See [`REQUEST_TIMEOUT`].
@@ -119,6 +160,18 @@ pub struct Limits {
     pub max_connection_age_grace: Duration,
     /// See [`MAX_REQUESTS_IN_FLIGHT`].
     pub max_requests_in_flight: usize,
+    /// See [`MAX_REQUESTS_IN_FLIGHT_PER_IDENTITY`].
+    pub max_requests_in_flight_per_identity: usize,
+    /// See [`RESERVED_IN_FLIGHT_PER_IDENTITY`].
+    pub reserved_in_flight_per_identity: usize,
+    /// See [`REQUEST_MESSAGE_TIMEOUT`].
+    pub request_message_timeout: Duration,
+    /// See [`MAX_TOKENLESS_STREAMS_PER_CONNECTION`].
+    pub max_tokenless_streams_per_connection: usize,
+    /// See [`MAX_TOKENLESS_STREAMS_PER_IDENTITY`].
+    pub max_tokenless_streams_per_identity: usize,
+    /// See [`STREAM_LIFETIME`].
+    pub stream_lifetime: Duration,
     /// Per-caller rate limit; off by default.
     pub rate_limit: Option<RateLimit>,
 }
@@ -127,6 +180,8 @@ impl Default for Limits {
     fn default() -> Self {
         Self {
             handshake_timeout: HANDSHAKE_TIMEOUT,
+            first_bytes_timeout: FIRST_BYTES_TIMEOUT,
+            max_silent_connections: MAX_SILENT_CONNECTIONS,
             grace_period: GRACE_PERIOD,
             request_timeout: REQUEST_TIMEOUT,
             tls_reload_interval: TLS_RELOAD_INTERVAL,
@@ -143,6 +198,12 @@ impl Default for Limits {
             max_connection_age: MAX_CONNECTION_AGE,
             max_connection_age_grace: MAX_CONNECTION_AGE_GRACE,
             max_requests_in_flight: MAX_REQUESTS_IN_FLIGHT,
+            max_requests_in_flight_per_identity: MAX_REQUESTS_IN_FLIGHT_PER_IDENTITY,
+            reserved_in_flight_per_identity: RESERVED_IN_FLIGHT_PER_IDENTITY,
+            request_message_timeout: REQUEST_MESSAGE_TIMEOUT,
+            max_tokenless_streams_per_connection: MAX_TOKENLESS_STREAMS_PER_CONNECTION,
+            max_tokenless_streams_per_identity: MAX_TOKENLESS_STREAMS_PER_IDENTITY,
+            stream_lifetime: STREAM_LIFETIME,
             rate_limit: None,
         }
     }

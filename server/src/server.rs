@@ -16,7 +16,10 @@ use tonic_health::{ServingStatus, server::HealthReporter};
 
 use crate::{
     admin::{self, Readiness},
-    admission::{Admission, Charged, InFlightLimitLayer, RateLimitLayer, oversize_layer},
+    admission::{
+        Admission, CallBounds, Charged, ConnectionShare, InFlightLimitLayer, RateLimitLayer,
+        oversize_layer,
+    },
     api::{NotesApi, PageTokens},
     auth::{AuthLayer, Authenticator, Caller, jwks},
     limits::{Limits, MAX_NOTES_MESSAGE_BYTES, MAX_SMALL_MESSAGE_BYTES},
@@ -135,6 +138,7 @@ impl Server {
         let incoming = self.accept(listener, &stop);
         let signal = drain_on(shutdown, health.clone(), readiness, stop.clone());
         let routes = Self::routes(self.store, self.page_tokens, health_service)?;
+        let refusal_log = spawn_refusal_log(&stop);
         let router = tonic::transport::Server::builder()
             .timeout(limits.request_timeout)
             // HTTP/2 bounds per connection (see crate::limits for each reason).
@@ -152,11 +156,11 @@ impl Server {
             .layer(RpcMetricsLayer)
             // Shedding comes first: an overloaded server spends nothing on a
             // call it cannot take, not even RSA.
-            .layer(InFlightLimitLayer::new(limits.max_requests_in_flight))
+            .layer(InFlightLimitLayer::new(call_bounds(&limits), share_of))
             // Answers from the router for oversized messages get the gRPC code.
             .layer(oversize_layer())
             // Authentication wraps the router: nothing routes before it decides.
-            .layer(AuthLayer::new(self.authenticator))
+            .layer(AuthLayer::new(self.authenticator, refusal_log))
             // The rate limit needs the caller the auth layer established.
             .layer(tower::util::option_layer(
                 limits
@@ -189,12 +193,7 @@ impl Server {
         stop: &CancellationToken,
     ) -> tokio_stream::wrappers::ReceiverStream<std::io::Result<tls::TlsConn>> {
         let limits = &self.limits;
-        let admission = Admission::new(
-            limits.max_connections,
-            limits.max_handshakes,
-            limits.max_handshakes_per_ip,
-            limits.handshake_timeout,
-        );
+        let admission = Admission::new(limits);
         let open = Arc::new(OpenConnections::default());
         self.tls
             .spawn_watch(limits.tls_reload_interval, open.clone(), stop.clone());
@@ -262,6 +261,25 @@ impl Server {
     }
 }
 
+/// The audit trail's refusal log, its summaries written every interval
+/// until `stop` (and once more then).
+fn spawn_refusal_log(stop: &CancellationToken) -> Arc<crate::audit::RefusalLog> {
+    let log = Arc::new(crate::audit::RefusalLog::default());
+    let (flushed, stop) = (log.clone(), stop.clone());
+    tokio::spawn(async move {
+        let mut tick = tokio::time::interval(crate::audit::REFUSAL_INTERVAL);
+        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        loop {
+            tokio::select! {
+                _ = stop.cancelled() => break,
+                _ = tick.tick() => flushed.flush(),
+            }
+        }
+        flushed.flush_all();
+    });
+    log
+}
+
 /// Serves the admin endpoints on `admin`, if given, until the returned
 /// guard is dropped.
 fn start_admin(
@@ -291,6 +309,28 @@ fn identity_caps(limits: &Limits, authenticator: Arc<Authenticator>) -> PeerCap 
             NOT_ALLOWED_CONNECTIONS
         }
     })
+}
+
+/// The call bounds of `limits`.
+fn call_bounds(limits: &Limits) -> CallBounds {
+    CallBounds {
+        in_flight: limits.max_requests_in_flight,
+        in_flight_per_identity: limits.max_requests_in_flight_per_identity,
+        // A reservation is at most a sixteenth of the bound, so a small
+        // bound is not undone by reservations.
+        reserved_per_identity: limits
+            .reserved_in_flight_per_identity
+            .min(limits.max_requests_in_flight / 16),
+        streams_per_connection: limits.max_tokenless_streams_per_connection,
+        streams_per_identity: limits.max_tokenless_streams_per_identity,
+        stream_lifetime: limits.stream_lifetime,
+        message_timeout: limits.request_message_timeout,
+    }
+}
+
+/// The admission share of a call's connection.
+fn share_of(extensions: &http::Extensions) -> Option<Arc<ConnectionShare>> {
+    extensions.get::<ConnInfo>().map(|conn| conn.share.clone())
 }
 
 /// Who a call is charged to by the rate limit: its token's owner, or its

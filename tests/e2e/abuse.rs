@@ -284,12 +284,30 @@ async fn hold_idle(addr: SocketAddr, count: usize) -> Vec<TcpStream> {
     held
 }
 
-/// Of `count` more connections, how many the server closed at once: EOF
-/// (or a reset) within a second, long before any handshake timeout.
+/// The first bytes of a ClientHello: a TLS handshake record's header. A
+/// connection that sent them is doing TLS work, not silent.
+const HANDSHAKE_START: [u8; 5] = [0x16, 0x03, 0x01, 0x02, 0x00];
+
+/// Opens `count` TCP connections that start a handshake and stall in it.
+async fn hold_stalled(addr: SocketAddr, count: usize) -> Vec<TcpStream> {
+    let mut held = Vec::with_capacity(count);
+    for _ in 0..count {
+        let mut stalled = TcpStream::connect(addr).await.unwrap();
+        stalled.write_all(&HANDSHAKE_START).await.unwrap();
+        held.push(stalled);
+    }
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    held
+}
+
+/// Of `count` more connections that start a handshake, how many the server
+/// closed at once: EOF (or a reset) within a second, long before any
+/// handshake timeout.
 async fn closed_at_once(addr: SocketAddr, count: usize) -> usize {
     let mut closed = 0;
     for _ in 0..count {
         let mut extra = TcpStream::connect(addr).await.unwrap();
+        let _ = extra.write_all(&HANDSHAKE_START).await;
         let mut buf = [0u8; 1];
         if let Ok(Ok(0) | Err(_)) =
             tokio::time::timeout(Duration::from_secs(1), extra.read(&mut buf)).await
@@ -349,7 +367,7 @@ async fn stalled_handshakes_from_one_address_beyond_its_cap_are_closed_at_once()
         })
         .spawn()
         .await;
-    let stalled = hold_idle(app.addr, 8).await;
+    let stalled = hold_stalled(app.addr, 8).await;
     let closed = closed_at_once(app.addr, 12).await;
     // Another address is not held back by this one's stalled handshakes.
     let other = IpAddr::from([127, 0, 0, 2]);
@@ -721,11 +739,17 @@ async fn a_certificate_drawing_refusals_past_its_budget_is_refused_before_verifi
         token.push_str("AAAA");
         token
     };
+    // All on one connection: the budget is the connection's.
+    let mut stub = app.raw().await;
     let mut codes = Vec::new();
     for _ in 0..8 {
-        let status = crate::harness::list_as(&app, &forged).await.unwrap_err();
+        let status = stub
+            .list_notes(with_token(ListNotesRequest::default(), &forged))
+            .await
+            .unwrap_err();
         codes.push(status.code());
     }
+    let same_certificate = app.raw().await;
     let other = pki()
         .ca
         .issue_client(
@@ -737,12 +761,30 @@ async fn a_certificate_drawing_refusals_past_its_budget_is_refused_before_verifi
             Duration::from_secs(3600),
         )
         .unwrap();
+    let bob = token_for("bob");
     let innocent = NotesServiceClient::new(app.channel(Some(&other)).await)
-        .list_notes(with_token(ListNotesRequest::default(), &token_for("bob")))
+        .list_notes(with_token(ListNotesRequest::default(), &bob))
+        .await;
+
+    let valid_after = stub
+        .list_notes(with_token(ListNotesRequest::default(), &bob))
+        .await;
+    let other_connection = same_certificate
+        .clone()
+        .list_notes(with_token(ListNotesRequest::default(), &forged))
         .await;
 
     assert_eq!(codes[..5], [Code::Unauthenticated; 5], "{codes:?}");
     assert_eq!(codes[5..], [Code::ResourceExhausted; 3], "{codes:?}");
+    // A token verified before (bob's, by the innocent caller) is in the
+    // cache: never charged nor refused, even on the spent connection.
+    assert!(valid_after.is_ok(), "{valid_after:?}");
+    // Another connection of the same certificate has a budget of its own.
+    assert_eq!(
+        other_connection.unwrap_err().code(),
+        Code::Unauthenticated,
+        "another connection was refused for this one's refusals"
+    );
     assert!(
         innocent.is_ok(),
         "another certificate is not held back: {innocent:?}"

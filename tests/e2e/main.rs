@@ -40,6 +40,7 @@ mod concurrency;
 mod crud;
 mod exactly_once;
 mod fail_closed;
+mod fairness;
 mod harness;
 mod isolation;
 mod jwks;

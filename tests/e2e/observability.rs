@@ -503,7 +503,7 @@ async fn the_client_continues_the_callers_trace_into_the_server() {
 }
 
 #[tokio::test]
-async fn a_stuck_log_writer_never_blocks_a_call_and_what_it_drops_is_counted() {
+async fn a_stuck_log_writer_never_blocks_a_call_and_what_it_drops_is_counted_by_class() {
     /// A log destination that never accepts a byte (a full pipe, a hung disk).
     struct Stuck;
     impl std::io::Write for Stuck {
@@ -521,8 +521,15 @@ async fn a_stuck_log_writer_never_blocks_a_call_and_what_it_drops_is_counted() {
     let app = TestApp::spawn().await;
     let client = app.client_as("alice").await;
 
-    // Every call writes an audit line into a queue of 8 lines that never drains.
+    // Every refusal writes an audit line into the shared queue of 8 lines
+    // that never drains; every create an audit line into the queue
+    // reserved for allowed calls, which the refusals cannot take.
     let calls = tokio::time::timeout(Duration::from_secs(30), async {
+        for _ in 0..30 {
+            crate::harness::list_as(&app, "not-a-token")
+                .await
+                .unwrap_err();
+        }
         for i in 0..50 {
             client.create(&format!("n{i}"), None).await.unwrap();
         }
@@ -530,11 +537,15 @@ async fn a_stuck_log_writer_never_blocks_a_call_and_what_it_drops_is_counted() {
     .await;
 
     assert!(calls.is_ok(), "calls waited for the log writer");
-    assert!(notes_server::telemetry::dropped_log_lines() > 0);
+    let [audit, other] = notes_server::telemetry::dropped_log_lines();
+    assert!(other > 0, "the shared queue dropped nothing");
+    assert_eq!(audit, 0, "audit events of allowed calls were dropped");
     let text = notes_server::metrics::metrics().render();
     assert!(
-        text.lines()
-            .any(|l| l.starts_with("notes_log_lines_dropped_total ") && !l.ends_with(" 0")),
+        text.lines().any(
+            |l| l.starts_with("notes_log_lines_dropped_total{class=\"other\"} ")
+                && !l.ends_with(" 0")
+        ),
         "{text}"
     );
 }

@@ -1,12 +1,27 @@
-//! The bounds on calls: calls in flight across the server, an optional
-//! per-caller rate limit, and oversized request messages. None queues: a
-//! call over a bound is answered at once.
+//! The bounds on calls, shared fairly: calls in flight across the server
+//! and per tenant, token-less streams per connection and per tenant, a
+//! deadline on each unary request's message, an optional per-caller rate
+//! limit, and oversized request messages. None queues: a call over a bound
+//! is answered at once.
 //!
-//! - Over the in-flight bound, a call is refused **UNAVAILABLE**: the server
-//!   as a whole is busy, the call did nothing, and any client may retry it
-//!   with backoff (the project's client retries the calls that are safe to
-//!   repeat, on UNAVAILABLE only). Health checks are never refused, so a
+//! - **Fair shares of the in-flight bound.** A tenant is a client
+//!   certificate's identity. A tenant may hold at most its share of calls
+//!   in flight (`--max-requests-in-flight-per-identity`), so no one tenant
+//!   holds the whole server; and each tenant keeps a small reservation
+//!   ([`crate::limits::RESERVED_IN_FLIGHT_PER_IDENTITY`]) that is admitted
+//!   even when the server as a whole is full, so a newcomer is served while
+//!   others hold every shared slot. Over a bound a call is refused
+//!   **UNAVAILABLE** (retry with backoff; the project's client retries the
+//!   calls that are safe to repeat). Health checks are never refused, so a
 //!   busy instance is not mistaken for a dead one.
+//! - **Token-less streams** (Health/Watch, reflection) need no token, so
+//!   they are bounded per connection and per tenant, and live at most
+//!   [`crate::limits::STREAM_LIFETIME`] (then end UNAVAILABLE: call again).
+//!   Over a bound: **RESOURCE_EXHAUSTED**.
+//! - **The request message** of a unary call must arrive within
+//!   [`crate::limits::REQUEST_MESSAGE_TIMEOUT`] of its headers, so a call
+//!   that sends headers and stalls frees its slot in seconds
+//!   (**DEADLINE_EXCEEDED**), not at the 30 s call deadline.
 //! - Over its rate limit, a caller is refused **RESOURCE_EXHAUSTED**, the
 //!   gRPC code for a per-caller quota: retrying at once would not help, and
 //!   the client does not retry it.
@@ -23,51 +38,230 @@ use std::{
         atomic::{AtomicU64, AtomicUsize, Ordering},
     },
     task::{Context, Poll},
+    time::Duration,
 };
 
+use bytes::Bytes;
 use http::{Request, Response};
 use tonic::{Status, body::Body};
 use tower::{Layer, Service};
 
+use super::{
+    ConnectionRefusals,
+    shares::{Counts, Held},
+};
 use crate::limits::RateLimit;
 
 const HEALTH_PREFIX: &str = "/grpc.health.v1.Health/";
+const HEALTH_CHECK: &str = "/grpc.health.v1.Health/Check";
 
 type BoxFuture<T> = Pin<Box<dyn std::future::Future<Output = T> + Send>>;
 
-/// Refuses calls beyond `max` in flight with UNAVAILABLE.
+/// What a call is, for admission.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Kind {
+    /// A health check: never refused, not counted.
+    HealthCheck,
+    /// A stream that needs no token: Health/Watch, reflection.
+    TokenlessStream,
+    /// Anything else: a unary call under the in-flight bound.
+    Call,
+}
+
+impl Kind {
+    fn of(path: &str) -> Self {
+        if path == HEALTH_CHECK {
+            Kind::HealthCheck
+        } else if path.starts_with(HEALTH_PREFIX)
+            || path.starts_with("/grpc.reflection.v1.ServerReflection/")
+            || path.starts_with("/grpc.reflection.v1alpha.ServerReflection/")
+        {
+            Kind::TokenlessStream
+        } else {
+            Kind::Call
+        }
+    }
+
+    /// Whether the call's request is one message, under the message deadline.
+    fn unary_request(self) -> bool {
+        self != Kind::TokenlessStream
+    }
+}
+
+/// What admission keeps about one connection: its tenant (the
+/// certificate's identity), the token-less streams it holds open, and the
+/// refusals it drew (the refusal budget). The connection carries it to
+/// every call's extensions.
+#[derive(Debug)]
+pub struct ConnectionShare {
+    /// The tenant: the client certificate's identity.
+    pub tenant: Arc<str>,
+    streams: AtomicUsize,
+    /// This connection's refusal budget.
+    pub refusals: ConnectionRefusals,
+}
+
+impl ConnectionShare {
+    /// A new connection of `tenant`.
+    pub fn new(tenant: Arc<str>) -> Self {
+        Self {
+            tenant,
+            streams: AtomicUsize::new(0),
+            refusals: ConnectionRefusals::default(),
+        }
+    }
+}
+
+/// The bounds of [`InFlightLimitLayer`].
+#[derive(Debug, Clone, Copy)]
+pub struct CallBounds {
+    /// Calls in flight across the server (beyond the reservations).
+    pub in_flight: usize,
+    /// Calls in flight of one tenant.
+    pub in_flight_per_identity: usize,
+    /// Calls of each tenant admitted even when the server is full.
+    pub reserved_per_identity: usize,
+    /// Token-less streams open on one connection.
+    pub streams_per_connection: usize,
+    /// Token-less streams open of one tenant.
+    pub streams_per_identity: usize,
+    /// How long a token-less stream lives.
+    pub stream_lifetime: Duration,
+    /// How long a unary call's request message may take after its headers.
+    pub message_timeout: Duration,
+}
+
+/// The connection's share, read from a request's extensions (what the
+/// connection put there); `None`: no connection known.
+pub type ShareOf = fn(&http::Extensions) -> Option<Arc<ConnectionShare>>;
+
+/// Admits calls under the fair in-flight bounds and token-less streams under
+/// theirs ([`CallBounds`]); answers the others at once.
 ///
-/// A counter, not a semaphore: nothing waits for a slot, so one atomic
-/// compare-and-swap takes it and one subtract gives it back. (tokio's semaphore locks its
-/// waiter list on every release, which two workers contend for on every
-/// call.)
+/// The server-wide count is a counter, not a semaphore: nothing waits for a
+/// slot, so one atomic add takes it and one subtract gives it back.
 #[derive(Clone)]
 pub struct InFlightLimitLayer {
+    bounds: CallBounds,
+    share_of: ShareOf,
     in_flight: Arc<AtomicUsize>,
-    max: usize,
+    per_identity: Arc<Counts<Arc<str>>>,
+    streams_per_identity: Arc<Counts<Arc<str>>>,
     shed: Arc<AtomicU64>,
 }
 
+/// What an admitted call holds until it answers (a token-less stream: until
+/// its response ends).
+struct Admitted {
+    _global: Option<Slot>,
+    _tenant: Option<Held<Arc<str>>>,
+    _stream: Option<StreamSlot>,
+    _gauge: Option<InFlight>,
+}
+
 impl InFlightLimitLayer {
-    /// At most `max` calls in flight (health checks not counted).
-    pub fn new(max: usize) -> Self {
+    /// Calls and streams under `bounds`; `share_of` finds a call's connection.
+    pub fn new(bounds: CallBounds, share_of: ShareOf) -> Self {
         Self {
+            bounds,
+            share_of,
             in_flight: Arc::default(),
-            max,
+            per_identity: Arc::default(),
+            streams_per_identity: Arc::default(),
             shed: Arc::default(),
         }
     }
 
-    /// Takes a slot, or `None` when `max` calls hold one.
-    fn try_acquire(&self) -> Option<Slot> {
-        // Counted only when under the bound, so a refusal never makes a
-        // concurrent call see the server fuller than it is.
-        self.in_flight
-            .fetch_update(Ordering::Acquire, Ordering::Relaxed, |n| {
-                (n < self.max).then_some(n + 1)
-            })
-            .ok()
-            .map(|_| Slot(self.in_flight.clone()))
+    fn refuse(&self, reason: &str, status: Status) -> Status {
+        self.shed.fetch_add(1, Ordering::Relaxed);
+        crate::metrics::metrics()
+            .requests_shed
+            .with_label_values(&[reason])
+            .inc();
+        status
+    }
+
+    /// Admits a unary call of `share`'s tenant, or refuses it.
+    fn admit_call(&self, share: Option<&ConnectionShare>) -> Result<Admitted, Status> {
+        let bounds = self.bounds;
+        let global = Slot::take(&self.in_flight);
+        let server_full = global.0 > bounds.in_flight;
+        let tenant = match share {
+            Some(share) => {
+                let held = self.per_identity.take(&share.tenant, |held| {
+                    held < bounds.in_flight_per_identity
+                        && (!server_full || held < bounds.reserved_per_identity)
+                });
+                match held {
+                    Some(held) => Some(held),
+                    None if server_full => return Err(self.overloaded()),
+                    None => {
+                        return Err(self.refuse(
+                            "identity_share",
+                            Status::unavailable(format!(
+                                "this client certificate has {} calls in flight, its share of the server; retry with backoff",
+                                bounds.in_flight_per_identity
+                            )),
+                        ));
+                    }
+                }
+            }
+            None if server_full => return Err(self.overloaded()),
+            None => None,
+        };
+        Ok(Admitted {
+            _global: Some(global),
+            _tenant: tenant,
+            _stream: None,
+            _gauge: Some(InFlight::start()),
+        })
+    }
+
+    fn overloaded(&self) -> Status {
+        self.refuse(
+            "in_flight",
+            Status::unavailable(format!(
+                "server is overloaded: more than {} calls in flight; retry with backoff",
+                self.bounds.in_flight
+            )),
+        )
+    }
+
+    /// Admits a token-less stream on `share`'s connection, or refuses it.
+    fn admit_stream(&self, share: Option<Arc<ConnectionShare>>) -> Result<Admitted, Status> {
+        let bounds = self.bounds;
+        let refused = |what: String| {
+            self.refuse(
+                "streams",
+                Status::resource_exhausted(format!(
+                    "{what}; close some (Health/Watch and reflection streams)"
+                )),
+            )
+        };
+        let Some(share) = share else {
+            return Err(refused("no connection known for this stream".into()));
+        };
+        let Some(stream) = StreamSlot::take(share.clone(), bounds.streams_per_connection) else {
+            return Err(refused(format!(
+                "more than {} token-less streams open on this connection",
+                bounds.streams_per_connection
+            )));
+        };
+        let Some(tenant) = self
+            .streams_per_identity
+            .take(&share.tenant, |held| held < bounds.streams_per_identity)
+        else {
+            return Err(refused(format!(
+                "more than {} token-less streams open for this client certificate",
+                bounds.streams_per_identity
+            )));
+        };
+        Ok(Admitted {
+            _global: None,
+            _tenant: Some(tenant),
+            _stream: Some(stream),
+            _gauge: None,
+        })
     }
 }
 
@@ -89,9 +283,9 @@ pub struct InFlightLimit<S> {
     limit: InFlightLimitLayer,
 }
 
-impl<S, B> Service<Request<B>> for InFlightLimit<S>
+impl<S> Service<Request<Body>> for InFlightLimit<S>
 where
-    S: Service<Request<B>, Response = Response<Body>>,
+    S: Service<Request<Body>, Response = Response<Body>>,
 {
     type Response = Response<Body>;
     type Error = S::Error;
@@ -101,55 +295,63 @@ where
         self.inner.poll_ready(cx)
     }
 
-    fn call(&mut self, req: Request<B>) -> Self::Future {
+    fn call(&mut self, req: Request<Body>) -> Self::Future {
         // The inner service is called here, not in the future: it is the
         // one polled ready, and nothing is cloned per call.
-        if req.uri().path().starts_with(HEALTH_PREFIX) {
-            return InFlightFuture::called(self.inner.call(req), None);
-        }
-        let Some(slot) = self.limit.try_acquire() else {
-            self.limit.shed.fetch_add(1, Ordering::Relaxed);
-            crate::metrics::metrics()
-                .requests_shed
-                .with_label_values(&["in_flight"])
-                .inc();
-            let status = Status::unavailable(format!(
-                "server is overloaded: more than {} calls in flight; retry with backoff",
-                self.limit.max
-            ));
-            return InFlightFuture::refused(status);
+        let kind = Kind::of(req.uri().path());
+        let admitted = match kind {
+            Kind::HealthCheck => None,
+            Kind::TokenlessStream => {
+                let share = (self.limit.share_of)(req.extensions());
+                match self.limit.admit_stream(share) {
+                    Ok(admitted) => Some(admitted),
+                    Err(status) => return InFlightFuture::refused(status),
+                }
+            }
+            Kind::Call => {
+                let share = (self.limit.share_of)(req.extensions());
+                match self.limit.admit_call(share.as_deref()) {
+                    Ok(admitted) => Some(admitted),
+                    Err(status) => return InFlightFuture::refused(status),
+                }
+            }
         };
-        let in_flight = InFlight::start();
-        InFlightFuture::called(self.inner.call(req), Some((slot, in_flight)))
+        let req = if kind.unary_request() {
+            let timeout = self.limit.bounds.message_timeout;
+            req.map(|body| Body::new(MessageDeadline::new(body, timeout)))
+        } else {
+            req
+        };
+        let lifetime = (kind == Kind::TokenlessStream).then_some(self.limit.bounds.stream_lifetime);
+        InFlightFuture {
+            inner: Some(self.inner.call(req)),
+            held: admitted,
+            lifetime,
+            refusal: None,
+        }
     }
 }
 
 pin_project_lite::pin_project! {
-    /// The response of [`InFlightLimit`]: the inner call, holding its slot
-    /// until it answers, or the refusal.
+    /// The response of [`InFlightLimit`]: the inner call, holding what it
+    /// was admitted under until it answers (a token-less stream: until its
+    /// response ends), or the refusal.
     pub struct InFlightFuture<F> {
         // None: refused (or answered).
         #[pin]
         inner: Option<F>,
-        // The slot and the gauge's count, let go when the call answers.
-        held: Option<(Slot, InFlight)>,
+        held: Option<Admitted>,
+        lifetime: Option<Duration>,
         refusal: Option<Status>,
     }
 }
 
 impl<F> InFlightFuture<F> {
-    fn called(inner: F, held: Option<(Slot, InFlight)>) -> Self {
-        Self {
-            inner: Some(inner),
-            held,
-            refusal: None,
-        }
-    }
-
     fn refused(status: Status) -> Self {
         Self {
             inner: None,
             held: None,
+            lifetime: None,
             refusal: Some(status),
         }
     }
@@ -166,11 +368,17 @@ where
         match this.inner.as_mut().as_pin_mut() {
             Some(inner) => {
                 let response = std::task::ready!(inner.poll(cx));
-                drop(this.held.take());
+                let held = this.held.take();
                 // Polled again, it answers INTERNAL rather than poll a
                 // finished future.
                 this.inner.set(None);
-                Poll::Ready(response)
+                Poll::Ready(match (this.lifetime.take(), response) {
+                    // A stream holds its slots until its response ends.
+                    (Some(lifetime), Ok(response)) => {
+                        Ok(response.map(|body| Body::new(StreamBody::new(body, held, lifetime))))
+                    }
+                    (_, response) => response,
+                })
             }
             None => Poll::Ready(Ok(this
                 .refusal
@@ -181,13 +389,44 @@ where
     }
 }
 
-/// One call's place under the in-flight bound, given back when dropped
-/// (also when the call's future is dropped).
-struct Slot(Arc<AtomicUsize>);
+/// One call's place under the server-wide bound, given back when dropped
+/// (also when the call's future is dropped). Holds the count it was taken
+/// at (itself included).
+struct Slot(usize, Arc<AtomicUsize>);
+
+impl Slot {
+    fn take(in_flight: &Arc<AtomicUsize>) -> Self {
+        Slot(
+            in_flight.fetch_add(1, Ordering::AcqRel) + 1,
+            in_flight.clone(),
+        )
+    }
+}
 
 impl Drop for Slot {
     fn drop(&mut self) {
-        self.0.fetch_sub(1, Ordering::Release);
+        self.1.fetch_sub(1, Ordering::Release);
+    }
+}
+
+/// One token-less stream open on a connection, given back when dropped.
+struct StreamSlot(Arc<ConnectionShare>);
+
+impl StreamSlot {
+    fn take(share: Arc<ConnectionShare>, cap: usize) -> Option<Self> {
+        share
+            .streams
+            .fetch_update(Ordering::AcqRel, Ordering::Relaxed, |n| {
+                (n < cap).then_some(n + 1)
+            })
+            .ok()?;
+        Some(Self(share))
+    }
+}
+
+impl Drop for StreamSlot {
+    fn drop(&mut self) {
+        self.0.streams.fetch_sub(1, Ordering::Release);
     }
 }
 
@@ -205,6 +444,133 @@ impl InFlight {
 impl Drop for InFlight {
     fn drop(&mut self) {
         crate::metrics::metrics().requests_in_flight.dec();
+    }
+}
+
+pin_project_lite::pin_project! {
+    /// A unary call's request body, which must end within its deadline of
+    /// the headers. The timer starts only if the body is not all there at
+    /// the first read (most calls send headers and message together).
+    struct MessageDeadline {
+        #[pin]
+        body: Body,
+        started: tokio::time::Instant,
+        timeout: Duration,
+        #[pin]
+        timer: Option<tokio::time::Sleep>,
+        ended: bool,
+    }
+}
+
+impl MessageDeadline {
+    fn new(body: Body, timeout: Duration) -> Self {
+        Self {
+            body,
+            started: tokio::time::Instant::now(),
+            timeout,
+            timer: None,
+            ended: false,
+        }
+    }
+}
+
+impl http_body::Body for MessageDeadline {
+    type Data = Bytes;
+    type Error = Status;
+
+    fn poll_frame(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<http_body::Frame<Bytes>, Status>>> {
+        let mut this = self.project();
+        if let Poll::Ready(frame) = this.body.as_mut().poll_frame(cx) {
+            if frame.is_none() {
+                *this.ended = true;
+            }
+            return Poll::Ready(frame);
+        }
+        if *this.ended {
+            return Poll::Pending;
+        }
+        if this.timer.is_none() {
+            let deadline = *this.started + *this.timeout;
+            this.timer.set(Some(tokio::time::sleep_until(deadline)));
+        }
+        if let Some(timer) = this.timer.as_pin_mut() {
+            std::task::ready!(timer.poll(cx));
+            *this.ended = true;
+            return Poll::Ready(Some(Err(Status::deadline_exceeded(format!(
+                "request message not received within {:?} of its headers",
+                this.timeout
+            )))));
+        }
+        Poll::Pending
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.ended || self.body.is_end_stream()
+    }
+
+    fn size_hint(&self) -> http_body::SizeHint {
+        self.body.size_hint()
+    }
+}
+
+pin_project_lite::pin_project! {
+    /// A token-less stream's response: holds the stream's slots until it
+    /// ends, and ends it UNAVAILABLE when its lifetime is up.
+    struct StreamBody {
+        #[pin]
+        body: Body,
+        held: Option<Admitted>,
+        #[pin]
+        expiry: tokio::time::Sleep,
+        lifetime: Duration,
+    }
+}
+
+impl StreamBody {
+    fn new(body: Body, held: Option<Admitted>, lifetime: Duration) -> Self {
+        Self {
+            body,
+            held,
+            expiry: tokio::time::sleep(lifetime),
+            lifetime,
+        }
+    }
+}
+
+impl http_body::Body for StreamBody {
+    type Data = Bytes;
+    type Error = Status;
+
+    fn poll_frame(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<http_body::Frame<Bytes>, Status>>> {
+        let this = self.project();
+        if this.held.is_none() {
+            return Poll::Ready(None);
+        }
+        if let Poll::Ready(frame) = this.body.poll_frame(cx) {
+            if frame.is_none() {
+                this.held.take();
+            }
+            return Poll::Ready(frame);
+        }
+        std::task::ready!(this.expiry.poll(cx));
+        this.held.take();
+        let status = Status::unavailable(format!(
+            "stream ended after its lifetime of {:?}; call again",
+            this.lifetime
+        ));
+        let mut trailers = http::HeaderMap::new();
+        let _ = status.add_header(&mut trailers);
+        Poll::Ready(Some(Ok(http_body::Frame::trailers(trailers))))
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.held.is_none()
     }
 }
 
@@ -377,30 +743,170 @@ mod tests {
         layer.in_flight.load(Ordering::Relaxed)
     }
 
+    fn bounds(in_flight: usize, per_identity: usize, reserved: usize) -> CallBounds {
+        CallBounds {
+            in_flight,
+            in_flight_per_identity: per_identity,
+            reserved_per_identity: reserved,
+            streams_per_connection: 2,
+            streams_per_identity: 3,
+            stream_lifetime: Duration::from_secs(60),
+            message_timeout: Duration::from_secs(5),
+        }
+    }
+
+    /// A request on a connection of `tenant` to `path`.
+    fn request(tenant: &Arc<ConnectionShare>, path: &str) -> Request<Body> {
+        let mut req = Request::builder().uri(path).body(Body::empty()).unwrap();
+        req.extensions_mut().insert(tenant.clone());
+        req
+    }
+
+    fn share_of(extensions: &http::Extensions) -> Option<Arc<ConnectionShare>> {
+        extensions.get::<Arc<ConnectionShare>>().cloned()
+    }
+
+    fn tenant(name: &str) -> Arc<ConnectionShare> {
+        Arc::new(ConnectionShare::new(name.into()))
+    }
+
+    fn stuck(
+        layer: &InFlightLimitLayer,
+    ) -> InFlightLimit<
+        impl Service<Request<Body>, Response = Response<Body>, Error = Infallible, Future: Unpin>,
+    > {
+        layer.layer(tower::service_fn(|_: Request<Body>| {
+            std::future::pending::<Result<Response<Body>, Infallible>>()
+        }))
+    }
+
+    fn code(response: &Response<Body>) -> Option<&str> {
+        response
+            .headers()
+            .get("grpc-status")
+            .map(|v| v.to_str().unwrap())
+    }
+
     #[tokio::test]
     async fn a_slot_is_given_back_when_its_call_answers_or_is_dropped_and_none_is_taken_by_a_refusal()
      {
-        let layer = InFlightLimitLayer::new(1);
-        let mut stuck = layer.layer(tower::service_fn(|_: Request<()>| {
-            std::future::pending::<Result<Response<Body>, Infallible>>()
-        }));
-        let held = stuck.call(Request::new(()));
+        let layer = InFlightLimitLayer::new(bounds(1, 10, 0), share_of);
+        let a = tenant("a");
+        let mut stuck = stuck(&layer);
+        let held = stuck.call(request(&a, "/notes.v1.NotesService/GetNote"));
         assert_eq!(in_flight(&layer), 1);
 
-        let refused = stuck.call(Request::new(())).await.unwrap();
-        assert_eq!(refused.headers()["grpc-status"], "14");
+        let refused = stuck
+            .call(request(&a, "/notes.v1.NotesService/GetNote"))
+            .await
+            .unwrap();
+        assert_eq!(code(&refused), Some("14"));
         assert_eq!(in_flight(&layer), 1);
         assert_eq!(layer.shed.load(Ordering::Relaxed), 1);
 
         // A caller that goes away gives its slot back.
         drop(held);
         assert_eq!(in_flight(&layer), 0);
+        assert_eq!(layer.per_identity.held(&a.tenant), 0);
 
-        let mut answers = layer.layer(tower::service_fn(|_: Request<()>| async {
+        let mut answers = layer.layer(tower::service_fn(|_: Request<Body>| async {
             Ok::<_, Infallible>(Response::new(Body::empty()))
         }));
-        let answered = answers.call(Request::new(())).await.unwrap();
-        assert!(answered.headers().get("grpc-status").is_none());
+        let answered = answers
+            .call(request(&a, "/notes.v1.NotesService/GetNote"))
+            .await
+            .unwrap();
+        assert_eq!(code(&answered), None);
         assert_eq!(in_flight(&layer), 0);
+    }
+
+    #[tokio::test]
+    async fn one_tenant_holds_at_most_its_share_and_a_newcomer_gets_its_reservation_when_full() {
+        let layer = InFlightLimitLayer::new(bounds(10, 6, 2), share_of);
+        let (a, b, c) = (tenant("a"), tenant("b"), tenant("c"));
+        let mut svc = stuck(&layer);
+        let path = "/notes.v1.NotesService/CreateNote";
+        let mut held = Vec::new();
+        for _ in 0..6 {
+            held.push(svc.call(request(&a, path)));
+        }
+        let over_share = svc.call(request(&a, path)).await.unwrap();
+        assert_eq!(code(&over_share), Some("14"), "a is at its share");
+        for _ in 0..4 {
+            held.push(svc.call(request(&b, path)));
+        }
+        assert_eq!(in_flight(&layer), 10, "the server is full");
+        let b_over = svc.call(request(&b, path)).await.unwrap();
+        assert_eq!(
+            code(&b_over),
+            Some("14"),
+            "b holds more than its reservation"
+        );
+        // c holds nothing: its reservation is admitted although the server is full.
+        held.push(svc.call(request(&c, path)));
+        held.push(svc.call(request(&c, path)));
+        let c_over = svc.call(request(&c, path)).await.unwrap();
+        assert_eq!(code(&c_over), Some("14"));
+        assert_eq!(layer.per_identity.held(&c.tenant), 2);
+        // Health checks are never refused.
+        let mut answers = layer.layer(tower::service_fn(|_: Request<Body>| async {
+            Ok::<_, Infallible>(Response::new(Body::empty()))
+        }));
+        let health = answers.call(request(&a, HEALTH_CHECK)).await.unwrap();
+        assert_eq!(code(&health), None);
+        drop(held);
+        assert_eq!(in_flight(&layer), 0);
+    }
+
+    #[tokio::test]
+    async fn tokenless_streams_are_capped_per_connection_and_per_tenant_until_their_response_ends()
+    {
+        let layer = InFlightLimitLayer::new(bounds(10, 10, 0), share_of);
+        let watch = "/grpc.health.v1.Health/Watch";
+        let mut answers = layer.layer(tower::service_fn(|_: Request<Body>| async {
+            Ok::<_, Infallible>(Response::new(Body::empty()))
+        }));
+        let (first, second) = (tenant("a"), tenant("a"));
+        let mut open = Vec::new();
+        for _ in 0..2 {
+            let response = answers.call(request(&first, watch)).await.unwrap();
+            assert_eq!(code(&response), None);
+            open.push(response);
+        }
+        let third = answers.call(request(&first, watch)).await.unwrap();
+        assert_eq!(code(&third), Some("8"), "per connection");
+        open.push(answers.call(request(&second, watch)).await.unwrap());
+        let fourth = answers.call(request(&second, watch)).await.unwrap();
+        assert_eq!(code(&fourth), Some("8"), "per tenant");
+        // A stream's slots are held by its response until it ends.
+        assert_eq!(layer.streams_per_identity.held(&first.tenant), 3);
+        let mut ended = open.pop().unwrap().into_body();
+        assert!(http_body_util::BodyExt::frame(&mut ended).await.is_none());
+        assert_eq!(layer.streams_per_identity.held(&first.tenant), 2);
+        drop(open);
+        assert_eq!(layer.streams_per_identity.held(&first.tenant), 0);
+        assert_eq!(first.streams.load(Ordering::Relaxed), 0);
+    }
+
+    #[tokio::test]
+    async fn a_request_message_that_does_not_arrive_in_time_fails_deadline_exceeded() {
+        let (_tx, body) = {
+            let (tx, rx) = tokio::sync::mpsc::channel::<Result<http_body::Frame<Bytes>, Status>>(1);
+            let stream =
+                http_body_util::StreamBody::new(tokio_stream::wrappers::ReceiverStream::new(rx));
+            (tx, Body::new(stream))
+        };
+        let mut body = std::pin::pin!(MessageDeadline::new(body, Duration::from_millis(200)));
+        let started = tokio::time::Instant::now();
+        let frame = http_body_util::BodyExt::frame(&mut body).await.unwrap();
+        let status = frame.unwrap_err();
+        assert_eq!(status.code(), tonic::Code::DeadlineExceeded);
+        assert!(
+            status
+                .message()
+                .contains("request message not received within 200ms"),
+            "{status:?}"
+        );
+        assert!(started.elapsed() >= Duration::from_millis(200));
     }
 }

@@ -1,21 +1,29 @@
-//! What connecting peers can make the server hold: open connections, TLS
-//! handshakes in progress (in all and per address), and open connections
-//! per certificate identity. A connection over a cap is refused at once
-//! (never queued), counted and logged once in a while; what it was
-//! admitted under is held in a slot that gives it back when dropped.
+//! What connecting peers can make the server hold: open connections,
+//! silent connections (nothing sent yet), TLS handshakes in progress (in
+//! all and per address), and open connections per certificate identity. A
+//! connection over a cap is refused at once (never queued), counted and
+//! logged once in a while; what it was admitted under is held in a slot
+//! that gives it back when dropped.
+//!
+//! Silent connections never refuse a newcomer: when their pool is full the
+//! oldest is closed ([`SilentSlot::evicted`]). A real client sends its
+//! ClientHello in its first round trip and so leaves the pool at once for
+//! a handshake slot; sockets that never speak cannot hold the slots real
+//! handshakes need, whatever address they come from.
 
 use std::{
-    collections::HashMap,
     net::{IpAddr, SocketAddr},
     sync::{
-        Arc, Mutex,
+        Arc,
         atomic::{AtomicU64, Ordering},
     },
     time::Duration,
 };
 
 use tokio::sync::{OwnedSemaphorePermit, Semaphore};
+use tokio_util::sync::CancellationToken;
 
+use super::shares::{Counts, Held};
 use crate::telemetry::LogEvery;
 
 /// Connections closed at once because a cap was reached, by cap.
@@ -29,6 +37,8 @@ pub struct AdmissionRefusals {
     pub handshakes_per_ip: AtomicU64,
     /// The per-identity open-connection cap.
     pub connections_per_identity: AtomicU64,
+    /// Silent connections closed to make room for newer ones.
+    pub silent_evicted: AtomicU64,
 }
 
 /// Which cap refused a connection.
@@ -42,6 +52,8 @@ pub enum Refusal {
     HandshakesPerIp,
     /// Open connections of one identity.
     ConnectionsPerIdentity,
+    /// The oldest silent connection, closed for a newer one.
+    SilentEvicted,
 }
 
 impl Refusal {
@@ -52,6 +64,7 @@ impl Refusal {
             Refusal::Handshakes => "handshakes",
             Refusal::HandshakesPerIp => "handshakes_per_ip",
             Refusal::ConnectionsPerIdentity => "connections_per_identity",
+            Refusal::SilentEvicted => "silent_evicted",
         }
     }
 }
@@ -62,10 +75,13 @@ pub struct Admission {
     connections: Arc<Semaphore>,
     handshakes: Arc<Semaphore>,
     max_per_ip: usize,
-    per_ip: Mutex<HashMap<IpAddr, usize>>,
-    per_identity: Mutex<HashMap<String, usize>>,
-    /// How long a handshake may take.
+    per_ip: Arc<Counts<IpAddr>>,
+    per_identity: Arc<Counts<Arc<str>>>,
+    silent: Arc<SilentPool>,
+    /// How long a handshake may take, from the first bytes.
     pub handshake_timeout: Duration,
+    /// How long a connection may send nothing.
+    pub first_bytes_timeout: Duration,
     /// What was refused, for tests and metrics.
     pub refused: AdmissionRefusals,
     log: LogEvery,
@@ -74,35 +90,36 @@ pub struct Admission {
 /// A handshake slot: global and per-IP, released when dropped.
 pub struct HandshakeSlot {
     _permit: OwnedSemaphorePermit,
-    admission: Arc<Admission>,
-    ip: IpAddr,
-}
-
-impl Drop for HandshakeSlot {
-    fn drop(&mut self) {
-        release(&self.admission.per_ip, &self.ip);
-    }
+    _ip: Held<IpAddr>,
 }
 
 /// One of an identity's open connections, released when dropped.
-pub struct IdentitySlot {
-    admission: Arc<Admission>,
-    identity: String,
+pub type IdentitySlot = Held<Arc<str>>;
+
+/// The silent connections, oldest first (by admission number).
+struct SilentPool {
+    max: usize,
+    held: std::sync::Mutex<(u64, std::collections::BTreeMap<u64, CancellationToken>)>,
 }
 
-impl Drop for IdentitySlot {
-    fn drop(&mut self) {
-        release(&self.admission.per_identity, &self.identity);
+/// A silent connection's place, given back when dropped.
+pub struct SilentSlot {
+    pool: Arc<SilentPool>,
+    number: u64,
+    evicted: CancellationToken,
+}
+
+impl SilentSlot {
+    /// Resolves when a newer connection took this one's place.
+    pub async fn evicted(&self) {
+        self.evicted.cancelled().await;
     }
 }
 
-fn release<K: std::hash::Hash + Eq>(counts: &Mutex<HashMap<K, usize>>, key: &K) {
-    let mut counts = counts.lock().unwrap_or_else(|e| e.into_inner());
-    if let Some(count) = counts.get_mut(key) {
-        *count -= 1;
-        if *count == 0 {
-            counts.remove(key);
-        }
+impl Drop for SilentSlot {
+    fn drop(&mut self) {
+        let mut held = self.pool.held.lock().unwrap_or_else(|e| e.into_inner());
+        held.1.remove(&self.number);
     }
 }
 
@@ -120,26 +137,54 @@ fn counted_ip(remote_addr: SocketAddr) -> IpAddr {
 }
 
 impl Admission {
-    /// Caps of `max_connections` open connections, `max_handshakes`
-    /// handshakes in progress (`max_per_ip` from one address), each handshake
-    /// given `handshake_timeout`.
-    pub fn new(
-        max_connections: usize,
-        max_handshakes: usize,
-        max_per_ip: usize,
-        handshake_timeout: Duration,
-    ) -> Arc<Self> {
+    /// The caps of `limits`: open connections, silent connections,
+    /// handshakes in progress (in all and from one address), and the
+    /// timeouts of the first bytes and of the handshake.
+    pub fn new(limits: &crate::limits::Limits) -> Arc<Self> {
         Arc::new(Self {
-            max_connections,
-            connections: Arc::new(Semaphore::new(max_connections)),
-            handshakes: Arc::new(Semaphore::new(max_handshakes)),
-            max_per_ip,
-            per_ip: Mutex::default(),
-            per_identity: Mutex::default(),
-            handshake_timeout,
+            max_connections: limits.max_connections,
+            connections: Arc::new(Semaphore::new(limits.max_connections)),
+            handshakes: Arc::new(Semaphore::new(limits.max_handshakes)),
+            max_per_ip: limits.max_handshakes_per_ip,
+            per_ip: Arc::default(),
+            per_identity: Arc::default(),
+            silent: Arc::new(SilentPool {
+                max: limits.max_silent_connections,
+                held: Default::default(),
+            }),
+            handshake_timeout: limits.handshake_timeout,
+            first_bytes_timeout: limits.first_bytes_timeout,
             refused: AdmissionRefusals::default(),
             log: LogEvery::new(Duration::from_secs(10)),
         })
+    }
+
+    /// A place among the silent connections, never refused: when they are
+    /// all taken, the oldest is evicted (its [`SilentSlot::evicted`]
+    /// resolves) to make room.
+    pub fn admit_silent(&self, remote_addr: SocketAddr) -> SilentSlot {
+        let evicted = CancellationToken::new();
+        let (number, oldest) = {
+            let mut held = self.silent.held.lock().unwrap_or_else(|e| e.into_inner());
+            let number = held.0;
+            held.0 += 1;
+            let oldest = if held.1.len() >= self.silent.max {
+                held.1.pop_first().map(|(_, token)| token)
+            } else {
+                None
+            };
+            held.1.insert(number, evicted.clone());
+            (number, oldest)
+        };
+        if let Some(oldest) = oldest {
+            oldest.cancel();
+            self.refuse(Refusal::SilentEvicted, remote_addr);
+        }
+        SilentSlot {
+            pool: self.silent.clone(),
+            number,
+            evicted,
+        }
     }
 
     /// Connections open now (accepted and not yet closed).
@@ -155,6 +200,7 @@ impl Admission {
             Refusal::Handshakes => &self.refused.handshakes,
             Refusal::HandshakesPerIp => &self.refused.handshakes_per_ip,
             Refusal::ConnectionsPerIdentity => &self.refused.connections_per_identity,
+            Refusal::SilentEvicted => &self.refused.silent_evicted,
         };
         counter.fetch_add(1, Ordering::Relaxed);
         crate::metrics::metrics()
@@ -183,45 +229,30 @@ impl Admission {
             self.refuse(Refusal::Handshakes, remote_addr);
             return None;
         };
-        if !take(&self.per_ip, ip, self.max_per_ip) {
+        let Some(held) = self.per_ip.take(&ip, |n| n < self.max_per_ip) else {
             self.refuse(Refusal::HandshakesPerIp, remote_addr);
             return None;
-        }
+        };
         Some(HandshakeSlot {
             _permit: permit,
-            admission: self.clone(),
-            ip,
+            _ip: held,
         })
     }
 
     /// One of `identity`'s at most `cap` open connections, or `None`
     /// (refused) when it holds them all.
     pub fn admit_identity(
-        self: &Arc<Self>,
-        identity: &str,
+        &self,
+        identity: &Arc<str>,
         cap: usize,
         remote_addr: SocketAddr,
     ) -> Option<IdentitySlot> {
-        if !take(&self.per_identity, identity.to_owned(), cap) {
+        let slot = self.per_identity.take(identity, |n| n < cap);
+        if slot.is_none() {
             self.refuse(Refusal::ConnectionsPerIdentity, remote_addr);
-            return None;
         }
-        Some(IdentitySlot {
-            admission: self.clone(),
-            identity: identity.to_owned(),
-        })
+        slot
     }
-}
-
-/// Counts one more for `key` unless it already has `cap`.
-fn take<K: std::hash::Hash + Eq>(counts: &Mutex<HashMap<K, usize>>, key: K, cap: usize) -> bool {
-    let mut counts = counts.lock().unwrap_or_else(|e| e.into_inner());
-    let count = counts.entry(key).or_default();
-    if *count >= cap {
-        return false;
-    }
-    *count += 1;
-    true
 }
 
 #[cfg(test)]
@@ -232,9 +263,35 @@ mod tests {
         text.parse().unwrap()
     }
 
+    fn admission(connections: usize, handshakes: usize, per_ip: usize) -> Arc<Admission> {
+        Admission::new(&crate::limits::Limits {
+            max_connections: connections,
+            max_handshakes: handshakes,
+            max_handshakes_per_ip: per_ip,
+            max_silent_connections: 2,
+            ..Default::default()
+        })
+    }
+
+    #[test]
+    fn a_full_silent_pool_evicts_its_oldest_never_the_newcomer() {
+        let admission = admission(100, 100, 100);
+        let from = addr("127.0.0.1:1");
+        let first = admission.admit_silent(from);
+        let second = admission.admit_silent(from);
+        assert!(!first.evicted.is_cancelled() && !second.evicted.is_cancelled());
+        let third = admission.admit_silent(from);
+        assert!(first.evicted.is_cancelled(), "the oldest goes");
+        assert!(!second.evicted.is_cancelled() && !third.evicted.is_cancelled());
+        drop(second);
+        let fourth = admission.admit_silent(from);
+        assert!(!third.evicted.is_cancelled() && !fourth.evicted.is_cancelled());
+        assert_eq!(admission.refused.silent_evicted.load(Ordering::Relaxed), 1);
+    }
+
     #[test]
     fn connections_past_the_cap_are_refused_until_one_closes() {
-        let admission = Admission::new(2, 10, 10, Duration::from_secs(1));
+        let admission = admission(2, 10, 10);
         let a = admission.admit_connection(addr("127.0.0.1:1"));
         let b = admission.admit_connection(addr("127.0.0.1:2"));
         assert!(a.is_some() && b.is_some());
@@ -247,7 +304,7 @@ mod tests {
 
     #[test]
     fn handshakes_are_capped_in_all_and_per_address() {
-        let admission = Admission::new(100, 3, 2, Duration::from_secs(1));
+        let admission = admission(100, 3, 2);
         let first = admission.admit_handshake(addr("10.0.0.1:1"));
         let second = admission.admit_handshake(addr("10.0.0.1:2"));
         assert!(first.is_some() && second.is_some());
@@ -272,7 +329,7 @@ mod tests {
 
     #[test]
     fn an_ipv6_host_counts_as_its_64() {
-        let admission = Admission::new(100, 100, 1, Duration::from_secs(1));
+        let admission = admission(100, 100, 1);
         let held = admission.admit_handshake(addr("[2001:db8::1]:1"));
         assert!(held.is_some());
         assert!(
@@ -289,16 +346,17 @@ mod tests {
 
     #[test]
     fn an_identity_holds_at_most_its_cap_and_gets_slots_back() {
-        let admission = Admission::new(100, 100, 100, Duration::from_secs(1));
+        let admission = admission(100, 100, 100);
         let from = addr("127.0.0.1:1");
+        let (a, b): (Arc<str>, Arc<str>) = ("spiffe://a".into(), "spiffe://b".into());
         let slots: Vec<_> = (0..3)
-            .map(|_| admission.admit_identity("spiffe://a", 3, from))
+            .map(|_| admission.admit_identity(&a, 3, from))
             .collect();
         assert!(slots.iter().all(Option::is_some));
-        assert!(admission.admit_identity("spiffe://a", 3, from).is_none());
-        assert!(admission.admit_identity("spiffe://b", 3, from).is_some());
+        assert!(admission.admit_identity(&a, 3, from).is_none());
+        assert!(admission.admit_identity(&b, 3, from).is_some());
         drop(slots);
-        assert!(admission.admit_identity("spiffe://a", 3, from).is_some());
+        assert!(admission.admit_identity(&a, 3, from).is_some());
         assert_eq!(
             admission
                 .refused

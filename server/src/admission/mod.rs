@@ -3,10 +3,13 @@
 //!
 //! - [`connections`]: open connections, TLS handshakes in progress (in all
 //!   and per address), open connections per certificate identity.
-//! - [`calls`]: calls in flight across the server (UNAVAILABLE beyond), a
-//!   per-caller rate limit (RESOURCE_EXHAUSTED beyond), oversized request
-//!   messages (RESOURCE_EXHAUSTED).
-//! - [`refusals`]: the refusal budget's buckets per certificate identity.
+//! - [`calls`]: calls in flight across the server and per tenant (with a
+//!   reservation per tenant), token-less streams per connection and per
+//!   tenant, the request message's deadline, a per-caller rate limit,
+//!   oversized request messages.
+//! - [`refusals`]: the refusal budget's buckets, per connection and per
+//!   certificate identity.
+//! - [`shares`]: what each key (address, identity) holds now.
 //!
 //! Every bound's default and reason is in [`crate::limits`]. This module
 //! names no type of the modules that use it (TLS, auth, the server): they
@@ -15,7 +18,10 @@
 pub mod calls;
 pub mod connections;
 pub mod refusals;
+pub mod shares;
 
-pub use calls::{Charged, InFlightLimitLayer, RateLimitLayer, oversize_layer};
+pub use calls::{
+    CallBounds, Charged, ConnectionShare, InFlightLimitLayer, RateLimitLayer, oversize_layer,
+};
 pub use connections::{Admission, AdmissionRefusals, HandshakeSlot, IdentitySlot, Refusal};
-pub use refusals::Buckets;
+pub use refusals::{Buckets, ConnectionRefusals, RefusalBudget};

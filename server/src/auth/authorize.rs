@@ -17,6 +17,7 @@ use http::{HeaderMap, header::AUTHORIZATION};
 
 use super::{Access, AuthError, Caller, CallerKind, TokenVerifier};
 use crate::{
+    admission::RefusalBudget,
     audit::{AuditAllowed, TokenMark},
     tls::{ConnInfo, Identity},
 };
@@ -34,9 +35,10 @@ pub struct Authenticator {
     allowed_identities: BTreeSet<Identity>,
     namespaced_owners: bool,
     audit_allowed: AuditAllowed,
-    /// Refusals each certificate identity may draw before its calls are
-    /// refused unverified (RSA is the costly part of a refusal).
-    refusals: Option<crate::admission::Buckets>,
+    /// Refusals that cost verification a connection (and an identity) may
+    /// draw before its uncached tokens are refused unverified (RSA is the
+    /// costly part of a refusal).
+    refusals: Option<RefusalBudget>,
     /// The allowed-call counters by issuer, user then machine: found once,
     /// not by their labels on every call.
     allowed: HashMap<String, [prometheus::IntCounter; 2], foldhash::fast::RandomState>,
@@ -44,7 +46,7 @@ pub struct Authenticator {
 
 impl Authenticator {
     /// Decides with `verifier`; each issuer's policy comes with it. The
-    /// refusal budget is on ([`crate::limits::REFUSALS_PER_IDENTITY`]).
+    /// refusal budget is on ([`crate::limits::REFUSALS_PER_CONNECTION`]).
     pub fn new(verifier: TokenVerifier) -> Self {
         let allowed = verifier
             .issuers()
@@ -66,9 +68,7 @@ impl Authenticator {
             allowed_identities: BTreeSet::new(),
             namespaced_owners: false,
             audit_allowed: AuditAllowed::default(),
-            refusals: Some(crate::admission::Buckets::new(
-                crate::limits::REFUSALS_PER_IDENTITY,
-            )),
+            refusals: Some(RefusalBudget::new(crate::limits::REFUSALS_PER_CONNECTION)),
         }
     }
 
@@ -103,10 +103,11 @@ impl Authenticator {
         self.allowed_identities.is_empty() || self.allowed_identities.contains(peer.identity())
     }
 
-    /// Lets each client-certificate identity draw refusals at `budget`; past
-    /// it, its calls are refused before any token is verified.
+    /// Lets each connection draw refusals that cost verification at
+    /// `budget` (and each identity ten times that, [`RefusalBudget`]); past
+    /// it, its calls with uncached tokens are refused before verification.
     pub fn with_refusal_budget(mut self, budget: crate::limits::RateLimit) -> Self {
-        self.refusals = Some(crate::admission::Buckets::new(budget));
+        self.refusals = Some(RefusalBudget::new(budget));
         self
     }
 
@@ -160,27 +161,6 @@ impl Authenticator {
         headers: &HeaderMap,
         conn: Option<&ConnInfo>,
     ) -> Result<Option<Caller>, AuthError> {
-        let (Some(budget), Some(conn)) = (&self.refusals, conn) else {
-            return self.decide(path, headers, conn).await;
-        };
-        let peer = conn.peer.identity_text();
-        let now = std::time::Instant::now();
-        if !budget.has_token(peer, now) {
-            return Err(AuthError::TooManyRefusals);
-        }
-        let decision = self.decide(path, headers, Some(conn)).await;
-        if decision.is_err() {
-            budget.take(peer, now);
-        }
-        decision
-    }
-
-    async fn decide(
-        &self,
-        path: &str,
-        headers: &HeaderMap,
-        conn: Option<&ConnInfo>,
-    ) -> Result<Option<Caller>, AuthError> {
         let conn = conn.ok_or(AuthError::NoPeerCertificate)?;
         let identity = conn.peer.identity();
         if !self.allowed_identities.is_empty() && !self.allowed_identities.contains(identity) {
@@ -191,11 +171,12 @@ impl Authenticator {
             return Ok(None);
         }
         // The token's bytes are checked only on a cache miss: those of a
-        // token verified before are well-formed.
+        // token verified before are well-formed. A cached token is never
+        // charged to nor refused by the refusal budget.
         let token = bearer_token(headers)?;
         let verified = match self.verifier.cached(token) {
             Some(verified) => verified,
-            None => self.verifier.verify_afresh(token_text(token)?).await?,
+            None => self.verify_under_budget(token, conn).await?,
         };
         let policy = self
             .verifier
@@ -243,6 +224,35 @@ impl Authenticator {
             token: verified,
             peer: conn.peer.clone(),
         }))
+    }
+}
+
+impl Authenticator {
+    /// Verifies a token the cache does not know, under the connection's
+    /// refusal budget: refused unverified when the budget is spent, charged
+    /// when verification fails.
+    async fn verify_under_budget(
+        &self,
+        token: &[u8],
+        conn: &ConnInfo,
+    ) -> Result<std::sync::Arc<super::VerifiedToken>, AuthError> {
+        let text = token_text(token)?;
+        let Some(budget) = &self.refusals else {
+            return self.verifier.verify_afresh(text).await;
+        };
+        let identity = conn.peer.identity_text();
+        if !budget.admits(&conn.share.refusals, identity, std::time::Instant::now()) {
+            return Err(AuthError::TooManyRefusals);
+        }
+        let verified = self.verifier.verify_afresh(text).await;
+        // Keys not loaded is the server's failure, not the caller's.
+        if verified
+            .as_ref()
+            .is_err_and(|err| *err != AuthError::KeysUnavailable)
+        {
+            budget.charge(&conn.share.refusals, identity, std::time::Instant::now());
+        }
+        verified
     }
 }
 

@@ -39,12 +39,13 @@ impl std::fmt::Display for DisplayPeer {
 #[derive(Clone)]
 pub struct AuthLayer {
     auth: Arc<Authenticator>,
+    refusals: Arc<audit::RefusalLog>,
 }
 
 impl AuthLayer {
-    /// A layer deciding with `auth`.
-    pub fn new(auth: Arc<Authenticator>) -> Self {
-        Self { auth }
+    /// A layer deciding with `auth`, auditing refusals to `refusals`.
+    pub fn new(auth: Arc<Authenticator>, refusals: Arc<audit::RefusalLog>) -> Self {
+        Self { auth, refusals }
     }
 }
 
@@ -55,6 +56,7 @@ impl<S> Layer<S> for AuthLayer {
         AuthService {
             inner,
             auth: self.auth.clone(),
+            refusals: self.refusals.clone(),
         }
     }
 }
@@ -66,6 +68,7 @@ impl<S> Layer<S> for AuthLayer {
 pub struct AuthService<S> {
     inner: S,
     auth: Arc<Authenticator>,
+    refusals: Arc<audit::RefusalLog>,
 }
 
 type BoxFuture<T> = Pin<Box<dyn std::future::Future<Output = T> + Send>>;
@@ -89,6 +92,7 @@ where
         let clone = self.inner.clone();
         let mut inner = std::mem::replace(&mut self.inner, clone);
         let auth = self.auth.clone();
+        let refusals = self.refusals.clone();
         Box::pin(async move {
             let decision = auth
                 .authorize(
@@ -126,7 +130,14 @@ where
                         .auth_decisions
                         .with_label_values(&["deny", err.reason(), "none", "none"])
                         .inc();
-                    audit::refused(req.uri().path(), &DisplayPeer(peer(&req)), err.reason());
+                    let peer = peer(&req);
+                    let identity = peer.as_deref().map_or("", PeerIdentity::identity_text);
+                    refusals.refused(
+                        req.uri().path(),
+                        identity,
+                        &DisplayPeer(peer.clone()),
+                        err.reason(),
+                    );
                     Ok(Status::from(err).into_http())
                 }
             }

@@ -13,9 +13,12 @@ fn secs(d: Duration) -> u64 {
 /// Timeouts and bounds of `serve` (`crate::limits` gives each default's reason).
 #[derive(Debug, Clone, clap::Args)]
 pub struct LimitArgs {
-    /// Seconds allowed for a TLS handshake.
+    /// Seconds allowed for a TLS handshake, from the client's first bytes.
     #[arg(long, env = "NOTES_HANDSHAKE_TIMEOUT_SECS", default_value_t = secs(limits::HANDSHAKE_TIMEOUT))]
     pub handshake_timeout_secs: u64,
+    /// Seconds a new connection may send nothing (no ClientHello) before it is closed.
+    #[arg(long, env = "NOTES_FIRST_BYTES_TIMEOUT_SECS", default_value_t = secs(limits::FIRST_BYTES_TIMEOUT))]
+    pub first_bytes_timeout_secs: u64,
     /// Seconds in-flight calls get to finish on shutdown.
     #[arg(long, env = "NOTES_GRACE_PERIOD_SECS", default_value_t = secs(limits::GRACE_PERIOD))]
     pub grace_period_secs: u64,
@@ -61,6 +64,12 @@ pub struct LimitArgs {
     /// Calls in flight across the server at most; more fail fast with UNAVAILABLE.
     #[arg(long, env = "NOTES_MAX_REQUESTS_IN_FLIGHT", default_value_t = limits::MAX_REQUESTS_IN_FLIGHT)]
     pub max_requests_in_flight: usize,
+    /// Calls in flight of one client-certificate identity at most (its fair share).
+    #[arg(long, env = "NOTES_MAX_REQUESTS_IN_FLIGHT_PER_IDENTITY", default_value_t = limits::MAX_REQUESTS_IN_FLIGHT_PER_IDENTITY)]
+    pub max_requests_in_flight_per_identity: usize,
+    /// Seconds a unary call's request message may take to arrive after its headers.
+    #[arg(long, env = "NOTES_REQUEST_MESSAGE_TIMEOUT_SECS", default_value_t = secs(limits::REQUEST_MESSAGE_TIMEOUT))]
+    pub request_message_timeout_secs: u64,
     /// Calls per second per caller (token owner, else certificate identity); 0: no limit.
     #[arg(long, env = "NOTES_RATE_LIMIT_PER_SECOND", default_value_t = 0.0)]
     pub rate_limit_per_second: f64,
@@ -126,6 +135,11 @@ impl LimitArgs {
                 setting("handshake-timeout-secs"),
                 self.handshake_timeout_secs,
             )?,
+            first_bytes_timeout: at_least_one_sec(
+                setting("first-bytes-timeout-secs"),
+                self.first_bytes_timeout_secs,
+            )?,
+            max_silent_connections: limits::MAX_SILENT_CONNECTIONS,
             grace_period: Duration::from_secs(self.grace_period_secs.min(MAX_SECS)),
             request_timeout: limits::REQUEST_TIMEOUT,
             tls_reload_interval: at_least_one_sec(
@@ -177,6 +191,18 @@ impl LimitArgs {
                 setting("max-requests-in-flight"),
                 self.max_requests_in_flight,
             )?,
+            max_requests_in_flight_per_identity: count(
+                setting("max-requests-in-flight-per-identity"),
+                self.max_requests_in_flight_per_identity,
+            )?,
+            reserved_in_flight_per_identity: limits::RESERVED_IN_FLIGHT_PER_IDENTITY,
+            request_message_timeout: at_least_one_sec(
+                setting("request-message-timeout-secs"),
+                self.request_message_timeout_secs,
+            )?,
+            max_tokenless_streams_per_connection: limits::MAX_TOKENLESS_STREAMS_PER_CONNECTION,
+            max_tokenless_streams_per_identity: limits::MAX_TOKENLESS_STREAMS_PER_IDENTITY,
+            stream_lifetime: limits::STREAM_LIFETIME,
             rate_limit,
         })
     }

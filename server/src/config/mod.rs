@@ -93,8 +93,9 @@ pub struct Settings {
     pub store: StoreSettings,
     /// Timeouts and bounds.
     pub limits: Limits,
-    /// Refusals each certificate identity may draw before its calls are
-    /// refused unverified; `None` turns the budget off.
+    /// Refusals that cost verification each connection may draw (each
+    /// identity ten times that) before its uncached tokens are refused
+    /// unverified; `None` turns the budget off.
     pub refusal_budget: Option<RateLimit>,
     /// The wall clock of certificate expiry checks (the system's; tests
     /// move one of their own).
@@ -113,7 +114,7 @@ impl Settings {
             page_token_key_file,
             store: StoreSettings::Memory,
             limits: Limits::default(),
-            refusal_budget: Some(crate::limits::REFUSALS_PER_IDENTITY),
+            refusal_budget: Some(crate::limits::REFUSALS_PER_CONNECTION),
             clock: crate::clock::system_clock(),
         }
     }

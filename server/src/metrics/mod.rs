@@ -122,7 +122,7 @@ pub struct Metrics {
     /// 1 when ready (see `/readyz`), else 0.
     pub ready: IntGauge,
     /// Log lines (audit events included) dropped because the queue was full.
-    log_lines_dropped: IntCounter,
+    log_lines_dropped: IntCounterVec,
 }
 
 const LATENCY_BUCKETS: [f64; 11] = [
@@ -306,9 +306,10 @@ impl Metrics {
                 "notes_ready",
                 "1 when the server is ready to serve, else 0.",
             ),
-            log_lines_dropped: counter(
+            log_lines_dropped: counter_vec(
                 "notes_log_lines_dropped_total",
-                "Log lines, audit events included, dropped because the log queue was full.",
+                "Log lines dropped because their queue was full, by class: audit (audit events of allowed calls, which have a queue of their own) or other.",
+                &["class"],
             ),
             registry,
         }
@@ -316,10 +317,15 @@ impl Metrics {
 
     /// The Prometheus text exposition of every metric.
     pub fn render(&self) -> String {
-        let dropped = crate::telemetry::dropped_log_lines();
-        let counted = self.log_lines_dropped.get();
-        if dropped > counted {
-            self.log_lines_dropped.inc_by(dropped - counted);
+        for (class, dropped) in ["audit", "other"]
+            .into_iter()
+            .zip(crate::telemetry::dropped_log_lines())
+        {
+            let counter = self.log_lines_dropped.with_label_values(&[class]);
+            let counted = counter.get();
+            if dropped > counted {
+                counter.inc_by(dropped - counted);
+            }
         }
         TextEncoder::new()
             .encode_to_string(&self.registry.gather())

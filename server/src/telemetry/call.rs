@@ -67,14 +67,35 @@ pub fn scope<F: Future>(
 /// directives naming it keep working).
 pub const SPAN_TARGET: &str = "notes_server::metrics";
 
-/// A call's span as it is without an exporter: its method and trace id.
+/// A call's span as it is without an exporter: its method, trace id (the
+/// caller's, or new) and a request id of the server's own, which no caller
+/// can choose.
 pub fn call_span(method: &'static str, trace_id: u128) -> tracing::Span {
     tracing::info_span!(
         target: SPAN_TARGET,
         "grpc",
         rpc.method = method,
-        trace_id = %TraceIdHex(trace_id)
+        trace_id = %TraceIdHex(trace_id),
+        request_id = %TraceIdHex(new_id()),
     )
+}
+
+/// A new random id for a trace or a request (not a secret: unique, not
+/// unpredictable).
+pub fn new_id() -> u128 {
+    use std::cell::Cell;
+    thread_local! {
+        static STATE: Cell<u64> = Cell::new(uuid::Uuid::new_v4().as_u64_pair().0 | 1);
+    }
+    // splitmix64, twice.
+    let next = |state: &Cell<u64>| {
+        let mut z = state.get().wrapping_add(0x9E37_79B9_7F4A_7C15);
+        state.set(z);
+        z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
+        z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
+        z ^ (z >> 31)
+    };
+    STATE.with(|state| (u128::from(next(state)) << 64 | u128::from(next(state))).max(1))
 }
 
 /// Runs `log` (an event, or the creation of a child span) inside the
@@ -110,6 +131,11 @@ impl std::fmt::Display for TraceIdHex {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn new_ids_differ() {
+        assert_ne!(new_id(), new_id());
+    }
 
     #[test]
     fn trace_ids_are_32_lowercase_hex_digits() {

@@ -92,7 +92,7 @@ pub fn escape(text: &str) -> std::borrow::Cow<'_, str> {
 /// the spans and lines not yet written.
 pub struct TelemetryGuard(
     Option<opentelemetry_sdk::trace::SdkTracerProvider>,
-    Option<tracing_appender::non_blocking::WorkerGuard>,
+    Option<WorkerGuards>,
 );
 
 impl Drop for TelemetryGuard {
@@ -104,38 +104,102 @@ impl Drop for TelemetryGuard {
     }
 }
 
-/// The writer [`init_non_blocking`] installed, for its drop count.
-static DROPPED: std::sync::OnceLock<tracing_appender::non_blocking::ErrorCounter> =
+/// The drop counts of the queues [`init_non_blocking`] installed: audit
+/// events of allowed calls, and every other line.
+static DROPPED: std::sync::OnceLock<[tracing_appender::non_blocking::ErrorCounter; 2]> =
     std::sync::OnceLock::new();
 
-/// Log lines (audit events included) dropped because the writer's queue was
-/// full, so far.
-pub fn dropped_log_lines() -> u64 {
-    DROPPED
-        .get()
-        .map_or(0, |counter| counter.dropped_lines() as u64)
+/// The name of the audit event of an allowed call: its lines go to the
+/// queue reserved for them ([`init_non_blocking`]).
+pub const AUDIT_ALLOWED_EVENT: &str = "audit_allowed";
+
+/// Log lines dropped so far because their queue was full: audit events of
+/// allowed calls, and every other line.
+pub fn dropped_log_lines() -> [u64; 2] {
+    DROPPED.get().map_or([0, 0], |[audit, other]| {
+        [audit.dropped_lines() as u64, other.dropped_lines() as u64]
+    })
 }
 
-/// Log lines the writer's queue holds before it drops: about 30 MB of audit
+/// Log lines the writer's queue holds before it drops: about 30 MB of
 /// lines, and a call never waits for stderr.
 pub const LOG_QUEUE_LINES: usize = 128_000;
 
-/// [`init_with_writer`] behind tracing-appender's non-blocking writer:
-/// lines go to a bounded queue (`queue_lines`) that one thread writes out;
-/// when it is full, lines are dropped and counted ([`dropped_log_lines`],
-/// metric `notes_log_lines_dropped_total`), never blocking a call.
+/// Lines of the queue reserved for the audit events of allowed calls
+/// (changes, first reads), which no other line can take.
+pub const AUDIT_QUEUE_LINES: usize = 32_000;
+
+/// A writer several queues' threads share, a whole line at a time.
+struct SharedWriter<W>(std::sync::Arc<std::sync::Mutex<W>>);
+
+impl<W: std::io::Write> std::io::Write for SharedWriter<W> {
+    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+        let mut writer = self.0.lock().unwrap_or_else(|e| e.into_inner());
+        writer.write_all(buf)?;
+        Ok(buf.len())
+    }
+
+    fn flush(&mut self) -> std::io::Result<()> {
+        self.0.lock().unwrap_or_else(|e| e.into_inner()).flush()
+    }
+}
+
+/// Audit events of allowed calls to one queue, every other line to another.
+struct Routed {
+    audit: tracing_appender::non_blocking::NonBlocking,
+    other: tracing_appender::non_blocking::NonBlocking,
+}
+
+impl<'a> fmt::MakeWriter<'a> for Routed {
+    type Writer = tracing_appender::non_blocking::NonBlocking;
+
+    fn make_writer(&'a self) -> Self::Writer {
+        self.other.clone()
+    }
+
+    fn make_writer_for(&'a self, meta: &tracing::Metadata<'_>) -> Self::Writer {
+        if meta.name() == AUDIT_ALLOWED_EVENT && meta.target() == AUDIT_TARGET {
+            self.audit.clone()
+        } else {
+            self.other.clone()
+        }
+    }
+}
+
+/// The guards of [`init_non_blocking`]'s queues: dropped, they write out
+/// what their queues hold.
+pub struct WorkerGuards {
+    _audit: tracing_appender::non_blocking::WorkerGuard,
+    _other: tracing_appender::non_blocking::WorkerGuard,
+}
+
+/// [`init_with_writer`] behind tracing-appender's non-blocking writers:
+/// lines go to bounded queues that their threads write out, whole lines,
+/// to `writer`. The audit events of allowed calls have a queue of their
+/// own ([`AUDIT_QUEUE_LINES`]), so a flood of other lines never drops
+/// them; every other line shares `queue_lines`. When a queue is full its
+/// lines are dropped and counted by class ([`dropped_log_lines`], metric
+/// `notes_log_lines_dropped_total{class}`), never blocking a call.
 pub fn init_non_blocking<W>(json: bool, otlp: bool, writer: W, queue_lines: usize) -> TelemetryGuard
 where
     W: std::io::Write + Send + 'static,
 {
-    let (writer, worker) = tracing_appender::non_blocking::NonBlockingBuilder::default()
-        .lossy(true)
-        .buffered_lines_limit(queue_lines)
-        .thread_name("notes-log-writer")
-        .finish(writer);
-    let _ = DROPPED.set(writer.error_counter());
-    let mut guard = init_with_writer(json, otlp, writer);
-    guard.1 = Some(worker);
+    let shared = std::sync::Arc::new(std::sync::Mutex::new(writer));
+    let queue = |lines: usize, name: &str| {
+        tracing_appender::non_blocking::NonBlockingBuilder::default()
+            .lossy(true)
+            .buffered_lines_limit(lines)
+            .thread_name(name)
+            .finish(SharedWriter(shared.clone()))
+    };
+    let (audit, audit_worker) = queue(AUDIT_QUEUE_LINES, "notes-audit-writer");
+    let (other, other_worker) = queue(queue_lines, "notes-log-writer");
+    let _ = DROPPED.set([audit.error_counter(), other.error_counter()]);
+    let mut guard = init_with_writer(json, otlp, Routed { audit, other });
+    guard.1 = Some(WorkerGuards {
+        _audit: audit_worker,
+        _other: other_worker,
+    });
     guard
 }
 

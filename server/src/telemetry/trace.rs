@@ -9,17 +9,34 @@ use super::call;
 
 const TRACEPARENT: http::HeaderName = http::HeaderName::from_static("traceparent");
 
-/// Reads W3C trace context from request headers.
+/// The most list members a `tracestate` may have (W3C's own limit).
+const MAX_TRACESTATE_MEMBERS: usize = 32;
+/// The most bytes of a `tracestate` read (W3C propagators need 512).
+const MAX_TRACESTATE_BYTES: usize = 512;
+
+/// Reads W3C trace context from request headers; a `tracestate` over its
+/// bounds is not read at all (W3C lets a receiver drop it).
 struct HeaderExtractor<'a>(&'a HeaderMap);
 
 impl opentelemetry::propagation::Extractor for HeaderExtractor<'_> {
     fn get(&self, key: &str) -> Option<&str> {
-        self.0.get(key).and_then(|v| v.to_str().ok())
+        let value = self.0.get(key)?;
+        if key.eq_ignore_ascii_case("tracestate") && !tracestate_in_bounds(value.as_bytes()) {
+            return None;
+        }
+        value.to_str().ok()
     }
 
     fn keys(&self) -> Vec<&str> {
         self.0.keys().map(http::HeaderName::as_str).collect()
     }
+}
+
+/// Whether a `tracestate` value is within [`MAX_TRACESTATE_BYTES`] and
+/// [`MAX_TRACESTATE_MEMBERS`].
+fn tracestate_in_bounds(value: &[u8]) -> bool {
+    value.len() <= MAX_TRACESTATE_BYTES
+        && value.iter().filter(|&&b| b == b',').count() < MAX_TRACESTATE_MEMBERS
 }
 
 /// The trace id of a W3C `traceparent` header (version 00), if it is a
@@ -49,23 +66,6 @@ fn traceparent_trace_id(headers: &HeaderMap) -> Option<u128> {
         .filter(|id| *id != 0)
 }
 
-/// A new random trace id (not a secret: unique, not unpredictable).
-fn new_trace_id() -> u128 {
-    use std::cell::Cell;
-    thread_local! {
-        static STATE: Cell<u64> = Cell::new(uuid::Uuid::new_v4().as_u64_pair().0 | 1);
-    }
-    // splitmix64, twice.
-    let next = |state: &Cell<u64>| {
-        let mut z = state.get().wrapping_add(0x9E37_79B9_7F4A_7C15);
-        state.set(z);
-        z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
-        z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
-        z ^ (z >> 31)
-    };
-    STATE.with(|state| (u128::from(next(state)) << 64 | u128::from(next(state))).max(1))
-}
-
 /// How a call is traced.
 pub enum Traced {
     /// With its span, entered whenever the call runs.
@@ -86,7 +86,7 @@ pub fn traced(
     headers: &HeaderMap,
 ) -> Traced {
     if !crate::telemetry::exporting_traces() {
-        let trace_id = traceparent_trace_id(headers).unwrap_or_else(new_trace_id);
+        let trace_id = traceparent_trace_id(headers).unwrap_or_else(call::new_id);
         if call::spanless() {
             // Where the filter drops the span, lines carry no call, as before.
             if !tracing::span_enabled!(target: call::SPAN_TARGET, tracing::Level::INFO) {
@@ -108,6 +108,7 @@ pub fn traced(
         rpc.method = method,
         rpc.grpc.status_code = tracing::field::Empty,
         trace_id = tracing::field::Empty,
+        request_id = %call::TraceIdHex(call::new_id()),
     );
     let parent = opentelemetry::global::get_text_map_propagator(|propagator| {
         propagator.extract(&HeaderExtractor(headers))
@@ -123,6 +124,31 @@ pub fn traced(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_tracestate_over_its_bounds_is_not_read() {
+        use opentelemetry::propagation::Extractor;
+        let read = |value: String| {
+            let mut headers = HeaderMap::new();
+            headers.insert("tracestate", value.parse().unwrap());
+            HeaderExtractor(&headers)
+                .get("tracestate")
+                .map(str::to_owned)
+        };
+        let members = |n: usize| {
+            (0..n)
+                .map(|i| format!("k{i}=v"))
+                .collect::<Vec<_>>()
+                .join(",")
+        };
+        assert_eq!(read(members(32)), Some(members(32)));
+        assert_eq!(read(members(33)), None);
+        assert_eq!(
+            read(format!("k={}", "v".repeat(510))),
+            Some(format!("k={}", "v".repeat(510)))
+        );
+        assert_eq!(read(format!("k={}", "v".repeat(511))), None);
+    }
 
     #[test]
     fn a_valid_traceparent_gives_its_trace_id_and_nothing_else_does() {
@@ -148,6 +174,5 @@ mod tests {
             assert_eq!(id(bad), None, "{bad}");
         }
         assert_eq!(traceparent_trace_id(&HeaderMap::new()), None);
-        assert_ne!(new_trace_id(), new_trace_id());
     }
 }

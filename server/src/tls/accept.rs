@@ -1,8 +1,10 @@
 //! The TLS accept loop: TCP accepts in one task, each connection admitted
-//! under the caps of [`crate::admission`] (open connections, handshakes in
-//! all and per address, connections per identity) or closed at once; each
-//! handshake in its own task under a timeout, so a slow or stalled client
-//! neither blocks other handshakes nor holds a slot for long. Finished
+//! under the caps of [`crate::admission`] (open connections, silent
+//! connections, handshakes in all and per address, connections per
+//! identity) or closed at once; each connection's first bytes awaited
+//! under their own short timeout, then its handshake under a timeout, in
+//! its own task, so a silent, slow or stalled client neither blocks other
+//! handshakes nor holds a slot for long. Finished
 //! connections are handed to tonic through a channel as [`TlsConn`]s,
 //! holding their slots until tonic drops them.
 //!
@@ -123,14 +125,16 @@ impl Loop {
         slot: tokio::sync::OwnedSemaphorePermit,
     ) -> Option<TlsConn> {
         let admission = &self.admission;
+        if !first_bytes(&self.peers, admission, &tcp, remote_addr).await {
+            return None;
+        }
         let handshake_slot = admission.admit_handshake(remote_addr)?;
         let timeout = admission.handshake_timeout;
         let (stream, info) = handshake(&self.peers, acceptor, tcp, remote_addr, timeout).await?;
         // Refusals from here on linger under the handshake slot, so the
         // handshake caps bound them too.
         let cap = (self.cap_of)(&info.peer);
-        let Some(identity) = admission.admit_identity(info.peer.identity_text(), cap, remote_addr)
-        else {
+        let Some(identity) = admission.admit_identity(&info.share.tenant, cap, remote_addr) else {
             close_refused(stream).await;
             return None;
         };
@@ -163,6 +167,41 @@ impl Loop {
 struct Peers {
     identities: IdentityCache,
     refused: LogEvery,
+}
+
+/// Waits, as a silent connection, for the first bytes of `tcp`; `false`
+/// when none came within the first-bytes timeout, the peer hung up, or a
+/// newer silent connection took this one's place.
+async fn first_bytes(
+    peers: &Peers,
+    admission: &Admission,
+    tcp: &TcpStream,
+    remote_addr: SocketAddr,
+) -> bool {
+    let silent = admission.admit_silent(remote_addr);
+    let timeout = admission.first_bytes_timeout;
+    let mut byte = [0u8; 1];
+    let outcome = tokio::select! {
+        peeked = tokio::time::timeout(timeout, tcp.peek(&mut byte)) => match peeked {
+            Ok(Ok(n)) if n > 0 => return true,
+            Ok(_) => "closed",
+            Err(_) => "first_bytes_timeout",
+        },
+        () = silent.evicted() => "silent_evicted",
+    };
+    // (An eviction is counted as a refusal by the admission.)
+    if outcome == "first_bytes_timeout" {
+        crate::metrics::metrics()
+            .tls_handshakes
+            .with_label_values(&[outcome])
+            .inc();
+    }
+    if outcome != "closed"
+        && let Some(suppressed) = peers.refused.check()
+    {
+        tracing::info!(%remote_addr, ?timeout, suppressed, outcome, "connection sent nothing; closed");
+    }
+    false
 }
 
 async fn handshake(

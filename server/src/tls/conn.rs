@@ -118,6 +118,9 @@ pub struct ConnInfo {
     pub peer: Arc<PeerIdentity>,
     /// What the audit trail remembers of this connection.
     pub audit_memory: Arc<crate::audit::ConnectionMemory>,
+    /// What admission keeps about this connection: its tenant, token-less
+    /// streams and refusal budget.
+    pub share: Arc<crate::admission::ConnectionShare>,
 }
 
 impl ConnInfo {
@@ -125,8 +128,11 @@ impl ConnInfo {
     pub fn new(remote_addr: SocketAddr, peer: Arc<PeerIdentity>) -> Self {
         Self {
             remote_addr,
-            peer,
             audit_memory: Arc::default(),
+            share: Arc::new(crate::admission::ConnectionShare::new(
+                peer.identity_text().into(),
+            )),
+            peer,
         }
     }
 }
