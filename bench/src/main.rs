@@ -7,10 +7,13 @@
 //! - `dynamodb`: the real server over DynamoDB (moto), counting the SDK's
 //!   requests per RPC: each must be exactly one.
 //! - `soak`: a steady mixed load for a long time, resident memory sampled.
+//! - `fairness`: tenant A beside each attacker of issue 26 (ratios to A
+//!   alone), and an open-loop overload at twice the server's capacity.
 //!
 //! Run it with `scripts/bench` (release build); `--help` lists every knob.
 
 mod dynamo;
+mod fairness;
 mod load;
 mod servers;
 
@@ -68,6 +71,9 @@ enum Command {
     },
     /// A steady mixed load, resident memory sampled.
     Soak(SoakArgs),
+    /// Noisy neighbours: tenant A alone, then beside each attacker of issue
+    /// 26 and all at once (ratios to A alone); then an open-loop overload.
+    Fairness(fairness::FairnessArgs),
 }
 
 #[derive(Args, Clone)]
@@ -178,6 +184,7 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             print_dynamodb(&rows, &stored)
         }
         Command::Soak(args) => soak(&material, args, cli.server_audit_allowed).await?,
+        Command::Fairness(args) => fairness::run(&material, args, cli.server_audit_allowed).await?,
     };
     let [audit, other] = notes_server::telemetry::dropped_log_lines();
     if audit + other > 0 {
@@ -205,7 +212,7 @@ fn print_machine() {
 }
 
 /// `count` tokens of the dev user, signed on every core.
-fn sign_tokens(material: &DevMaterial, count: usize) -> anyhow::Result<Vec<String>> {
+pub(crate) fn sign_tokens(material: &DevMaterial, count: usize) -> anyhow::Result<Vec<String>> {
     let signer = material.signer()?;
     let spec = AccessTokenSpec {
         issuer: dev::DEV_ISSUER.into(),
@@ -250,7 +257,7 @@ fn bearer(
 }
 
 /// Creates the notes the scenarios read on the real server; returns the fixture.
-async fn fixture(target: &Target, tokens: &[String]) -> anyhow::Result<Fixture> {
+pub(crate) async fn fixture(target: &Target, tokens: &[String]) -> anyhow::Result<Fixture> {
     let tokens = bearer(tokens)?;
     let mut client = target.connect().await?;
     let deadline = Instant::now() + Duration::from_secs(10);

@@ -69,6 +69,9 @@ pub const MAX_REQUESTS_IN_FLIGHT: usize = 1_024;
 /// Calls in flight of one client-certificate identity (a tenant): a
 /// quarter of the server, so one tenant never holds it all.
 pub const MAX_REQUESTS_IN_FLIGHT_PER_IDENTITY: usize = 256;
+/// Calls in flight of one token owner: half its certificate's share, so
+/// one end user behind a gateway's certificate never holds all of it.
+pub const MAX_REQUESTS_IN_FLIGHT_PER_OWNER: usize = 128;
 /// Calls of each tenant admitted even when the server is full: a tenant
 /// holding fewer is served while others hold every shared slot (the server
 /// may then hold this many more per tenant than its bound). At most a
@@ -162,6 +165,8 @@ pub struct Limits {
     pub max_requests_in_flight: usize,
     /// See [`MAX_REQUESTS_IN_FLIGHT_PER_IDENTITY`].
     pub max_requests_in_flight_per_identity: usize,
+    /// See [`MAX_REQUESTS_IN_FLIGHT_PER_OWNER`].
+    pub max_requests_in_flight_per_owner: usize,
     /// See [`RESERVED_IN_FLIGHT_PER_IDENTITY`].
     pub reserved_in_flight_per_identity: usize,
     /// See [`REQUEST_MESSAGE_TIMEOUT`].
@@ -199,6 +204,7 @@ impl Default for Limits {
             max_connection_age_grace: MAX_CONNECTION_AGE_GRACE,
             max_requests_in_flight: MAX_REQUESTS_IN_FLIGHT,
             max_requests_in_flight_per_identity: MAX_REQUESTS_IN_FLIGHT_PER_IDENTITY,
+            max_requests_in_flight_per_owner: MAX_REQUESTS_IN_FLIGHT_PER_OWNER,
             reserved_in_flight_per_identity: RESERVED_IN_FLIGHT_PER_IDENTITY,
             request_message_timeout: REQUEST_MESSAGE_TIMEOUT,
             max_tokenless_streams_per_connection: MAX_TOKENLESS_STREAMS_PER_CONNECTION,

@@ -17,8 +17,8 @@ use tonic_health::{ServingStatus, server::HealthReporter};
 use crate::{
     admin::{self, Readiness},
     admission::{
-        Admission, CallBounds, Charged, ConnectionShare, InFlightLimitLayer, RateLimitLayer,
-        oversize_layer,
+        Admission, CallBounds, Charged, ConnectionShare, InFlightLimitLayer, OwnerShareLayer,
+        RateLimitLayer, oversize_layer,
     },
     api::{NotesApi, PageTokens},
     auth::{AuthLayer, Authenticator, Caller, jwks},
@@ -161,7 +161,12 @@ impl Server {
             .layer(oversize_layer())
             // Authentication wraps the router: nothing routes before it decides.
             .layer(AuthLayer::new(self.authenticator, refusal_log))
-            // The rate limit needs the caller the auth layer established.
+            // The owner's share and the rate limit need the caller the auth
+            // layer established.
+            .layer(OwnerShareLayer::new(
+                limits.max_requests_in_flight_per_owner,
+                owner_of,
+            ))
             .layer(tower::util::option_layer(
                 limits
                     .rate_limit
@@ -326,6 +331,13 @@ fn call_bounds(limits: &Limits) -> CallBounds {
         stream_lifetime: limits.stream_lifetime,
         message_timeout: limits.request_message_timeout,
     }
+}
+
+/// The token owner of a call, if it has a token.
+fn owner_of(extensions: &http::Extensions) -> Option<&str> {
+    extensions
+        .get::<Caller>()
+        .map(|caller| caller.owner.as_str())
 }
 
 /// The admission share of a call's connection.

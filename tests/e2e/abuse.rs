@@ -599,7 +599,8 @@ async fn idle_h2_connection(addr: SocketAddr) -> TlsStream<TcpStream> {
 #[tokio::test]
 async fn memory_per_idle_connection_and_per_open_stream_is_measured_and_bounded() {
     const CONNECTIONS: usize = 1_000;
-    const STREAM_CONNECTIONS: usize = 10;
+    // Watch streams need no token: 8 per connection and 256 per identity.
+    const STREAM_CONNECTIONS: usize = 32;
     let dir = tempfile::tempdir().unwrap();
     crate::harness::pki::write_files(dir.path());
     let (server, port) =
@@ -619,7 +620,7 @@ async fn memory_per_idle_connection_and_per_open_stream_is_measured_and_bounded(
     tokio::time::sleep(Duration::from_millis(500)).await;
     let with_connections = rss_of(pid);
 
-    let limit = Limits::default().max_concurrent_streams;
+    let limit = Limits::default().max_tokenless_streams_per_connection as u32;
     let headers = watch_headers();
     for tls in connections.iter_mut().take(STREAM_CONNECTIONS) {
         let mut out = Vec::new();

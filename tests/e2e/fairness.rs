@@ -361,3 +361,44 @@ async fn a_flood_of_refusals_is_summarised_and_allowed_changes_stay_on_record() 
     );
     assert_eq!(allowed, 4, "allowed changes are all on record");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn one_token_owner_holds_at_most_its_share_of_its_certificates_calls() {
+    let app = TestApp::builder()
+        .limits(Limits {
+            max_requests_in_flight_per_owner: 4,
+            request_message_timeout: Duration::from_secs(2),
+            ..test_limits()
+        })
+        .spawn()
+        .await;
+    // Mallory, behind the same certificate as Alice (a gateway's), stalls
+    // four calls.
+    let channel = app.channel(Some(&pki().client)).await;
+    let stalled: Vec<_> = (0..4)
+        .map(|_| tokio::spawn(stalled_create(channel.clone(), token_for("mallory"))))
+        .collect();
+    tokio::time::sleep(Duration::from_millis(300)).await;
+
+    let fifth = app
+        .raw()
+        .await
+        .list_notes(with_token(
+            ListNotesRequest::default(),
+            &token_for("mallory"),
+        ))
+        .await;
+    let alice = app
+        .raw()
+        .await
+        .list_notes(with_token(ListNotesRequest::default(), &token_for("alice")))
+        .await;
+
+    let fifth = fifth.unwrap_err();
+    assert_eq!(fifth.code(), Code::Unavailable, "{fifth:?}");
+    assert!(fifth.message().contains("owner"), "{fifth:?}");
+    assert!(alice.is_ok(), "{alice:?}");
+    for call in join_all(stalled).await {
+        assert_eq!(call.unwrap().unwrap_err().code(), Code::DeadlineExceeded);
+    }
+}

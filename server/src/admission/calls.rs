@@ -574,6 +574,88 @@ impl http_body::Body for StreamBody {
     }
 }
 
+/// The token owner of a call, read from its extensions (what the auth
+/// layer put there); `None` for calls without a token.
+pub type OwnerOf = fn(&http::Extensions) -> Option<&str>;
+
+/// Caps the calls in flight of one token owner, so that one end user
+/// behind a gateway's certificate cannot hold the certificate's whole
+/// share ([`InFlightLimitLayer`]). Sits inside the auth layer; calls without
+/// a token pass. Over it: **UNAVAILABLE**.
+#[derive(Clone)]
+pub struct OwnerShareLayer {
+    cap: usize,
+    owner_of: OwnerOf,
+    counts: Arc<Counts<String>>,
+}
+
+impl OwnerShareLayer {
+    /// At most `cap` calls in flight per owner; `owner_of` finds a call's.
+    pub fn new(cap: usize, owner_of: OwnerOf) -> Self {
+        Self {
+            cap,
+            owner_of,
+            counts: Arc::default(),
+        }
+    }
+}
+
+impl<S> Layer<S> for OwnerShareLayer {
+    type Service = OwnerShare<S>;
+
+    fn layer(&self, inner: S) -> Self::Service {
+        OwnerShare {
+            inner,
+            layer: self.clone(),
+        }
+    }
+}
+
+/// See [`OwnerShareLayer`].
+#[derive(Clone)]
+pub struct OwnerShare<S> {
+    inner: S,
+    layer: OwnerShareLayer,
+}
+
+impl<S, B> Service<Request<B>> for OwnerShare<S>
+where
+    S: Service<Request<B>, Response = Response<Body>>,
+    S::Future: Send + 'static,
+    S::Error: 'static,
+{
+    type Response = Response<Body>;
+    type Error = S::Error;
+    type Future = BoxFuture<Result<Self::Response, Self::Error>>;
+
+    fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), Self::Error>> {
+        self.inner.poll_ready(cx)
+    }
+
+    fn call(&mut self, req: Request<B>) -> Self::Future {
+        let Some(owner) = (self.layer.owner_of)(req.extensions()) else {
+            return Box::pin(self.inner.call(req));
+        };
+        let cap = self.layer.cap;
+        let Some(held) = self.layer.counts.take(&owner.to_owned(), |n| n < cap) else {
+            crate::metrics::metrics()
+                .requests_shed
+                .with_label_values(&["owner_share"])
+                .inc();
+            let status = Status::unavailable(format!(
+                "this token's owner has {cap} calls in flight, its share; retry with backoff"
+            ));
+            return Box::pin(async move { Ok(status.into_http()) });
+        };
+        let call = self.inner.call(req);
+        Box::pin(async move {
+            let answered = call.await;
+            drop(held);
+            answered
+        })
+    }
+}
+
 /// Most callers the rate limit tracks; past it, callers at their full
 /// allowance are forgotten, and if all are active, calls are refused
 /// (fail closed) rather than the map growing without bound.

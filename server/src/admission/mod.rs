@@ -21,7 +21,8 @@ pub mod refusals;
 pub mod shares;
 
 pub use calls::{
-    CallBounds, Charged, ConnectionShare, InFlightLimitLayer, RateLimitLayer, oversize_layer,
+    CallBounds, Charged, ConnectionShare, InFlightLimitLayer, OwnerShareLayer, RateLimitLayer,
+    oversize_layer,
 };
 pub use connections::{Admission, AdmissionRefusals, HandshakeSlot, IdentitySlot, Refusal};
 pub use refusals::{Buckets, ConnectionRefusals, RefusalBudget};

@@ -67,6 +67,9 @@ pub struct LimitArgs {
     /// Calls in flight of one client-certificate identity at most (its fair share).
     #[arg(long, env = "NOTES_MAX_REQUESTS_IN_FLIGHT_PER_IDENTITY", default_value_t = limits::MAX_REQUESTS_IN_FLIGHT_PER_IDENTITY)]
     pub max_requests_in_flight_per_identity: usize,
+    /// Calls in flight of one token owner at most (within its certificate's share).
+    #[arg(long, env = "NOTES_MAX_REQUESTS_IN_FLIGHT_PER_OWNER", default_value_t = limits::MAX_REQUESTS_IN_FLIGHT_PER_OWNER)]
+    pub max_requests_in_flight_per_owner: usize,
     /// Seconds a unary call's request message may take to arrive after its headers.
     #[arg(long, env = "NOTES_REQUEST_MESSAGE_TIMEOUT_SECS", default_value_t = secs(limits::REQUEST_MESSAGE_TIMEOUT))]
     pub request_message_timeout_secs: u64,
@@ -194,6 +197,10 @@ impl LimitArgs {
             max_requests_in_flight_per_identity: count(
                 setting("max-requests-in-flight-per-identity"),
                 self.max_requests_in_flight_per_identity,
+            )?,
+            max_requests_in_flight_per_owner: count(
+                setting("max-requests-in-flight-per-owner"),
+                self.max_requests_in_flight_per_owner,
             )?,
             reserved_in_flight_per_identity: limits::RESERVED_IN_FLIGHT_PER_IDENTITY,
             request_message_timeout: at_least_one_sec(

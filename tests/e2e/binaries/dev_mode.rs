@@ -207,33 +207,50 @@ async fn the_dev_banner_names_a_non_default_endpoint_and_folder() {
 /// connects and sends nothing is disconnected once it has passed, not
 /// before (the other handshake tests set a short timeout of their own).
 #[tokio::test]
-async fn dev_mode_disconnects_a_silent_client_after_the_default_handshake_timeout() {
-    use tokio::io::AsyncReadExt;
+async fn dev_mode_disconnects_silent_and_stalled_clients_after_their_default_timeouts() {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
     let dir = tempfile::tempdir().unwrap();
     let (_server, port) = start_dev(dir.path()).await;
-    let default = notes_server::limits::HANDSHAKE_TIMEOUT;
-    assert_eq!(default, Duration::from_secs(10), "the README states 10 s");
+    let first_bytes = notes_server::limits::FIRST_BYTES_TIMEOUT;
+    let handshake = notes_server::limits::HANDSHAKE_TIMEOUT;
+    assert_eq!(first_bytes, Duration::from_secs(2), "the README states 2 s");
+    assert_eq!(handshake, Duration::from_secs(10), "the README states 10 s");
 
-    let started = std::time::Instant::now();
-    let mut tcp = tokio::net::TcpStream::connect(("127.0.0.1", port))
-        .await
-        .unwrap();
-    let mut buf = [0u8; 16];
-    let read = tokio::time::timeout(default * 4, tcp.read(&mut buf)).await;
-    let waited = started.elapsed();
+    // How long the server keeps a connection that sends `first` and then
+    // nothing; the read's outcome.
+    let closed_after = |first: &'static [u8]| async move {
+        let started = std::time::Instant::now();
+        let mut tcp = tokio::net::TcpStream::connect(("127.0.0.1", port))
+            .await
+            .unwrap();
+        tcp.write_all(first).await.unwrap();
+        let mut buf = [0u8; 16];
+        let read = tokio::time::timeout(handshake * 4, tcp.read(&mut buf)).await;
+        (started.elapsed(), read)
+    };
+    // Silent: no byte at all. Stalled: the start of a ClientHello record.
+    let ((silent, silent_read), (stalled, stalled_read)) = tokio::join!(
+        closed_after(b""),
+        closed_after(&[0x16, 0x03, 0x01, 0x02, 0x00]),
+    );
 
-    assert!(
-        matches!(read, Ok(Ok(0)) | Ok(Err(_))),
-        "a silent connection was still open after {waited:?}: {read:?}"
-    );
-    // Closed by the timeout: not before it, and not long after (a busy
-    // machine may be late, never early).
-    assert!(
-        waited >= default - Duration::from_millis(50),
-        "closed after {waited:?}, before the {default:?} timeout"
-    );
-    assert!(
-        waited < default + Duration::from_secs(5),
-        "closed after {waited:?}, long after the {default:?} timeout"
-    );
+    for (what, waited, read, timeout) in [
+        ("silent", silent, silent_read, first_bytes),
+        ("stalled", stalled, stalled_read, handshake),
+    ] {
+        assert!(
+            matches!(read, Ok(Ok(0)) | Ok(Err(_))),
+            "a {what} connection was still open after {waited:?}: {read:?}"
+        );
+        // Closed by its timeout: not before it, and not long after (a busy
+        // machine may be late, never early).
+        assert!(
+            waited >= timeout - Duration::from_millis(50),
+            "{what}: closed after {waited:?}, before the {timeout:?} timeout"
+        );
+        assert!(
+            waited < timeout + Duration::from_secs(5),
+            "{what}: closed after {waited:?}, long after the {timeout:?} timeout"
+        );
+    }
 }

@@ -108,6 +108,13 @@ resource "aws_lb_target_group" "notes" {
   # to a draining task that long.
   deregistration_delay = var.grace_period_secs + 5
 
+  # The server's per-address caps (handshakes per IP) must see the clients'
+  # own addresses, not the load balancer's few: with IP targets over TCP
+  # this is off unless asked for. The service's security group still admits
+  # only the load balancer's security group (an NLB with security groups is
+  # referenced as the source even when client IPs are kept).
+  preserve_client_ip = "true"
+
   # Traffic stays TCP passthrough on container_port; the health check asks
   # the admin listener instead. /readyz answers 200 only when every issuer's
   # token keys are loaded and the table answered the server's last probe
