@@ -660,15 +660,18 @@ fn a_reload_racing_200_revocations_never_drops_the_revocation() {
         dns: vec!["localhost".into()],
         ips: vec![],
         days: 2,
+        rotate: false,
     });
     certs(CertsCommand::Client {
         name: "victim".into(),
         uris: vec!["spiffe://race/victim".into()],
         dns: vec![],
         days: 2,
+        rotate: false,
     });
     let revoke = || CertsCommand::Revoke {
         cert: pki_dir.join("victim.pem").display().to_string(),
+        serial: None,
         crl_days: 1,
     };
     certs(revoke());
@@ -694,6 +697,7 @@ fn a_reload_racing_200_revocations_never_drops_the_revocation() {
                     &pki_dir,
                     CertsCommand::Revoke {
                         cert: pki_dir.join("victim.pem").display().to_string(),
+                        serial: None,
                         crl_days: 1,
                     },
                 )

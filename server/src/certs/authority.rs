@@ -252,6 +252,31 @@ pub fn serial_of(cert_pem: &str) -> Result<Vec<u8>, NotACertificate> {
     Ok(cert.raw_serial().to_vec())
 }
 
+/// What the certificate ledger records of a certificate.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Facts {
+    /// Its serial number.
+    pub serial: Vec<u8>,
+    /// Its notAfter, Unix seconds.
+    pub not_after: i64,
+    /// SHA-256 of its DER.
+    pub sha256: Vec<u8>,
+}
+
+/// The serial, notAfter and fingerprint of a PEM certificate.
+pub fn facts_of(cert_pem: &str) -> Result<Facts, NotACertificate> {
+    use rustls::pki_types::{CertificateDer, pem::PemObject};
+    let der = CertificateDer::from_pem_slice(cert_pem.as_bytes()).map_err(NotACertificate::Pem)?;
+    let cert = parse(&der)?;
+    Ok(Facts {
+        serial: cert.raw_serial().to_vec(),
+        not_after: cert.validity().not_after.timestamp(),
+        sha256: aws_lc_rs::digest::digest(&aws_lc_rs::digest::SHA256, &der)
+            .as_ref()
+            .to_vec(),
+    })
+}
+
 /// Why a certificate is not one of this CA's.
 #[derive(Debug, thiserror::Error)]
 pub enum NotIssuedHere {

@@ -58,18 +58,51 @@ async fn the_certs_tool_stands_up_a_pki_that_serves_and_revokes() {
         .stderr(Stdio::piped());
     let mut server: Child = server.spawn().unwrap();
     let (port, _) = serving_ports(&mut server).await.unwrap();
-    let list = || {
+    let list_with = |stem: std::path::PathBuf| {
         let mut cmd = Command::new(bin("notes"));
         cmd.args(["--endpoint", &format!("https://localhost:{port}")])
             .arg("--ca-cert")
             .arg(pki_dir.join("ca.pem"))
             .arg("--cert")
-            .arg(pki_dir.join("billing.pem"))
+            .arg(stem.with_extension("pem"))
             .arg("--key")
-            .arg(pki_dir.join("billing.key"))
+            .arg(stem.with_extension("key"))
             .args(["--token", &token_for("alice"), "list"]);
         run(cmd)
     };
+    let list = || list_with(pki_dir.join("billing"));
+
+    // A rotation, the old pair kept as a leaked key would be: issuing over
+    // a NAME is refused without --rotate, and with it the old pair goes to
+    // the archive, still valid.
+    let leaked = dir.path().join("leaked");
+    std::fs::copy(pki_dir.join("billing.pem"), leaked.with_extension("pem")).unwrap();
+    std::fs::copy(pki_dir.join("billing.key"), leaked.with_extension("key")).unwrap();
+    let again = certs(&["client", "billing", "--uri", "spiffe://example.org/billing"]).await;
+    let stderr = String::from_utf8_lossy(&again.stderr);
+    assert!(
+        !again.status.success() && stderr.contains("--rotate"),
+        "{stderr}"
+    );
+    let rotated = certs(&[
+        "client",
+        "billing",
+        "--uri",
+        "spiffe://example.org/billing",
+        "--rotate",
+    ])
+    .await;
+    assert!(
+        rotated.status.success(),
+        "{}",
+        String::from_utf8_lossy(&rotated.stderr)
+    );
+    let old_before = list_with(leaked.clone()).await;
+    assert!(
+        old_before.status.success(),
+        "the pre-rotation certificate works until revoked: {}",
+        String::from_utf8_lossy(&old_before.stderr)
+    );
 
     let before = list().await;
     // Another CA's certificate: not trusted by the server (the alert is
@@ -142,8 +175,15 @@ async fn the_certs_tool_stands_up_a_pki_that_serves_and_revokes() {
         String::from_utf8_lossy(&unknown.stderr)
     );
 
-    // Revoked by the NAME it was issued under.
+    // Revoked by the NAME it was issued under: every certificate it had.
     let revoked = certs(&["revoke", "billing"]).await;
+    let listing = certs(&["list"]).await;
+    let listing = String::from_utf8_lossy(&listing.stdout).into_owned();
+    let revoked_lines = listing
+        .lines()
+        .filter(|l| l.contains(" billing ") && l.contains("revoked"))
+        .count();
+    assert_eq!(revoked_lines, 2, "{listing}");
     let mut after = list().await;
     for _ in 0..40 {
         // Until the server reloads, calls succeed. A client certificate
@@ -174,6 +214,14 @@ async fn the_certs_tool_stands_up_a_pki_that_serves_and_revokes() {
     // (not 7, which a crashed server or a stolen port would also give).
     let stderr = String::from_utf8_lossy(&after.stderr);
     assert_eq!(after.status.code(), Some(6), "{stderr}");
+    assert!(
+        stderr.contains("refused this client certificate: CertificateRevoked"),
+        "{stderr}"
+    );
+    // The leaked pre-rotation certificate is refused too.
+    let old_after = list_with(leaked).await;
+    let stderr = String::from_utf8_lossy(&old_after.stderr);
+    assert_eq!(old_after.status.code(), Some(6), "{stderr}");
     assert!(
         stderr.contains("refused this client certificate: CertificateRevoked"),
         "{stderr}"
