@@ -26,6 +26,8 @@ pub struct Readiness {
     pub store: AtomicBool,
     /// A drain has started.
     pub draining: AtomicBool,
+    /// The token revocation list was not read within its limit.
+    pub revocations_stale: AtomicBool,
 }
 
 impl Readiness {
@@ -40,6 +42,11 @@ impl Readiness {
         }
         if !self.store.load(Ordering::Acquire) {
             missing.push("store: its last probe failed (the log says why)");
+        }
+        if self.revocations_stale.load(Ordering::Acquire) {
+            missing.push(
+                "token revocations: the list was not read within its limit (the log says why)",
+            );
         }
         if missing.is_empty() {
             Ok(())

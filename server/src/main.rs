@@ -42,6 +42,11 @@ enum Command {
     },
     /// Create the DynamoDB table if it is missing and wait until it is ACTIVE.
     InitTable(DynamoConfig),
+    /// Revoke tokens at this service: every running instance refuses them
+    /// within its poll interval (2 s by default), no redeploy. One token
+    /// (--jti), a sign-in's tokens (--origin-jti), or a subject's or an app
+    /// client's tokens issued up to a time (--subject, --client-id).
+    RevokeTokens(Box<notes_server::config::RevokeTokensArgs>),
     /// Create a CA, issue server and client certificates, revoke them.
     Certs {
         /// Folder of the PKI.
@@ -116,7 +121,7 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Dev(config) => {
             config.check_listen()?;
             // Bind before writing anything: a busy port leaves the files alone.
-            let listener = bind(config.listen).await?;
+            let listener = bind(config.listen, "dev-listen").await?;
             let store = match config.store {
                 StoreKind::Memory => StoreSettings::Memory,
                 StoreKind::Dynamodb => StoreSettings::Dynamodb {
@@ -130,8 +135,8 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
         }
         Command::Serve(config) => {
             let server = startup::build(config.settings()?).await?;
-            let listener = bind(config.listen).await?;
-            let admin = bind(config.admin_listen).await?;
+            let listener = bind(config.listen, "listen").await?;
+            let admin = bind(config.admin_listen, "admin-listen").await?;
             (server, listener, Some(admin), None)
         }
         Command::Certs { dir, command } => {
@@ -153,6 +158,34 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
             println!("all {} checks passed", checks.len());
             return Ok(());
         }
+        Command::RevokeTokens(args) => {
+            use notes_server::store::NoteStore;
+            let now_ns = std::time::SystemTime::now()
+                .duration_since(std::time::UNIX_EPOCH)
+                .unwrap_or_default()
+                .as_nanos() as u64;
+            let revocation = args.revocation(now_ns)?;
+            let store = startup::dynamodb_store(&args.dynamodb).await?;
+            store
+                .check_table()
+                .await
+                .map_err(|e| anyhow::anyhow!(notes_server::error::error_chain(&e)))?;
+            store
+                .revoke_tokens(&revocation)
+                .await
+                .map_err(|e| anyhow::anyhow!(notes_server::error::error_chain(&e)))?;
+            let before = match revocation.before {
+                u64::MAX => String::new(),
+                before => format!(" issued at or before {before} (Unix seconds)"),
+            };
+            println!(
+                "revoked the tokens of {} {} of {}{before}; every instance refuses them from its next read of the list",
+                revocation.what.kind(),
+                revocation.what.value(),
+                revocation.issuer
+            );
+            return Ok(());
+        }
         Command::InitTable(config) => {
             let store = startup::init_table(&config).await?;
             println!(
@@ -169,10 +202,16 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
     Ok(())
 }
 
-async fn bind(addr: SocketAddr) -> anyhow::Result<TcpListener> {
-    TcpListener::bind(addr)
-        .await
-        .with_context(|| format!("binding {addr}"))
+/// Binds the address of the setting `flag`; a failure names the setting,
+/// so a port the user never chose (the admin listener's default, say) is
+/// not a mystery.
+async fn bind(addr: SocketAddr, flag: &'static str) -> anyhow::Result<TcpListener> {
+    TcpListener::bind(addr).await.with_context(|| {
+        format!(
+            "binding {addr} ({}); choose another address with it",
+            notes_server::config::setting(flag)
+        )
+    })
 }
 
 /// Resolves on SIGINT or SIGTERM.

@@ -21,7 +21,7 @@ use crate::{
         RateLimitLayer, oversize_layer,
     },
     api::{NotesApi, PageTokens},
-    auth::{AuthLayer, Authenticator, Caller, jwks},
+    auth::{AuthLayer, Authenticator, Caller, jwks, revocation},
     limits::{Limits, MAX_NOTES_MESSAGE_BYTES, MAX_SMALL_MESSAGE_BYTES},
     metrics::RpcMetricsLayer,
     store::NoteStore,
@@ -72,6 +72,43 @@ async fn become_ready(
         set_health(&health, ServingStatus::Serving).await;
         tracing::info!("token keys loaded; ready");
     }
+}
+
+/// Reads the whole token revocation list before the first call is taken
+/// (retrying every second, for at most its staleness limit: past it the
+/// list is stale, calls are refused and `/readyz` says why), then keeps
+/// reading what is new until `stop`.
+async fn load_revocations(
+    authenticator: &Authenticator,
+    store: Arc<dyn NoteStore>,
+    readiness: &Arc<Readiness>,
+    stop: &CancellationToken,
+) {
+    let list = authenticator.revocations().clone();
+    let Some(settings) = list.settings() else {
+        return;
+    };
+    let give_up = tokio::time::Instant::now() + settings.max_staleness;
+    let mut newest = 0;
+    loop {
+        if let Some(read) = revocation::load(store.as_ref(), &list).await {
+            newest = read;
+            tracing::info!(entries = list.len(), "token revocation list read");
+            break;
+        }
+        if tokio::time::Instant::now() >= give_up {
+            readiness.revocations_stale.store(true, Ordering::Release);
+            readiness.publish();
+            break;
+        }
+        tokio::time::sleep(std::time::Duration::from_secs(1)).await;
+    }
+    let readiness = readiness.clone();
+    let report = move |fresh: bool| {
+        readiness.revocations_stale.store(!fresh, Ordering::Release);
+        readiness.publish();
+    };
+    revocation::spawn_poll(store, list, newest, report, stop.clone());
 }
 
 /// Probes the store every few seconds for readiness.
@@ -225,6 +262,7 @@ impl Server {
         // says NOT_SERVING (load balancers route elsewhere) while loading is
         // retried.
         set_health(health, ServingStatus::NotServing).await;
+        load_revocations(&self.authenticator, self.store.clone(), readiness, stop).await;
         tokio::spawn(become_ready(
             self.authenticator.clone(),
             health.clone(),

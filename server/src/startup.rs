@@ -109,9 +109,12 @@ pub async fn store(settings: &Settings) -> Result<Arc<dyn NoteStore>, ConfigErro
 /// (nothing is fetched until the server starts), with the identity
 /// allow-list, the audit policy and the refusal budget.
 pub fn authenticator(settings: &Settings) -> Result<Authenticator, ConfigError> {
-    let authenticator = token_authenticator(settings.auth.clone())?
+    let mut authenticator = token_authenticator(settings.auth.clone())?
         .with_allowed_identities(settings.allowed_identities.clone())
         .with_audit_allowed(settings.audit_allowed);
+    if let Some(revocations) = settings.revocations {
+        authenticator = authenticator.with_revocations(revocations);
+    }
     Ok(match settings.refusal_budget {
         Some(budget) => authenticator.with_refusal_budget(budget),
         None => authenticator.without_refusal_budget(),

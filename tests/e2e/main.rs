@@ -52,6 +52,7 @@ mod policy;
 
 mod public_services;
 mod retries;
+mod revocation;
 mod robustness;
 mod settings;
 mod table;

@@ -39,6 +39,8 @@ pub struct Authenticator {
     /// draw before its uncached tokens are refused unverified (RSA is the
     /// costly part of a refusal).
     refusals: Option<RefusalBudget>,
+    /// The deployment's token revocation list, as this instance read it.
+    revocations: std::sync::Arc<super::revocation::RevocationList>,
     /// The allowed-call counters by issuer, user then machine: found once,
     /// not by their labels on every call.
     allowed: HashMap<String, [prometheus::IntCounter; 2], foldhash::fast::RandomState>,
@@ -69,6 +71,7 @@ impl Authenticator {
             namespaced_owners: false,
             audit_allowed: AuditAllowed::default(),
             refusals: Some(RefusalBudget::new(crate::limits::REFUSALS_PER_CONNECTION)),
+            revocations: std::sync::Arc::default(),
         }
     }
 
@@ -115,6 +118,19 @@ impl Authenticator {
     pub fn without_refusal_budget(mut self) -> Self {
         self.refusals = None;
         self
+    }
+
+    /// Enforces the token revocation list read with `settings` (a list that
+    /// is not read is empty and never stale).
+    pub fn with_revocations(mut self, settings: super::revocation::RevocationSettings) -> Self {
+        self.revocations =
+            std::sync::Arc::new(super::revocation::RevocationList::new(Some(settings)));
+        self
+    }
+
+    /// The token revocation list this authenticator enforces.
+    pub fn revocations(&self) -> &std::sync::Arc<super::revocation::RevocationList> {
+        &self.revocations
     }
 
     /// Which allowed calls get an audit event too (refusals always do).
@@ -178,6 +194,9 @@ impl Authenticator {
             Some(verified) => verified,
             None => self.verify_under_budget(token, conn).await?,
         };
+        // Cached or not: a revoked token is refused from the next read of
+        // the list on.
+        self.revocations.check(&verified)?;
         let policy = self
             .verifier
             .policy(&verified.issuer)
@@ -278,6 +297,10 @@ fn binding_allows(
 /// owners are ever equal.
 fn owner_of(prefix: &str, subject: &str, namespaced: bool) -> Result<String, AuthError> {
     if prefix.is_empty() && namespaced && subject.contains(':') {
+        return Err(AuthError::ReservedSubject);
+    }
+    // `#…` partitions are the store's own (the revocation list).
+    if prefix.is_empty() && subject.starts_with('#') {
         return Err(AuthError::ReservedSubject);
     }
     Ok([prefix, subject].concat())
@@ -419,15 +442,24 @@ mod tests {
                 proptest::strategy::Just(("pool1:", "pool2:")),
                 proptest::strategy::Just(("pool2:", "")),
             ],
-            a in "[a-z:2]{0,8}",
-            b in "[a-z:2]{0,8}",
+            a in "[a-z:2#]{0,8}",
+            b in "[a-z:2#]{0,8}",
         ) {
             let (first, second) = prefixes;
             if let (Ok(x), Ok(y)) = (owner_of(first, &a, true), owner_of(second, &b, true)) {
                 proptest::prop_assert_ne!(x, y, "{} {} / {} {}", first, a, second, b);
             }
+            // No owner is one of the store's own `#` partitions.
+            for owner in [owner_of(first, &a, true), owner_of(second, &b, true), owner_of("", &a, false)]
+                .into_iter()
+                .flatten()
+            {
+                proptest::prop_assert!(!owner.starts_with('#'), "{}", owner);
+            }
             // One pool alone keeps its subjects as they are.
-            proptest::prop_assert_eq!(owner_of("", &a, false), Ok(a.clone()));
+            if !a.starts_with('#') {
+                proptest::prop_assert_eq!(owner_of("", &a, false), Ok(a.clone()));
+            }
         }
     }
 }

@@ -20,6 +20,7 @@ pub mod jwks;
 pub mod keys;
 pub mod layer;
 pub mod policy;
+pub mod revocation;
 pub mod signer;
 pub mod verify;
 
@@ -164,9 +165,16 @@ pub enum AuthError {
     /// next ones are refused before any token is verified.
     #[error("too many refused calls from this client certificate; slow down and fix its token")]
     TooManyRefusals,
-    /// With several pools, an unprefixed pool's `sub` may not contain `:`.
-    #[error("token subject contains ':', which this deployment reserves for other user pools")]
+    /// With several pools, an unprefixed pool's `sub` may not contain `:`;
+    /// no owner may start with `#` (the store's own partitions).
+    #[error("token subject contains ':' or starts with '#', which this deployment reserves")]
     ReservedSubject,
+    /// The token is on the deployment's revocation list.
+    #[error("token revoked")]
+    Revoked,
+    /// The revocation list has not been read for longer than its limit.
+    #[error("the token revocation list could not be read lately; retry with backoff")]
+    RevocationsStale,
 }
 
 impl AuthError {
@@ -201,6 +209,8 @@ impl AuthError {
             AuthError::IdentityNotAllowed(_) => "identity_not_allowed",
             AuthError::ReservedSubject => "reserved_subject",
             AuthError::TooManyRefusals => "too_many_refusals",
+            AuthError::Revoked => "revoked",
+            AuthError::RevocationsStale => "revocations_stale",
         }
     }
 }
@@ -212,7 +222,9 @@ impl From<AuthError> for Status {
             | AuthError::MissingGroup
             | AuthError::ClientNotBound(_)
             | AuthError::IdentityNotAllowed(_) => Status::permission_denied(err.to_string()),
-            AuthError::KeysUnavailable => Status::unavailable(err.to_string()),
+            AuthError::KeysUnavailable | AuthError::RevocationsStale => {
+                Status::unavailable(err.to_string())
+            }
             AuthError::TooManyRefusals => Status::resource_exhausted(err.to_string()),
             _ => Status::unauthenticated(err.to_string()),
         }

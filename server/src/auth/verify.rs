@@ -125,6 +125,12 @@ pub struct VerifiedToken {
     pub exp: u64,
     /// The `kid` that signed it.
     pub kid: String,
+    /// `jti`: this token's own id.
+    pub jti: Option<String>,
+    /// `origin_jti`: the id of the sign-in (refresh token) it came from.
+    pub origin_jti: Option<String>,
+    /// `iat`, seconds since the epoch (fractions dropped).
+    pub iat: Option<u64>,
 }
 
 impl super::cache::Expiring for VerifiedToken {
@@ -158,6 +164,8 @@ struct Claims {
     groups: Vec<String>,
     iat: Option<f64>,
     cnf: Option<Confirmation>,
+    jti: Option<String>,
+    origin_jti: Option<String>,
 }
 
 /// One trusted pool: its policy and where its keys come from.
@@ -501,7 +509,14 @@ impl TokenVerifier {
         let exp = check_validity(&claims, &issuer.policy, now.as_secs())?;
         let checked = check_claims(&mut claims, &issuer.policy, now.as_secs_f64())?;
         let kind = caller_kind(&checked)?;
+        let iat = claims
+            .iat
+            .filter(|iat| iat.is_finite() && *iat >= 0.0)
+            .map(|iat| iat as u64);
         Ok(VerifiedToken {
+            jti: claims.jti.take(),
+            origin_jti: claims.origin_jti.take(),
+            iat,
             issuer: issuer.policy.issuer.clone(),
             subject: checked.subject,
             client_id: checked.client_id,

@@ -38,7 +38,7 @@ pub struct ConfigError {
 /// from clap's own metadata (`serve`'s and `dev`'s arguments), so a message
 /// names exactly what the programs read; a flag they do not have is named
 /// as given (a unit test finds every name this file's callers use).
-pub(crate) fn setting(flag: &str) -> &'static str {
+pub fn setting(flag: &str) -> &'static str {
     use clap::Args as _;
     static NAMES: std::sync::LazyLock<std::collections::HashMap<String, &'static str>> =
         std::sync::LazyLock::new(|| {
@@ -97,6 +97,8 @@ pub struct Settings {
     /// identity ten times that) before its uncached tokens are refused
     /// unverified; `None` turns the budget off.
     pub refusal_budget: Option<RateLimit>,
+    /// How the token revocation list is read and enforced; `None`: not at all.
+    pub revocations: Option<crate::auth::revocation::RevocationSettings>,
     /// The wall clock of certificate expiry checks (the system's; tests
     /// move one of their own).
     pub clock: crate::clock::Clock,
@@ -115,6 +117,7 @@ impl Settings {
             store: StoreSettings::Memory,
             limits: Limits::default(),
             refusal_budget: Some(crate::limits::REFUSALS_PER_CONNECTION),
+            revocations: Some(crate::auth::revocation::DEFAULT_REVOCATION_SETTINGS),
             clock: crate::clock::system_clock(),
         }
     }
@@ -186,9 +189,45 @@ pub struct ServeConfig {
     /// Timeouts and bounds.
     #[command(flatten)]
     pub limits: LimitArgs,
+    /// Seconds between reads of the token revocation list (in the store).
+    #[arg(long, env = "NOTES_REVOCATION_POLL_SECS", default_value_t = 2)]
+    pub revocation_poll_secs: u64,
+    /// Seconds after which an unread revocation list is stale: calls are refused UNAVAILABLE (unless --revocation-fail-open) and /readyz says so.
+    #[arg(
+        long,
+        env = "NOTES_REVOCATION_MAX_STALENESS_SECS",
+        default_value_t = 30
+    )]
+    pub revocation_max_staleness_secs: u64,
+    /// Let calls through while the revocation list is stale (revoked tokens may then pass).
+    #[arg(long, env = "NOTES_REVOCATION_FAIL_OPEN")]
+    pub revocation_fail_open: bool,
 }
 
 impl ServeConfig {
+    /// How the token revocation list is read, checked.
+    fn revocations(&self) -> Result<crate::auth::revocation::RevocationSettings, ConfigError> {
+        if !(1..=3600).contains(&self.revocation_poll_secs) {
+            return Err(config_err(
+                setting("revocation-poll-secs"),
+                "must be 1 to 3600",
+            ));
+        }
+        if self.revocation_max_staleness_secs < 2 * self.revocation_poll_secs
+            || self.revocation_max_staleness_secs > 24 * 3600
+        {
+            return Err(config_err(
+                setting("revocation-max-staleness-secs"),
+                "must be at least twice --revocation-poll-secs and at most a day",
+            ));
+        }
+        Ok(crate::auth::revocation::RevocationSettings {
+            poll_every: std::time::Duration::from_secs(self.revocation_poll_secs),
+            max_staleness: std::time::Duration::from_secs(self.revocation_max_staleness_secs),
+            fail_open: self.revocation_fail_open,
+        })
+    }
+
     /// Checks every setting and returns them typed; each failure names its
     /// setting.
     pub fn settings(&self) -> Result<Settings, ConfigError> {
@@ -216,7 +255,77 @@ impl ServeConfig {
                 },
             },
             limits,
+            revocations: Some(self.revocations()?),
             ..Settings::new(tls, auth, self.page_token_key_file.clone())
+        })
+    }
+}
+
+/// What `notes-server revoke-tokens` revokes, and where the list is.
+#[derive(Debug, Clone, clap::Args)]
+#[command(group(clap::ArgGroup::new("what").required(true).args(["jti", "origin_jti", "subject", "client_id"])))]
+pub struct RevokeTokensArgs {
+    /// The issuer (`iss`) whose tokens are revoked, as `serve --issuer` names it.
+    #[arg(long, env = "NOTES_ISSUER")]
+    pub issuer: String,
+    /// One token, by its `jti`.
+    #[arg(long)]
+    pub jti: Option<String>,
+    /// Every token of one sign-in, by `origin_jti` (revoke the refresh token in Cognito too).
+    #[arg(long)]
+    pub origin_jti: Option<String>,
+    /// Every token of one subject (`sub`) issued at or before --before.
+    #[arg(long)]
+    pub subject: Option<String>,
+    /// Every token of one app client (`client_id`) issued at or before --before (rotate its secret in Cognito first).
+    #[arg(long)]
+    pub client_id: Option<String>,
+    /// Unix seconds: tokens issued at or before it are revoked [default: now].
+    #[arg(long)]
+    pub before: Option<u64>,
+    /// Where the list is (the notes table).
+    #[command(flatten)]
+    pub dynamodb: DynamoConfig,
+}
+
+impl RevokeTokensArgs {
+    /// The revocation to record at `now_ns` (Unix ns).
+    pub fn revocation(&self, now_ns: u64) -> Result<crate::store::Revocation, ConfigError> {
+        use crate::store::Revoked;
+        let issuer = self.issuer.trim();
+        if issuer.is_empty() {
+            return Err(config_err("--issuer / NOTES_ISSUER", "must not be empty"));
+        }
+        let nonblank = |flag: &'static str, value: &str| {
+            let value = value.trim();
+            if value.is_empty() {
+                Err(config_err(flag, "must not be empty"))
+            } else {
+                Ok(value.to_owned())
+            }
+        };
+        let now = now_ns / 1_000_000_000;
+        let before = self.before.unwrap_or(now);
+        let (what, before) = match (&self.jti, &self.origin_jti, &self.subject, &self.client_id) {
+            (Some(jti), ..) => (Revoked::Token(nonblank("--jti", jti)?), u64::MAX),
+            (_, Some(origin), ..) => (
+                Revoked::Session(nonblank("--origin-jti", origin)?),
+                u64::MAX,
+            ),
+            (_, _, Some(subject), _) => (Revoked::Subject(nonblank("--subject", subject)?), before),
+            (_, _, _, Some(client)) => (Revoked::Client(nonblank("--client-id", client)?), before),
+            _ => {
+                return Err(config_err(
+                    "--jti / --origin-jti / --subject / --client-id",
+                    "name what to revoke",
+                ));
+            }
+        };
+        Ok(crate::store::Revocation {
+            issuer: issuer.to_owned(),
+            what,
+            before,
+            recorded_ns: now_ns,
         })
     }
 }

@@ -123,6 +123,12 @@ pub struct Metrics {
     pub ready: IntGauge,
     /// Log lines (audit events included) dropped because the queue was full.
     log_lines_dropped: IntCounterVec,
+    /// Entries of the token revocation list this instance holds.
+    pub token_revocations: IntGauge,
+    /// When the token revocation list was last read, Unix seconds.
+    pub token_revocations_refreshed: IntGauge,
+    /// Failed reads of the token revocation list.
+    pub token_revocation_read_errors: IntCounter,
 }
 
 const LATENCY_BUCKETS: [f64; 11] = [
@@ -161,6 +167,19 @@ impl Metrics {
                 IntCounter::new(name, help).expect("valid metric"),
             )
         };
+        // The process's CPU, memory, open descriptors and start time
+        // (`process_*`, the Prometheus clients' standard collector), and
+        // which build this is.
+        let _ = registry.register(Box::new(
+            prometheus::process_collector::ProcessCollector::for_self(),
+        ));
+        gauge_vec(
+            "notes_build_info",
+            "1, labelled with the version of this build (the workspace's, as --version says).",
+            &["version"],
+        )
+        .with_label_values(&[env!("CARGO_PKG_VERSION")])
+        .set(1);
         let started = counter_vec(
             "grpc_server_started_total",
             "Total number of RPCs started on the server.",
@@ -311,6 +330,18 @@ impl Metrics {
                 "Log lines dropped because their queue was full, by class: audit (audit events of allowed calls, which have a queue of their own) or other.",
                 &["class"],
             ),
+            token_revocations: gauge(
+                "notes_token_revocations",
+                "Entries of the token revocation list this instance holds.",
+            ),
+            token_revocations_refreshed: gauge(
+                "notes_token_revocations_last_refresh_timestamp_seconds",
+                "When this instance last read the token revocation list (Unix seconds).",
+            ),
+            token_revocation_read_errors: counter(
+                "notes_token_revocation_read_errors_total",
+                "Reads of the token revocation list that failed (the last list read stays in force).",
+            ),
             registry,
         }
     }
@@ -350,6 +381,24 @@ pub fn metrics() -> &'static Metrics {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn the_process_and_the_build_are_exposed() {
+        let text = metrics().render();
+        for series in [
+            "process_cpu_seconds_total ",
+            "process_resident_memory_bytes ",
+            "process_open_fds ",
+            "process_start_time_seconds ",
+        ] {
+            assert!(text.contains(series), "{series}missing:\n{text}");
+        }
+        let build = format!(
+            "notes_build_info{{version=\"{}\"}} 1",
+            env!("CARGO_PKG_VERSION")
+        );
+        assert!(text.contains(&build), "{text}");
+    }
 
     #[test]
     fn code_names_follow_grpc_go() {

@@ -12,7 +12,7 @@ use std::{
 use async_trait::async_trait;
 use uuid::Uuid;
 
-use super::{Change, Edit, NewNote, Note, NotePage, NoteStore, StoreError};
+use super::{Change, Edit, NewNote, Note, NotePage, NoteStore, Revocation, StoreError};
 
 /// Request ids of updates and deletes remembered per owner, newest kept:
 /// as many as the DynamoDB store keeps on a busy note, and more.
@@ -109,6 +109,8 @@ pub struct MemoryStore {
     /// By owner; foldhash, seeded per map: owners are token subjects, which
     /// only the issuers make.
     owners: RwLock<HashMap<String, Owner, foldhash::fast::RandomState>>,
+    /// The token revocation list, in recording order.
+    revocations: RwLock<Vec<Revocation>>,
 }
 
 impl MemoryStore {
@@ -144,6 +146,26 @@ fn check_version(note: &Note, expected: Option<i64>) -> Result<(), StoreError> {
 
 #[async_trait]
 impl NoteStore for MemoryStore {
+    async fn revoke_tokens(&self, revocation: &Revocation) -> Result<(), StoreError> {
+        let mut list = self.revocations.write().unwrap_or_else(|e| e.into_inner());
+        let kept_from = revocation
+            .recorded_ns
+            .saturating_sub(super::REVOCATION_KEPT.as_nanos() as u64);
+        list.retain(|r| r.recorded_ns >= kept_from);
+        list.push(revocation.clone());
+        list.sort_by_key(|r| r.recorded_ns);
+        Ok(())
+    }
+
+    async fn revocations_since(&self, since_ns: u64) -> Result<Vec<Revocation>, StoreError> {
+        let list = self.revocations.read().unwrap_or_else(|e| e.into_inner());
+        Ok(list
+            .iter()
+            .filter(|r| r.recorded_ns >= since_ns)
+            .cloned()
+            .collect())
+    }
+
     async fn create(&self, owner: &str, new: NewNote) -> Result<Note, StoreError> {
         self.with_owner(owner, |o| {
             if let Some(request_id) = &new.request_id

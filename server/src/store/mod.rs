@@ -5,8 +5,10 @@
 //! - [`dynamodb`]: DynamoDB, the production store shared by every instance
 //!   (a folder: table set-up, item encoding, error mapping, the store).
 //!
-//! Every method is scoped to one owner (the caller the auth layer verified): there is
-//! no way to address another owner's notes through this trait.
+//! Every note method is scoped to one owner (the caller the auth layer
+//! verified): there is no way to address another owner's notes through this
+//! trait. Beside the notes, a store keeps the deployment's token revocation
+//! list ([`Revocation`]), which every instance reads.
 
 pub mod dynamodb;
 pub mod memory;
@@ -131,6 +133,75 @@ pub enum StoreError {
     ),
 }
 
+/// What a token revocation names, within one issuer.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Revoked {
+    /// One token, by its `jti`.
+    Token(String),
+    /// Every token of one sign-in (refresh token), by `origin_jti`.
+    Session(String),
+    /// Every token of one subject (`sub`).
+    Subject(String),
+    /// Every token of one app client (`client_id`).
+    Client(String),
+}
+
+impl Revoked {
+    /// Its kind's name in the store and in messages.
+    pub fn kind(&self) -> &'static str {
+        match self {
+            Revoked::Token(_) => "jti",
+            Revoked::Session(_) => "origin_jti",
+            Revoked::Subject(_) => "sub",
+            Revoked::Client(_) => "client_id",
+        }
+    }
+
+    /// The value it names.
+    pub fn value(&self) -> &str {
+        match self {
+            Revoked::Token(v) | Revoked::Session(v) | Revoked::Subject(v) | Revoked::Client(v) => v,
+        }
+    }
+
+    /// From a kind's name and a value.
+    pub fn from_parts(kind: &str, value: String) -> Option<Self> {
+        Some(match kind {
+            "jti" => Revoked::Token(value),
+            "origin_jti" => Revoked::Session(value),
+            "sub" => Revoked::Subject(value),
+            "client_id" => Revoked::Client(value),
+            _ => return None,
+        })
+    }
+}
+
+/// One entry of the token revocation list: the tokens of `issuer` that
+/// `what` names and that were issued (`iat`) at or before `before` are
+/// refused.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Revocation {
+    /// The issuer (`iss`) whose tokens it covers.
+    pub issuer: String,
+    /// Which of its tokens.
+    pub what: Revoked,
+    /// Tokens issued at or before this (Unix seconds) are refused;
+    /// `u64::MAX`: every one, whenever issued.
+    pub before: u64,
+    /// When it was recorded (Unix ns): the list's order.
+    pub recorded_ns: u64,
+}
+
+/// How long a revocation is kept: the longest a Cognito token lives (24 h)
+/// after the last token it covers was issued, and a margin.
+pub const REVOCATION_KEPT: std::time::Duration = std::time::Duration::from_secs(24 * 3600 + 300);
+
+/// How far back a reader of the list looks before the newest entry it has
+/// seen: a writer's clock may be behind, and its entry may become visible
+/// after newer ones (entries apply idempotently, so reading one twice is
+/// harmless).
+pub const REVOCATION_READ_OVERLAP: std::time::Duration = std::time::Duration::from_secs(60);
+
 /// What the handlers need from a backend.
 ///
 /// Implementations must make `update` and `delete` atomic with their version
@@ -173,5 +244,19 @@ pub trait NoteStore: Send + Sync + 'static {
     /// always do.
     async fn ping(&self) -> Result<(), StoreError> {
         Ok(())
+    }
+
+    /// Records a token revocation for every instance to enforce.
+    async fn revoke_tokens(&self, _revocation: &Revocation) -> Result<(), StoreError> {
+        Err(StoreError::Internal(
+            "this store keeps no token revocation list".into(),
+            None,
+        ))
+    }
+
+    /// The revocations recorded at or after `since_ns` (Unix ns), in
+    /// recording order; a store without a list has none.
+    async fn revocations_since(&self, _since_ns: u64) -> Result<Vec<Revocation>, StoreError> {
+        Ok(Vec::new())
     }
 }

@@ -158,6 +158,28 @@ async fn serve_start_up_errors_name_the_wrong_setting() {
     }
 }
 
+/// A port already taken is named with the setting that chose it: the admin
+/// listener's default port is one the user never set.
+#[tokio::test]
+async fn a_taken_port_names_the_setting_that_chose_it() {
+    let dir = tempfile::tempdir().unwrap();
+    write_files(dir.path());
+    let taken = TcpListener::bind("127.0.0.1:0").unwrap();
+    let port = taken.local_addr().unwrap().port();
+    let mut cmd = server_command(dir.path(), "notes", 0);
+    cmd.env("NOTES_STORE", "memory")
+        .env("NOTES_ADMIN_LISTEN", format!("127.0.0.1:{port}"));
+    let out = run(cmd).await;
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success(), "{stderr}");
+    assert!(
+        stderr.contains(&format!(
+            "binding 127.0.0.1:{port} (--admin-listen / NOTES_ADMIN_LISTEN)"
+        )),
+        "{stderr}"
+    );
+}
+
 /// `serve` says in one line what it is about to do: issuers, CA, CRLs with
 /// their revoked-entry counts, store and table, limits.
 #[tokio::test]

@@ -19,6 +19,7 @@
 mod error;
 mod item;
 mod recent;
+mod revocations;
 mod table;
 mod write;
 
@@ -41,7 +42,7 @@ use self::{
         request_key, request_record, string_attr,
     },
 };
-use super::{Change, Edit, NewNote, Note, NotePage, NoteStore, StoreError};
+use super::{Change, Edit, NewNote, Note, NotePage, NoteStore, Revocation, StoreError};
 
 /// Attempts at a CreateNote whose transaction lost a race before the winner's
 /// record became readable.
@@ -154,6 +155,14 @@ impl DynamoStore {
 impl NoteStore for DynamoStore {
     async fn ping(&self) -> Result<(), StoreError> {
         self.check_table().await
+    }
+
+    async fn revoke_tokens(&self, revocation: &Revocation) -> Result<(), StoreError> {
+        self.put_revocation(revocation).await
+    }
+
+    async fn revocations_since(&self, since_ns: u64) -> Result<Vec<Revocation>, StoreError> {
+        self.revocations_after(since_ns).await
     }
 
     async fn create(&self, owner: &str, new: NewNote) -> Result<Note, StoreError> {
