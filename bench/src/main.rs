@@ -111,6 +111,10 @@ struct CompareArgs {
     /// machine's drift then falls on both alike); results add up.
     #[arg(long, default_value_t = 3)]
     rounds: usize,
+    /// Entries on the real server's token revocation list (none of them
+    /// naming the benchmark's token): the cost of the check per call.
+    #[arg(long, default_value_t = 0)]
+    revocations: usize,
 }
 
 #[derive(Args, Clone)]
@@ -176,6 +180,7 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         seconds: 5.0,
         scenarios: vec![],
         rounds: 3,
+        revocations: 0,
     })) {
         Command::Compare(args) => compare(&material, args, cli.server_audit_allowed).await?,
         Command::Dynamodb { calls, dynamodb } => {
@@ -339,7 +344,8 @@ async fn compare(
         began.elapsed().as_secs_f64()
     );
     let bare = servers::bare(material)?;
-    let real = servers::real(material, None, audit).await?;
+    let store = servers::with_revocations(args.revocations).await?;
+    let real = servers::real(material, store, audit).await?;
     let bare_target = Target::new(bare.addr, &material.dir)?;
     let real_target = Target::new(real.addr, &material.dir)?;
     let real_fixture = Arc::new(fixture(&real_target, &tokens).await?);

@@ -172,6 +172,36 @@ pub fn bare(material: &DevMaterial) -> anyhow::Result<Running> {
     })
 }
 
+/// A memory store whose token revocation list holds `count` entries, none
+/// naming the benchmark's token (subjects, sign-ins and tokens of others);
+/// `None` for none.
+pub async fn with_revocations(count: usize) -> anyhow::Result<Option<Arc<dyn NoteStore>>> {
+    use notes_server::store::{MemoryStore, Revocation, Revoked};
+    if count == 0 {
+        return Ok(None);
+    }
+    let store = MemoryStore::new();
+    let now_ns = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)?
+        .as_nanos() as u64;
+    for i in 0..count {
+        let what = match i % 3 {
+            0 => Revoked::Subject(format!("revoked-user-{i}")),
+            1 => Revoked::Session(format!("revoked-sign-in-{i}")),
+            _ => Revoked::Token(format!("revoked-token-{i}")),
+        };
+        store
+            .revoke_tokens(&Revocation {
+                issuer: dev::DEV_ISSUER.into(),
+                what,
+                before: now_ns / 1_000_000_000,
+                recorded_ns: now_ns + i as u64,
+            })
+            .await?;
+    }
+    Ok(Some(Arc::new(store)))
+}
+
 /// The real server as `notes-server dev` assembles it (`startup::build`
 /// from `dev::settings`: dev PKI and issuer, audit trail, metrics, limits,
 /// refusal budget), over `store` when given (the DynamoDB mode's counting

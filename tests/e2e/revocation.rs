@@ -11,7 +11,7 @@ use std::{
 use notes_api::pb::{ListNotesRequest, notes_service_client::NotesServiceClient};
 use notes_server::{
     auth::revocation::RevocationSettings,
-    store::{MemoryStore, NoteStore, Revocation, Revoked},
+    store::{MemoryStore, NoteStore, Revocation, Revoked, StoreError},
 };
 use tonic::{
     Code,
@@ -259,4 +259,113 @@ async fn two_instances_refuse_what_the_operator_revokes_within_seconds() {
         "time to effect (poll every 1 s):\n  {}",
         measured.join("\n  ")
     );
+}
+
+/// The memory store, with a revocation list that can be made unreadable.
+struct UnreadableList {
+    inner: MemoryStore,
+    broken: std::sync::atomic::AtomicBool,
+}
+
+#[async_trait::async_trait]
+impl NoteStore for UnreadableList {
+    async fn create(
+        &self,
+        owner: &str,
+        note: notes_server::store::NewNote,
+    ) -> Result<notes_server::store::Note, StoreError> {
+        self.inner.create(owner, note).await
+    }
+    async fn get(
+        &self,
+        owner: &str,
+        note_id: uuid::Uuid,
+    ) -> Result<notes_server::store::Note, StoreError> {
+        self.inner.get(owner, note_id).await
+    }
+    async fn list(
+        &self,
+        owner: &str,
+        limit: usize,
+        after: Option<uuid::Uuid>,
+    ) -> Result<notes_server::store::NotePage, StoreError> {
+        self.inner.list(owner, limit, after).await
+    }
+    async fn update(
+        &self,
+        owner: &str,
+        note_id: uuid::Uuid,
+        content: String,
+        change: notes_server::store::Change,
+    ) -> Result<notes_server::store::Note, StoreError> {
+        self.inner.update(owner, note_id, content, change).await
+    }
+    async fn delete(
+        &self,
+        owner: &str,
+        note_id: uuid::Uuid,
+        change: notes_server::store::Change,
+    ) -> Result<(), StoreError> {
+        self.inner.delete(owner, note_id, change).await
+    }
+    async fn revocations_since(&self, since_ns: u64) -> Result<Vec<Revocation>, StoreError> {
+        if self.broken.load(std::sync::atomic::Ordering::Relaxed) {
+            return Err(StoreError::Unavailable(
+                "the list's partition is unreachable".into(),
+            ));
+        }
+        self.inner.revocations_since(since_ns).await
+    }
+}
+
+#[tokio::test]
+async fn an_unreadable_list_fails_closed_after_its_limit_and_recovers_or_fails_open_if_asked() {
+    for fail_open in [false, true] {
+        let store = Arc::new(UnreadableList {
+            inner: MemoryStore::new(),
+            broken: false.into(),
+        });
+        let app = TestApp::builder()
+            .store_impl(store.clone())
+            .settings(move |s, _| {
+                s.revocations = Some(RevocationSettings {
+                    poll_every: Duration::from_millis(100),
+                    max_staleness: Duration::from_millis(600),
+                    fail_open,
+                })
+            })
+            .spawn()
+            .await;
+        let token = token_for("alice");
+        list_as(&app, &token).await.unwrap();
+        store
+            .broken
+            .store(true, std::sync::atomic::Ordering::Relaxed);
+        tokio::time::sleep(Duration::from_millis(1_200)).await;
+        let while_broken = list_as(&app, &token).await;
+        store
+            .broken
+            .store(false, std::sync::atomic::Ordering::Relaxed);
+        tokio::time::sleep(Duration::from_millis(400)).await;
+        let after = list_as(&app, &token).await;
+
+        if fail_open {
+            assert!(while_broken.is_ok(), "fail open: {while_broken:?}");
+        } else {
+            let refused = while_broken.unwrap_err();
+            assert_eq!(refused.code(), Code::Unavailable, "{refused:?}");
+            assert!(refused.message().contains("revocation list"), "{refused:?}");
+        }
+        assert!(
+            after.is_ok(),
+            "fail_open={fail_open}: not served again: {after:?}"
+        );
+    }
+    let text = notes_server::metrics::metrics().render();
+    let errors: f64 = text
+        .lines()
+        .find_map(|l| l.strip_prefix("notes_token_revocation_read_errors_total "))
+        .and_then(|n| n.parse().ok())
+        .unwrap_or(0.0);
+    assert!(errors > 0.0, "no failed read counted: {text}");
 }

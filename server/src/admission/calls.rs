@@ -46,10 +46,7 @@ use http::{Request, Response};
 use tonic::{Status, body::Body};
 use tower::{Layer, Service};
 
-use super::{
-    ConnectionRefusals,
-    shares::{Counts, Held},
-};
+use super::{ConnectionRefusals, shares::Counts};
 use crate::limits::RateLimit;
 
 const HEALTH_PREFIX: &str = "/grpc.health.v1.Health/";
@@ -88,27 +85,99 @@ impl Kind {
     }
 }
 
+/// What one tenant (a certificate identity) holds now across all its
+/// connections: calls in flight and token-less streams. Every connection
+/// of the tenant shares it, found once per connection ([`Tenants`]), so a
+/// call takes and gives back its place with one atomic operation each.
+#[derive(Debug, Default)]
+pub struct TenantHold {
+    in_flight: AtomicUsize,
+    streams: AtomicUsize,
+}
+
+/// The tenants with a connection open, each with its [`TenantHold`]. An
+/// entry lives as long as one of the tenant's connections does (the map
+/// holds it weakly and drops dead entries as it grows), so it is as large
+/// as the identities connected.
+#[derive(Debug, Default)]
+pub struct Tenants(
+    std::sync::Mutex<
+        std::collections::HashMap<
+            Arc<str>,
+            std::sync::Weak<TenantHold>,
+            foldhash::fast::RandomState,
+        >,
+    >,
+);
+
+impl Tenants {
+    /// The hold of `tenant`, shared with its other open connections.
+    pub fn hold_of(&self, tenant: &Arc<str>) -> Arc<TenantHold> {
+        let mut tenants = self.0.lock().unwrap_or_else(|e| e.into_inner());
+        if let Some(live) = tenants.get(tenant).and_then(std::sync::Weak::upgrade) {
+            return live;
+        }
+        // Dead entries go when the map doubles: amortised, and bounded by
+        // twice the identities connected.
+        if tenants.len() >= 64 && tenants.len().is_power_of_two() {
+            tenants.retain(|_, hold| hold.strong_count() > 0);
+        }
+        let hold = Arc::new(TenantHold::default());
+        tenants.insert(tenant.clone(), Arc::downgrade(&hold));
+        hold
+    }
+}
+
 /// What admission keeps about one connection: its tenant (the
-/// certificate's identity), the token-less streams it holds open, and the
-/// refusals it drew (the refusal budget). The connection carries it to
-/// every call's extensions.
+/// certificate's identity) and what the tenant holds, the token-less
+/// streams this connection holds open, and the refusals it drew (the
+/// refusal budget). The connection carries it to every call's extensions.
 #[derive(Debug)]
 pub struct ConnectionShare {
     /// The tenant: the client certificate's identity.
     pub tenant: Arc<str>,
+    hold: Arc<TenantHold>,
     streams: AtomicUsize,
     /// This connection's refusal budget.
     pub refusals: ConnectionRefusals,
 }
 
 impl ConnectionShare {
-    /// A new connection of `tenant`.
-    pub fn new(tenant: Arc<str>) -> Self {
+    /// A new connection of `tenant`, sharing the tenant's hold in `tenants`.
+    pub fn new(tenant: Arc<str>, tenants: &Tenants) -> Self {
         Self {
+            hold: tenants.hold_of(&tenant),
             tenant,
             streams: AtomicUsize::new(0),
             refusals: ConnectionRefusals::default(),
         }
+    }
+}
+
+/// Takes one unit of `counter` if `admit` allows it given what it holds.
+fn take_if(counter: &AtomicUsize, admit: impl Fn(usize) -> bool) -> bool {
+    counter
+        .fetch_update(Ordering::AcqRel, Ordering::Relaxed, |n| {
+            admit(n).then_some(n + 1)
+        })
+        .is_ok()
+}
+
+/// One unit a tenant holds (a call in flight, or a stream), given back
+/// when dropped.
+struct TenantUnit {
+    share: Arc<ConnectionShare>,
+    stream: bool,
+}
+
+impl Drop for TenantUnit {
+    fn drop(&mut self) {
+        let counter = if self.stream {
+            &self.share.hold.streams
+        } else {
+            &self.share.hold.in_flight
+        };
+        counter.fetch_sub(1, Ordering::Release);
     }
 }
 
@@ -145,8 +214,6 @@ pub struct InFlightLimitLayer {
     bounds: CallBounds,
     share_of: ShareOf,
     in_flight: Arc<AtomicUsize>,
-    per_identity: Arc<Counts<Arc<str>>>,
-    streams_per_identity: Arc<Counts<Arc<str>>>,
     shed: Arc<AtomicU64>,
 }
 
@@ -154,7 +221,7 @@ pub struct InFlightLimitLayer {
 /// its response ends).
 struct Admitted {
     _global: Option<Slot>,
-    _tenant: Option<Held<Arc<str>>>,
+    _tenant: Option<TenantUnit>,
     _stream: Option<StreamSlot>,
     _gauge: Option<InFlight>,
 }
@@ -166,8 +233,6 @@ impl InFlightLimitLayer {
             bounds,
             share_of,
             in_flight: Arc::default(),
-            per_identity: Arc::default(),
-            streams_per_identity: Arc::default(),
             shed: Arc::default(),
         }
     }
@@ -182,20 +247,23 @@ impl InFlightLimitLayer {
     }
 
     /// Admits a unary call of `share`'s tenant, or refuses it.
-    fn admit_call(&self, share: Option<&ConnectionShare>) -> Result<Admitted, Status> {
+    fn admit_call(&self, share: Option<Arc<ConnectionShare>>) -> Result<Admitted, Status> {
         let bounds = self.bounds;
         let global = Slot::take(&self.in_flight);
         let server_full = global.0 > bounds.in_flight;
         let tenant = match share {
             Some(share) => {
-                let held = self.per_identity.take(&share.tenant, |held| {
+                let admitted = take_if(&share.hold.in_flight, |held| {
                     held < bounds.in_flight_per_identity
                         && (!server_full || held < bounds.reserved_per_identity)
                 });
-                match held {
-                    Some(held) => Some(held),
-                    None if server_full => return Err(self.overloaded()),
-                    None => {
+                match admitted {
+                    true => Some(TenantUnit {
+                        share,
+                        stream: false,
+                    }),
+                    false if server_full => return Err(self.overloaded()),
+                    false => {
                         return Err(self.refuse(
                             "identity_share",
                             Status::unavailable(format!(
@@ -247,18 +315,20 @@ impl InFlightLimitLayer {
                 bounds.streams_per_connection
             )));
         };
-        let Some(tenant) = self
-            .streams_per_identity
-            .take(&share.tenant, |held| held < bounds.streams_per_identity)
-        else {
+        if !take_if(&share.hold.streams, |held| {
+            held < bounds.streams_per_identity
+        }) {
             return Err(refused(format!(
                 "more than {} token-less streams open for this client certificate",
                 bounds.streams_per_identity
             )));
-        };
+        }
         Ok(Admitted {
             _global: None,
-            _tenant: Some(tenant),
+            _tenant: Some(TenantUnit {
+                share,
+                stream: true,
+            }),
             _stream: Some(stream),
             _gauge: None,
         })
@@ -310,7 +380,7 @@ where
             }
             Kind::Call => {
                 let share = (self.limit.share_of)(req.extensions());
-                match self.limit.admit_call(share.as_deref()) {
+                match self.limit.admit_call(share) {
                     Ok(admitted) => Some(admitted),
                     Err(status) => return InFlightFuture::refused(status),
                 }
@@ -586,7 +656,10 @@ pub type OwnerOf = fn(&http::Extensions) -> Option<&str>;
 pub struct OwnerShareLayer {
     cap: usize,
     owner_of: OwnerOf,
-    counts: Arc<Counts<String>>,
+    /// By a hash of the owner (seeded per process): no allocation per call;
+    /// two owners whose hashes collide share one cap, which only limits.
+    counts: Arc<Counts<u64>>,
+    hasher: foldhash::fast::RandomState,
 }
 
 impl OwnerShareLayer {
@@ -596,6 +669,7 @@ impl OwnerShareLayer {
             cap,
             owner_of,
             counts: Arc::default(),
+            hasher: foldhash::fast::RandomState::default(),
         }
     }
 }
@@ -637,7 +711,8 @@ where
             return Box::pin(self.inner.call(req));
         };
         let cap = self.layer.cap;
-        let Some(held) = self.layer.counts.take(&owner.to_owned(), |n| n < cap) else {
+        let key = std::hash::BuildHasher::hash_one(&self.layer.hasher, owner);
+        let Some(held) = self.layer.counts.take(&key, |n| n < cap) else {
             crate::metrics::metrics()
                 .requests_shed
                 .with_label_values(&["owner_share"])
@@ -848,8 +923,21 @@ mod tests {
         extensions.get::<Arc<ConnectionShare>>().cloned()
     }
 
+    /// One registry for the whole process's tests: shares of one name
+    /// share their tenant's hold, as connections of one identity do.
     fn tenant(name: &str) -> Arc<ConnectionShare> {
-        Arc::new(ConnectionShare::new(name.into()))
+        static TENANTS: std::sync::LazyLock<Tenants> = std::sync::LazyLock::new(Tenants::default);
+        Arc::new(ConnectionShare::new(
+            format!("{name}-{:?}", std::thread::current().id()).into(),
+            &TENANTS,
+        ))
+    }
+
+    fn holds(share: &ConnectionShare) -> (usize, usize) {
+        (
+            share.hold.in_flight.load(Ordering::Relaxed),
+            share.hold.streams.load(Ordering::Relaxed),
+        )
     }
 
     fn stuck(
@@ -889,7 +977,7 @@ mod tests {
         // A caller that goes away gives its slot back.
         drop(held);
         assert_eq!(in_flight(&layer), 0);
-        assert_eq!(layer.per_identity.held(&a.tenant), 0);
+        assert_eq!(holds(&a), (0, 0));
 
         let mut answers = layer.layer(tower::service_fn(|_: Request<Body>| async {
             Ok::<_, Infallible>(Response::new(Body::empty()))
@@ -929,7 +1017,7 @@ mod tests {
         held.push(svc.call(request(&c, path)));
         let c_over = svc.call(request(&c, path)).await.unwrap();
         assert_eq!(code(&c_over), Some("14"));
-        assert_eq!(layer.per_identity.held(&c.tenant), 2);
+        assert_eq!(holds(&c).0, 2);
         // Health checks are never refused.
         let mut answers = layer.layer(tower::service_fn(|_: Request<Body>| async {
             Ok::<_, Infallible>(Response::new(Body::empty()))
@@ -961,12 +1049,12 @@ mod tests {
         let fourth = answers.call(request(&second, watch)).await.unwrap();
         assert_eq!(code(&fourth), Some("8"), "per tenant");
         // A stream's slots are held by its response until it ends.
-        assert_eq!(layer.streams_per_identity.held(&first.tenant), 3);
+        assert_eq!(holds(&first).1, 3);
         let mut ended = open.pop().unwrap().into_body();
         assert!(http_body_util::BodyExt::frame(&mut ended).await.is_none());
-        assert_eq!(layer.streams_per_identity.held(&first.tenant), 2);
+        assert_eq!(holds(&first).1, 2);
         drop(open);
-        assert_eq!(layer.streams_per_identity.held(&first.tenant), 0);
+        assert_eq!(holds(&first).1, 0);
         assert_eq!(first.streams.load(Ordering::Relaxed), 0);
     }
 

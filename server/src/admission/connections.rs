@@ -84,6 +84,8 @@ pub struct Admission {
     pub first_bytes_timeout: Duration,
     /// What was refused, for tests and metrics.
     pub refused: AdmissionRefusals,
+    /// The tenants with a connection open, and what each holds.
+    pub tenants: super::calls::Tenants,
     log: LogEvery,
 }
 
@@ -155,6 +157,7 @@ impl Admission {
             handshake_timeout: limits.handshake_timeout,
             first_bytes_timeout: limits.first_bytes_timeout,
             refused: AdmissionRefusals::default(),
+            tenants: super::calls::Tenants::default(),
             log: LogEvery::new(Duration::from_secs(10)),
         })
     }

@@ -22,7 +22,7 @@ pub mod shares;
 
 pub use calls::{
     CallBounds, Charged, ConnectionShare, InFlightLimitLayer, OwnerShareLayer, RateLimitLayer,
-    oversize_layer,
+    Tenants, oversize_layer,
 };
 pub use connections::{Admission, AdmissionRefusals, HandshakeSlot, IdentitySlot, Refusal};
 pub use refusals::{Buckets, ConnectionRefusals, RefusalBudget};

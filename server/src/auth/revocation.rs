@@ -45,20 +45,24 @@ pub const DEFAULT_REVOCATION_SETTINGS: RevocationSettings = RevocationSettings {
     fail_open: false,
 };
 
+/// Looked up on every call: foldhash (seeded per map), not SipHash; the
+/// keys come from verified tokens and the operator.
+type Fast = foldhash::fast::RandomState;
+
 /// One issuer's revocations.
 #[derive(Debug, Default)]
 struct IssuerIndex {
-    tokens: HashSet<String>,
-    sessions: HashSet<String>,
-    /// Subject → tokens issued before this are revoked.
-    subjects: HashMap<String, u64>,
-    /// App client → tokens issued before this are revoked.
-    clients: HashMap<String, u64>,
+    tokens: HashSet<String, Fast>,
+    sessions: HashSet<String, Fast>,
+    /// Subject → tokens issued at or before this are revoked.
+    subjects: HashMap<String, u64, Fast>,
+    /// App client → tokens issued at or before this are revoked.
+    clients: HashMap<String, u64, Fast>,
 }
 
 impl IssuerIndex {
     fn add(&mut self, what: &Revoked, before: u64) {
-        let later = |map: &mut HashMap<String, u64>, key: &str| {
+        let later = |map: &mut HashMap<String, u64, Fast>, key: &str| {
             let at = map.entry(key.to_owned()).or_insert(before);
             *at = (*at).max(before);
         };
@@ -94,7 +98,7 @@ impl IssuerIndex {
 /// The revocation list as this instance knows it.
 #[derive(Debug)]
 pub struct RevocationList {
-    by_issuer: RwLock<HashMap<String, IssuerIndex>>,
+    by_issuer: RwLock<HashMap<String, IssuerIndex, Fast>>,
     entries: AtomicU64,
     /// Whether any entry is known (the common case, none, takes no lock).
     any: AtomicBool,

@@ -130,7 +130,8 @@ impl Loop {
         }
         let handshake_slot = admission.admit_handshake(remote_addr)?;
         let timeout = admission.handshake_timeout;
-        let (stream, info) = handshake(&self.peers, acceptor, tcp, remote_addr, timeout).await?;
+        let (stream, peer) = handshake(&self.peers, acceptor, tcp, remote_addr, timeout).await?;
+        let info = ConnInfo::new(remote_addr, peer, &admission.tenants);
         // Refusals from here on linger under the handshake slot, so the
         // handshake caps bound them too.
         let cap = (self.cap_of)(&info.peer);
@@ -210,7 +211,7 @@ async fn handshake(
     tcp: TcpStream,
     remote_addr: SocketAddr,
     timeout: Duration,
-) -> Option<(TlsStream<TcpStream>, ConnInfo)> {
+) -> Option<(TlsStream<TcpStream>, Arc<PeerIdentity>)> {
     let handshakes = &crate::metrics::metrics().tls_handshakes;
     let accept = acceptor.accept(tcp).into_fallible();
     let stream = match tokio::time::timeout(timeout, accept).await {
@@ -255,7 +256,7 @@ async fn handshake(
         }
     };
     tracing::debug!(%remote_addr, peer = %peer, "mTLS connection established");
-    Some((stream, ConnInfo::new(remote_addr, peer)))
+    Some((stream, peer))
 }
 
 /// How long a refused connection is read from before it is closed.

@@ -124,13 +124,19 @@ pub struct ConnInfo {
 }
 
 impl ConnInfo {
-    /// A connection from `remote_addr` with the client certificate `peer`.
-    pub fn new(remote_addr: SocketAddr, peer: Arc<PeerIdentity>) -> Self {
+    /// A connection from `remote_addr` with the client certificate `peer`,
+    /// a tenant among `tenants`.
+    pub fn new(
+        remote_addr: SocketAddr,
+        peer: Arc<PeerIdentity>,
+        tenants: &crate::admission::Tenants,
+    ) -> Self {
         Self {
             remote_addr,
             audit_memory: Arc::default(),
             share: Arc::new(crate::admission::ConnectionShare::new(
                 peer.identity_text().into(),
+                tenants,
             )),
             peer,
         }
