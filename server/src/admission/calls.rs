@@ -692,15 +692,46 @@ pub struct OwnerShare<S> {
     layer: OwnerShareLayer,
 }
 
+pin_project_lite::pin_project! {
+    /// A call holding its owner's place until it answers (no box per call).
+    pub struct Holding<F> {
+        #[pin]
+        inner: Option<F>,
+        held: Option<super::shares::Held<u64>>,
+        refusal: Option<Status>,
+    }
+}
+
+impl<F, E> Future for Holding<F>
+where
+    F: Future<Output = Result<Response<Body>, E>>,
+{
+    type Output = F::Output;
+
+    fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
+        let this = self.project();
+        match this.inner.as_pin_mut() {
+            Some(inner) => {
+                let answered = std::task::ready!(inner.poll(cx));
+                this.held.take();
+                Poll::Ready(answered)
+            }
+            None => Poll::Ready(Ok(this
+                .refusal
+                .take()
+                .unwrap_or_else(|| Status::internal("call polled after it answered"))
+                .into_http())),
+        }
+    }
+}
+
 impl<S, B> Service<Request<B>> for OwnerShare<S>
 where
     S: Service<Request<B>, Response = Response<Body>>,
-    S::Future: Send + 'static,
-    S::Error: 'static,
 {
     type Response = Response<Body>;
     type Error = S::Error;
-    type Future = BoxFuture<Result<Self::Response, Self::Error>>;
+    type Future = Holding<S::Future>;
 
     fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), Self::Error>> {
         self.inner.poll_ready(cx)
@@ -708,7 +739,11 @@ where
 
     fn call(&mut self, req: Request<B>) -> Self::Future {
         let Some(owner) = (self.layer.owner_of)(req.extensions()) else {
-            return Box::pin(self.inner.call(req));
+            return Holding {
+                inner: Some(self.inner.call(req)),
+                held: None,
+                refusal: None,
+            };
         };
         let cap = self.layer.cap;
         let key = std::hash::BuildHasher::hash_one(&self.layer.hasher, owner);
@@ -717,17 +752,19 @@ where
                 .requests_shed
                 .with_label_values(&["owner_share"])
                 .inc();
-            let status = Status::unavailable(format!(
-                "this token's owner has {cap} calls in flight, its share; retry with backoff"
-            ));
-            return Box::pin(async move { Ok(status.into_http()) });
+            return Holding {
+                inner: None,
+                held: None,
+                refusal: Some(Status::unavailable(format!(
+                    "this token's owner has {cap} calls in flight, its share; retry with backoff"
+                ))),
+            };
         };
-        let call = self.inner.call(req);
-        Box::pin(async move {
-            let answered = call.await;
-            drop(held);
-            answered
-        })
+        Holding {
+            inner: Some(self.inner.call(req)),
+            held: Some(held),
+            refusal: None,
+        }
     }
 }
 
