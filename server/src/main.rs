@@ -160,16 +160,21 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
         }
         Command::RevokeTokens(args) => {
             use notes_server::store::NoteStore;
-            let now_ns = std::time::SystemTime::now()
-                .duration_since(std::time::UNIX_EPOCH)
-                .unwrap_or_default()
-                .as_nanos() as u64;
-            let revocation = args.revocation(now_ns)?;
+            let now_ns = || {
+                std::time::SystemTime::now()
+                    .duration_since(std::time::UNIX_EPOCH)
+                    .unwrap_or_default()
+                    .as_nanos() as u64
+            };
+            // Checked before anything is reached, stamped just before it is
+            // written (readers look back from their own clocks).
+            args.revocation(now_ns())?;
             let store = startup::dynamodb_store(&args.dynamodb).await?;
             store
                 .check_table()
                 .await
                 .map_err(|e| anyhow::anyhow!(notes_server::error::error_chain(&e)))?;
+            let revocation = args.revocation(now_ns())?;
             store
                 .revoke_tokens(&revocation)
                 .await

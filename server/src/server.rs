@@ -89,10 +89,8 @@ async fn load_revocations(
         return;
     };
     let give_up = tokio::time::Instant::now() + settings.max_staleness;
-    let mut newest = 0;
     loop {
-        if let Some(read) = revocation::load(store.as_ref(), &list).await {
-            newest = read;
+        if revocation::load(store.as_ref(), &list).await {
             tracing::info!(entries = list.len(), "token revocation list read");
             break;
         }
@@ -108,7 +106,7 @@ async fn load_revocations(
         readiness.revocations_stale.store(!fresh, Ordering::Release);
         readiness.publish();
     };
-    revocation::spawn_poll(store, list, newest, report, stop.clone());
+    revocation::spawn_poll(store, list, report, stop.clone());
 }
 
 /// Probes the store every few seconds for readiness.

@@ -85,7 +85,7 @@ async fn each_kind_of_revocation_refuses_its_tokens_cached_or_not_and_no_other()
         })
         .spawn()
         .await;
-    let revoke = |what: Revoked, before: u64| {
+    let revoke_at = |what: Revoked, before: u64, recorded_ns: u64| {
         let store = store.clone();
         async move {
             store
@@ -93,12 +93,13 @@ async fn each_kind_of_revocation_refuses_its_tokens_cached_or_not_and_no_other()
                     issuer: ISSUER.into(),
                     what,
                     before,
-                    recorded_ns: now_ns(),
+                    recorded_ns,
                 })
                 .await
                 .unwrap()
         }
     };
+    let revoke = |what: Revoked, before: u64| revoke_at(what, before, now_ns());
     let alice = token_for("alice");
     let bob = token_for("bob");
     let session = token_with("carol", &[("origin_jti", "sign-in-1".into())]);
@@ -107,6 +108,7 @@ async fn each_kind_of_revocation_refuses_its_tokens_cached_or_not_and_no_other()
     let dave = token_for("dave");
     let old = token_with("erin", &[("iat", (now_secs() - 600).into())]);
     let fresh = token_for("erin");
+    let zed = token_for("zed");
     for token in [
         &alice,
         &bob,
@@ -116,10 +118,21 @@ async fn each_kind_of_revocation_refuses_its_tokens_cached_or_not_and_no_other()
         &dave,
         &old,
         &fresh,
+        &zed,
     ] {
         // Each verified, and so in the cache, before its revocation.
         list_as(&app, token).await.unwrap();
     }
+
+    // A writer whose clock runs ten minutes ahead goes first: the entries
+    // written after it, by correct clocks, are read all the same.
+    revoke_at(
+        Revoked::Subject("zed".into()),
+        now_secs(),
+        now_ns() + 600_000_000_000,
+    )
+    .await;
+    until_revoked(Duration::from_secs(3), || list_as(&app, &zed)).await;
 
     revoke(Revoked::Subject("alice".into()), now_secs()).await;
     revoke(Revoked::Session("sign-in-1".into()), u64::MAX).await;
@@ -141,7 +154,7 @@ async fn each_kind_of_revocation_refuses_its_tokens_cached_or_not_and_no_other()
             .expect("a token no entry names is served");
     }
     let text = notes_server::metrics::metrics().render();
-    assert!(text.contains("notes_token_revocations 4"), "{text}");
+    assert!(text.contains("notes_token_revocations 5"), "{text}");
 }
 
 /// One mutual-TLS connection to `port` with the test client certificate.

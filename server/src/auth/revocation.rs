@@ -208,29 +208,45 @@ impl RevocationList {
     }
 }
 
-/// Reads the whole list once (at start-up, before the server says it is
-/// ready); `false` if the store did not answer.
-pub async fn load(store: &dyn NoteStore, list: &RevocationList) -> Option<u64> {
+/// Reads the whole list once (at start-up, before the server takes
+/// calls); `false` if the store did not answer.
+pub async fn load(store: &dyn NoteStore, list: &RevocationList) -> bool {
     match store.revocations_since(0).await {
         Ok(all) => {
             list.apply(&all);
             list.refreshed();
-            Some(all.iter().map(|r| r.recorded_ns).max().unwrap_or(0))
+            true
         }
         Err(err) => {
             tracing::warn!(error = %crate::error::error_chain(&err), "reading the token revocation list failed");
-            None
+            false
         }
     }
 }
 
-/// Reads what is new every `poll_every` until `stop`, from `newest` (the
-/// newest entry already read), looking back [`REVOCATION_READ_OVERLAP`];
-/// tells `report` after each read whether the list is fresh.
+/// Reads of the list between two full reads: a writer whose clock is more
+/// than [`REVOCATION_READ_OVERLAP`] behind is still read within this many
+/// polls (a minute at the default 2 s).
+const POLLS_PER_FULL_READ: u32 = 30;
+
+/// This machine's clock, Unix ns.
+fn now_ns() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .unwrap_or_default()
+        .as_nanos() as u64
+}
+
+/// Reads what is new every `poll_every` until `stop`: the entries recorded
+/// since this instance's previous read began, by its own clock, less
+/// [`REVOCATION_READ_OVERLAP`] (a writer's clock may be behind, or its write
+/// slow to land), and every [`POLLS_PER_FULL_READ`] reads the whole list.
+/// The cursor never follows a writer's clock, so a writer whose clock runs
+/// ahead cannot make later entries unreadable. Tells `report` after each
+/// read whether the list is fresh.
 pub fn spawn_poll(
     store: Arc<dyn NoteStore>,
     list: Arc<RevocationList>,
-    mut newest: u64,
     report: impl Fn(bool) + Send + 'static,
     stop: CancellationToken,
 ) {
@@ -241,15 +257,25 @@ pub fn spawn_poll(
         let failures = crate::telemetry::LogEvery::new(Duration::from_secs(30));
         let mut tick = tokio::time::interval(settings.poll_every);
         tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        let overlap = REVOCATION_READ_OVERLAP.as_nanos() as u64;
+        // The initial load read everything up to about now.
+        let mut last_read = now_ns();
+        let mut polls = 0u32;
         loop {
             tokio::select! {
                 _ = stop.cancelled() => break,
                 _ = tick.tick() => {}
             }
-            let since = newest.saturating_sub(REVOCATION_READ_OVERLAP.as_nanos() as u64);
+            polls = polls.wrapping_add(1);
+            let started = now_ns();
+            let since = if polls.is_multiple_of(POLLS_PER_FULL_READ) {
+                0
+            } else {
+                last_read.saturating_sub(overlap)
+            };
             match store.revocations_since(since).await {
                 Ok(found) => {
-                    newest = found.iter().map(|r| r.recorded_ns).fold(newest, u64::max);
+                    last_read = started;
                     list.apply(&found);
                     list.refreshed();
                     report(true);

@@ -560,10 +560,8 @@ mod tests {
         }
     }
 
-    #[test]
-    fn a_name_is_rotated_only_when_asked_and_revoke_covers_every_serial_it_had() {
-        let tmp = tempfile::tempdir().unwrap();
-        let dir = tmp.path();
+    /// A CA in `dir`, and `certs client svc` as issuing it with `rotate`.
+    fn ca_in(dir: &Path) -> impl Fn(bool) -> CertsCommand {
         run(
             dir,
             CertsCommand::InitCa {
@@ -572,13 +570,20 @@ mod tests {
             },
         )
         .unwrap();
-        let client = |rotate| CertsCommand::Client {
+        |rotate| CertsCommand::Client {
             name: "svc".into(),
             uris: vec!["spiffe://test/svc".into()],
             dns: vec![],
             days: 1,
             rotate,
-        };
+        }
+    }
+
+    #[test]
+    fn a_name_is_rotated_only_when_asked_and_revoke_covers_every_serial_it_had() {
+        let tmp = tempfile::tempdir().unwrap();
+        let dir = tmp.path();
+        let client = ca_in(dir);
         let current = || serial_of(&fs::read_to_string(dir.join("svc.pem")).unwrap()).unwrap();
         run(dir, client(false)).unwrap();
         let first = current();
@@ -621,21 +626,7 @@ mod tests {
     fn one_serial_of_a_name_can_be_revoked_alone_and_a_stranger_serial_is_refused() {
         let tmp = tempfile::tempdir().unwrap();
         let dir = tmp.path();
-        run(
-            dir,
-            CertsCommand::InitCa {
-                name: "t".into(),
-                days: 10,
-            },
-        )
-        .unwrap();
-        let client = |rotate| CertsCommand::Client {
-            name: "svc".into(),
-            uris: vec!["spiffe://test/svc".into()],
-            dns: vec![],
-            days: 1,
-            rotate,
-        };
+        let client = ca_in(dir);
         run(dir, client(false)).unwrap();
         let first = serial_of(&fs::read_to_string(dir.join("svc.pem")).unwrap()).unwrap();
         run(dir, client(true)).unwrap();

@@ -280,7 +280,7 @@ pub struct RevokeTokensArgs {
     /// Every token of one app client (`client_id`) issued at or before --before (rotate its secret in Cognito first).
     #[arg(long)]
     pub client_id: Option<String>,
-    /// Unix seconds: tokens issued at or before it are revoked [default: now].
+    /// Unix seconds: tokens issued at or before it are revoked [default: a minute from now, the clock leeway].
     #[arg(long)]
     pub before: Option<u64>,
     /// Where the list is (the notes table).
@@ -293,8 +293,11 @@ impl RevokeTokensArgs {
     pub fn revocation(&self, now_ns: u64) -> Result<crate::store::Revocation, ConfigError> {
         use crate::store::Revoked;
         let issuer = self.issuer.trim();
-        if issuer.is_empty() {
-            return Err(config_err("--issuer / NOTES_ISSUER", "must not be empty"));
+        if !issuer.starts_with("https://") || issuer.ends_with('/') {
+            return Err(config_err(
+                "--issuer / NOTES_ISSUER",
+                "must be the issuer exactly as its tokens' `iss` says it (https://..., no trailing /)",
+            ));
         }
         let nonblank = |flag: &'static str, value: &str| {
             let value = value.trim();
@@ -305,7 +308,12 @@ impl RevokeTokensArgs {
             }
         };
         let now = now_ns / 1_000_000_000;
-        let before = self.before.unwrap_or(now);
+        // By default a minute ahead of this clock, the leeway a token's
+        // `iat` is allowed: a clock a little behind the issuer's still
+        // covers every token issued until now.
+        let before = self
+            .before
+            .unwrap_or(now + crate::auth::verify::DEFAULT_LEEWAY.as_secs());
         let (what, before) = match (&self.jti, &self.origin_jti, &self.subject, &self.client_id) {
             (Some(jti), ..) => (Revoked::Token(nonblank("--jti", jti)?), u64::MAX),
             (_, Some(origin), ..) => (

@@ -196,11 +196,10 @@ pub struct Revocation {
 /// after the last token it covers was issued, and a margin.
 pub const REVOCATION_KEPT: std::time::Duration = std::time::Duration::from_secs(24 * 3600 + 300);
 
-/// How far back a reader of the list looks before the newest entry it has
-/// seen: a writer's clock may be behind, and its entry may become visible
-/// after newer ones (entries apply idempotently, so reading one twice is
-/// harmless).
-pub const REVOCATION_READ_OVERLAP: std::time::Duration = std::time::Duration::from_secs(60);
+/// How far back a reader of the list looks before its previous read began
+/// (by its own clock): a writer's clock may be behind, or its write slow to
+/// land (entries apply idempotently, so reading one twice is harmless).
+pub const REVOCATION_READ_OVERLAP: std::time::Duration = std::time::Duration::from_secs(300);
 
 /// What the handlers need from a backend.
 ///

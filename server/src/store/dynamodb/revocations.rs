@@ -32,14 +32,19 @@ fn sort_key(ns: u64) -> String {
     format!("{ns:020}#{}", uuid::Uuid::new_v4())
 }
 
+/// The longest an entry covers tokens issued after it was recorded (a
+/// `--before` in the future, a `jti` or `origin_jti` entry): a month.
+const MAX_AHEAD_SECS: u64 = 30 * 24 * 3600;
+
 /// When an entry may go: [`REVOCATION_KEPT`] after the last token it covers
-/// could have been issued (its `before`, at most now).
+/// could have been issued (its `before`, at most a month after it was
+/// recorded).
 fn expires_at(revocation: &Revocation) -> u64 {
     let recorded = revocation.recorded_ns / 1_000_000_000;
-    revocation
+    let last_issued = revocation
         .before
-        .min(recorded)
-        .saturating_add(REVOCATION_KEPT.as_secs())
+        .clamp(recorded, recorded.saturating_add(MAX_AHEAD_SECS));
+    last_issued.saturating_add(REVOCATION_KEPT.as_secs())
 }
 
 fn to_item(revocation: &Revocation) -> Item {
@@ -111,8 +116,17 @@ impl DynamoStore {
             .map_err(|e| map_sdk_error(e, &self.table))?;
             for item in out.items() {
                 let expired = read_number::<u64>(item, EXPIRES_AT_ATTR).is_ok_and(|at| at < now);
-                if !expired {
-                    found.push(from_item(item)?);
+                if expired {
+                    continue;
+                }
+                // One unreadable entry (a newer version's kind, a hand
+                // edit) must not stop every instance reading the rest.
+                match from_item(item) {
+                    Ok(revocation) => found.push(revocation),
+                    Err(err) => {
+                        crate::metrics::metrics().token_revocation_read_errors.inc();
+                        tracing::warn!(error = %err, "a token revocation entry is unreadable; skipped");
+                    }
                 }
             }
             match out.last_evaluated_key {
@@ -137,19 +151,25 @@ mod tests {
         };
         let item = to_item(&revocation);
         assert_eq!(from_item(&item).unwrap(), revocation);
+        let day = REVOCATION_KEPT.as_secs();
         assert_eq!(
             expires_at(&revocation),
-            1_800_000_000 + REVOCATION_KEPT.as_secs()
+            1_800_000_000 + MAX_AHEAD_SECS + day,
+            "every token of a sign-in: a month and a day"
         );
-        let earlier = Revocation {
-            what: Revoked::Subject("alice".into()),
-            before: 1_700_000_000,
-            ..revocation
+        let at = |before| {
+            expires_at(&Revocation {
+                what: Revoked::Subject("alice".into()),
+                before,
+                ..revocation.clone()
+            })
         };
         assert_eq!(
-            expires_at(&earlier),
-            1_700_000_000 + REVOCATION_KEPT.as_secs()
+            at(1_700_000_000),
+            1_800_000_000 + day,
+            "tokens issued before it"
         );
+        assert_eq!(at(1_800_086_400), 1_800_086_400 + day, "a day ahead");
         assert!(sort_key(5) < sort_key(6) && sort_key(5).starts_with("00000000000000000005#"));
     }
 }
