@@ -69,7 +69,10 @@ async fn become_ready(
     if jwks::load_until_ready(authenticator.verifier(), &stop).await {
         readiness.keys.store(true, Ordering::Release);
         readiness.publish();
-        set_health(&health, ServingStatus::Serving).await;
+        // (A stale revocation list keeps it NOT_SERVING until it is read.)
+        if !readiness.revocations_stale.load(Ordering::Acquire) {
+            set_health(&health, ServingStatus::Serving).await;
+        }
         tracing::info!("token keys loaded; ready");
     }
 }
@@ -81,6 +84,7 @@ async fn become_ready(
 async fn load_revocations(
     authenticator: &Authenticator,
     store: Arc<dyn NoteStore>,
+    health: &HealthReporter,
     readiness: &Arc<Readiness>,
     stop: &CancellationToken,
 ) {
@@ -101,10 +105,24 @@ async fn load_revocations(
         }
         tokio::time::sleep(std::time::Duration::from_secs(1)).await;
     }
-    let readiness = readiness.clone();
+    let (readiness, health) = (readiness.clone(), health.clone());
+    // gRPC health follows too: NOT_SERVING while the list is stale (calls
+    // are refused), SERVING again once it is read, if otherwise ready.
     let report = move |fresh: bool| {
-        readiness.revocations_stale.store(!fresh, Ordering::Release);
+        let was_stale = readiness.revocations_stale.swap(!fresh, Ordering::AcqRel);
         readiness.publish();
+        if was_stale == fresh {
+            let serving = fresh
+                && readiness.keys.load(Ordering::Acquire)
+                && !readiness.draining.load(Ordering::Acquire);
+            let status = if serving {
+                ServingStatus::Serving
+            } else {
+                ServingStatus::NotServing
+            };
+            let health = health.clone();
+            tokio::spawn(async move { set_health(&health, status).await });
+        }
     };
     revocation::spawn_poll(store, list, report, stop.clone());
 }
@@ -260,7 +278,14 @@ impl Server {
         // says NOT_SERVING (load balancers route elsewhere) while loading is
         // retried.
         set_health(health, ServingStatus::NotServing).await;
-        load_revocations(&self.authenticator, self.store.clone(), readiness, stop).await;
+        load_revocations(
+            &self.authenticator,
+            self.store.clone(),
+            health,
+            readiness,
+            stop,
+        )
+        .await;
         tokio::spawn(become_ready(
             self.authenticator.clone(),
             health.clone(),

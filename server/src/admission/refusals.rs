@@ -51,29 +51,40 @@ impl Bucket {
 /// One connection's refusal budget: empty until its first charged refusal
 /// (a connection that was never refused needs no bucket).
 #[derive(Debug, Default)]
-pub struct ConnectionRefusals(Mutex<Option<Bucket>>);
+pub struct ConnectionRefusals {
+    bucket: Mutex<Option<Bucket>>,
+    refused: std::sync::atomic::AtomicBool,
+}
 
 impl ConnectionRefusals {
     /// Whether this connection has drawn a charged refusal.
     pub fn refused_before(&self) -> bool {
-        self.0.lock().unwrap_or_else(|e| e.into_inner()).is_some()
-    }
-
-    /// Whether the bucket holds a token now (nothing is taken).
-    pub fn has_token(&self, limit: RateLimit, now: Instant) -> bool {
-        let bucket = self.0.lock().unwrap_or_else(|e| e.into_inner());
-        bucket
-            .as_ref()
-            .is_none_or(|bucket| bucket.level(limit, now) >= 1.0)
+        self.refused.load(std::sync::atomic::Ordering::Acquire)
     }
 
     /// Takes a token; `false` when the bucket is empty.
-    pub fn take(&self, limit: RateLimit, now: Instant) -> bool {
-        let mut bucket = self.0.lock().unwrap_or_else(|e| e.into_inner());
+    fn take(&self, limit: RateLimit, now: Instant) -> bool {
+        let mut bucket = self.bucket.lock().unwrap_or_else(|e| e.into_inner());
         bucket
             .get_or_insert_with(|| Bucket::full(limit, now))
             .take(limit, now)
     }
+
+    /// Gives a token back (up to the burst).
+    fn give_back(&self, limit: RateLimit) {
+        let mut bucket = self.bucket.lock().unwrap_or_else(|e| e.into_inner());
+        if let Some(bucket) = bucket.as_mut() {
+            bucket.tokens = (bucket.tokens + 1.0).min(f64::from(limit.burst));
+        }
+    }
+}
+
+/// One verification reserved under the budget ([`RefusalBudget::reserve`]).
+#[derive(Debug)]
+#[must_use = "a reservation is given back or spent"]
+pub struct Reservation {
+    /// Whether the identity's ceiling was charged too.
+    identity: bool,
 }
 
 /// The refusal budget: refusals that cost verification work (a token not
@@ -112,16 +123,52 @@ impl RefusalBudget {
         self.per_connection
     }
 
-    /// Whether a call on `conn` of `identity` may cost verification now.
-    pub fn admits(&self, conn: &ConnectionRefusals, identity: &str, now: Instant) -> bool {
-        conn.has_token(self.per_connection, now)
-            && (!conn.refused_before() || self.per_identity.has_token(identity, now))
+    /// Reserves one verification on `conn` of `identity`, before it runs
+    /// (so calls verified at once cannot overdraw the budget): a token of
+    /// the connection's, and of the identity's ceiling once the connection
+    /// has drawn refusals. `None`: refuse the call unverified.
+    pub fn reserve(
+        &self,
+        conn: &ConnectionRefusals,
+        identity: &str,
+        now: Instant,
+    ) -> Option<Reservation> {
+        if !conn.take(self.per_connection, now) {
+            return None;
+        }
+        let charge_identity = conn.refused_before();
+        if charge_identity && !self.per_identity.take(identity, now) {
+            conn.give_back(self.per_connection);
+            return None;
+        }
+        Some(Reservation {
+            identity: charge_identity,
+        })
     }
 
-    /// Charges a refusal that cost verification to `conn` and `identity`.
-    pub fn charge(&self, conn: &ConnectionRefusals, identity: &str, now: Instant) {
-        conn.take(self.per_connection, now);
-        self.per_identity.take(identity, now);
+    /// The verification passed: what it reserved is given back.
+    pub fn release(&self, conn: &ConnectionRefusals, identity: &str, reservation: Reservation) {
+        conn.give_back(self.per_connection);
+        if reservation.identity {
+            self.per_identity.give_back(identity);
+        }
+    }
+
+    /// The verification failed: what it reserved is spent, the connection
+    /// is marked as refused, and the identity's ceiling is charged (if it
+    /// was not already).
+    pub fn spend(
+        &self,
+        conn: &ConnectionRefusals,
+        identity: &str,
+        reservation: Reservation,
+        now: Instant,
+    ) {
+        conn.refused
+            .store(true, std::sync::atomic::Ordering::Release);
+        if !reservation.identity {
+            self.per_identity.take(identity, now);
+        }
     }
 }
 
@@ -147,12 +194,12 @@ impl Buckets {
         self.limit
     }
 
-    /// Whether `caller`'s bucket holds a token now (nothing is taken).
-    pub fn has_token(&self, caller: &str, now: Instant) -> bool {
-        self.buckets.get(caller).is_none_or(|bucket| {
-            let bucket = bucket.lock().unwrap_or_else(|e| e.into_inner());
-            bucket.level(self.limit, now) >= 1.0
-        })
+    /// Gives a token back to `caller`'s bucket (up to the burst).
+    pub fn give_back(&self, caller: &str) {
+        if let Some(bucket) = self.buckets.get(caller) {
+            let mut bucket = bucket.lock().unwrap_or_else(|e| e.into_inner());
+            bucket.tokens = (bucket.tokens + 1.0).min(f64::from(self.limit.burst));
+        }
     }
 
     /// Takes one token from `caller`'s bucket; `false` when it is empty.
@@ -200,37 +247,61 @@ mod tests {
     fn one_connections_refusals_never_refuse_a_connection_that_has_none() {
         let budget = RefusalBudget::new(limit(0.001, 2));
         let now = Instant::now();
+        let refuse = |conn: &ConnectionRefusals, id: &str| match budget.reserve(conn, id, now) {
+            Some(r) => {
+                budget.spend(conn, id, r, now);
+                true
+            }
+            None => false,
+        };
         let (noisy, quiet) = (ConnectionRefusals::default(), ConnectionRefusals::default());
-        for _ in 0..100 {
-            budget.charge(&noisy, "spiffe://a", now);
-        }
-        assert!(!budget.admits(&noisy, "spiffe://a", now));
-        assert!(budget.admits(&quiet, "spiffe://a", now));
-        // Many misbehaving connections of one identity share its ceiling:
-        // 10 connections x burst 2 = 20 charges empty it.
-        let others: Vec<_> = (0..10).map(|_| ConnectionRefusals::default()).collect();
-        for conn in &others {
-            budget.charge(conn, "spiffe://b", now);
-        }
-        assert!(others.iter().all(|c| budget.admits(c, "spiffe://b", now)));
-        for conn in &others {
-            budget.charge(conn, "spiffe://b", now);
-        }
+        let verified = (0..100).filter(|_| refuse(&noisy, "spiffe://a")).count();
+        assert_eq!(verified, 2, "its burst, then refused unverified");
+        assert!(budget.reserve(&noisy, "spiffe://a", now).is_none());
+        let r = budget
+            .reserve(&quiet, "spiffe://a", now)
+            .expect("another connection");
+        budget.release(&quiet, "spiffe://a", r);
+        // Many misbehaving connections of one identity share its ceiling
+        // (10 connections x burst 2 = 20): past it, a connection that has
+        // been refused is refused unverified, one that has not is not.
+        let others: Vec<_> = (0..12).map(|_| ConnectionRefusals::default()).collect();
+        let verified: usize = others
+            .iter()
+            .map(|c| (0..2).filter(|_| refuse(c, "spiffe://b")).count())
+            .sum();
+        assert!(verified <= 22, "{verified} verifications");
         let late = ConnectionRefusals::default();
-        budget.charge(&late, "spiffe://b", now);
-        assert!(!budget.admits(&late, "spiffe://b", now), "ceiling reached");
-        assert!(budget.admits(&ConnectionRefusals::default(), "spiffe://b", now));
+        assert!(refuse(&late, "spiffe://b"), "its first is verified");
+        assert!(
+            budget.reserve(&late, "spiffe://b", now).is_none(),
+            "ceiling reached"
+        );
+        let innocent = ConnectionRefusals::default();
+        let r = budget
+            .reserve(&innocent, "spiffe://b", now)
+            .expect("never refused");
+        budget.release(&innocent, "spiffe://b", r);
     }
 
     #[test]
-    fn a_connection_has_no_bucket_until_it_is_charged() {
-        let limit = limit(1.0, 2);
+    fn concurrent_verifications_cannot_overdraw_a_connection_and_passes_cost_nothing() {
+        let budget = RefusalBudget::new(limit(0.001, 3));
+        let now = Instant::now();
         let conn = ConnectionRefusals::default();
-        let start = Instant::now();
-        assert!(!conn.refused_before() && conn.has_token(limit, start));
-        assert!(conn.take(limit, start) && conn.refused_before());
-        assert!(conn.take(limit, start));
-        assert!(!conn.has_token(limit, start) && !conn.take(limit, start));
-        assert!(conn.has_token(limit, start + Duration::from_secs(1)));
+        // Three in flight at once take the whole burst; a fourth waits for none.
+        let held: Vec<_> = (0..3)
+            .map(|_| budget.reserve(&conn, "id", now).unwrap())
+            .collect();
+        assert!(budget.reserve(&conn, "id", now).is_none());
+        // They pass: all given back, and the connection is not marked.
+        for r in held {
+            budget.release(&conn, "id", r);
+        }
+        assert!(!conn.refused_before());
+        for _ in 0..10 {
+            let r = budget.reserve(&conn, "id", now).unwrap();
+            budget.release(&conn, "id", r);
+        }
     }
 }

@@ -260,16 +260,18 @@ impl Authenticator {
             return self.verifier.verify_afresh(text).await;
         };
         let identity = conn.peer.identity_text();
-        if !budget.admits(&conn.share.refusals, identity, std::time::Instant::now()) {
+        let refusals = &conn.share.refusals;
+        let Some(reservation) = budget.reserve(refusals, identity, std::time::Instant::now())
+        else {
             return Err(AuthError::TooManyRefusals);
-        }
+        };
         let verified = self.verifier.verify_afresh(text).await;
-        // Keys not loaded is the server's failure, not the caller's.
-        if verified
-            .as_ref()
-            .is_err_and(|err| *err != AuthError::KeysUnavailable)
-        {
-            budget.charge(&conn.share.refusals, identity, std::time::Instant::now());
+        match &verified {
+            // Keys not loaded is the server's failure, not the caller's.
+            Ok(_) | Err(AuthError::KeysUnavailable) => {
+                budget.release(refusals, identity, reservation)
+            }
+            Err(_) => budget.spend(refusals, identity, reservation, std::time::Instant::now()),
         }
         verified
     }

@@ -450,6 +450,18 @@ pub fn run(dir: &Path, command: CertsCommand) -> anyhow::Result<String> {
         .mode(0o700)
         .create(dir)
         .with_context(|| format!("creating {}", dir.display()))?;
+    // One command at a time per folder: a `crl refresh` from cron racing a
+    // `revoke` would otherwise write a CRL without the new revocation, and
+    // two rotations could mix their pairs.
+    let lock_path = dir.join(".lock");
+    let lock = fs::OpenOptions::new()
+        .create(true)
+        .truncate(false)
+        .write(true)
+        .open(&lock_path)
+        .with_context(|| format!("opening {}", lock_path.display()))?;
+    lock.lock()
+        .with_context(|| format!("locking {}", lock_path.display()))?;
     match command {
         CertsCommand::InitCa { name, days } => {
             if dir.join("ca.key").exists() {
