@@ -371,9 +371,12 @@ async fn a_listing_dynamodb_cuts_short_continues_where_it_stopped() {
     assert_eq!(listed, created, "a note was lost or repeated");
     // Page 1: 5 asked (4 and one to tell whether a next page exists), 2
     // read; then 3; then 1. Page 2: 5, and 1 is all there is.
+    // (The server's reads of the token revocation list, its own partition,
+    // are not the listing's.)
     let limits: Vec<i64> = proxy
         .request_bodies()
         .iter()
+        .filter(|body| body["ExpressionAttributeValues"][":u"]["S"] != "#revocations")
         .map(|body| body["Limit"].as_i64().unwrap_or(-1))
         .collect();
     assert_eq!(limits, [5, 3, 1, 5]);

@@ -409,7 +409,12 @@ async fn the_server_span_continues_the_callers_trace_and_reaches_an_otlp_collect
             .iter()
             .find(|s| s.name == "notes.v1.NotesService/ListNotes")
             .cloned();
-        let query = spans.iter().find(|s| s.name == "Query").cloned();
+        // The call's Query, not the server's own reads of the token
+        // revocation list (spans of their own, outside any call).
+        let query = spans
+            .iter()
+            .find(|s| s.name == "Query" && hex(&s.trace_id) == TRACE_ID)
+            .cloned();
         if let (Some(server), Some(query)) = (&server, &query) {
             break (server.clone(), query.clone());
         }
