@@ -154,30 +154,54 @@ impl ConnectionShare {
     }
 }
 
-/// Takes one unit of `counter` if `admit` allows it given what it holds.
-fn take_if(counter: &AtomicUsize, admit: impl Fn(usize) -> bool) -> bool {
-    counter
-        .fetch_update(Ordering::AcqRel, Ordering::Relaxed, |n| {
-            admit(n).then_some(n + 1)
-        })
-        .is_ok()
+/// Which count of a connection's share a [`Place`] is taken from.
+#[derive(Debug, Clone, Copy)]
+enum Count {
+    /// The tenant's calls in flight.
+    TenantCalls,
+    /// The tenant's token-less streams.
+    TenantStreams,
+    /// This connection's token-less streams.
+    ConnectionStreams,
 }
 
-/// One unit a tenant holds (a call in flight, or a stream), given back
-/// when dropped.
-struct TenantUnit {
+/// One unit of a count of a connection's share (a call in flight, a
+/// stream), given back when dropped (also when the call's future is).
+struct Place {
     share: Arc<ConnectionShare>,
-    stream: bool,
+    count: Count,
 }
 
-impl Drop for TenantUnit {
+impl Place {
+    /// One unit of `count` if `admit` allows it given what it holds now.
+    fn take(
+        share: &Arc<ConnectionShare>,
+        count: Count,
+        admit: impl Fn(usize) -> bool,
+    ) -> Option<Self> {
+        Self::counter(share, count)
+            .fetch_update(Ordering::AcqRel, Ordering::Relaxed, |n| {
+                admit(n).then_some(n + 1)
+            })
+            .ok()?;
+        Some(Self {
+            share: share.clone(),
+            count,
+        })
+    }
+
+    fn counter(share: &ConnectionShare, count: Count) -> &AtomicUsize {
+        match count {
+            Count::TenantCalls => &share.hold.in_flight,
+            Count::TenantStreams => &share.hold.streams,
+            Count::ConnectionStreams => &share.streams,
+        }
+    }
+}
+
+impl Drop for Place {
     fn drop(&mut self) {
-        let counter = if self.stream {
-            &self.share.hold.streams
-        } else {
-            &self.share.hold.in_flight
-        };
-        counter.fetch_sub(1, Ordering::Release);
+        Self::counter(&self.share, self.count).fetch_sub(1, Ordering::Release);
     }
 }
 
@@ -221,8 +245,8 @@ pub struct InFlightLimitLayer {
 /// its response ends).
 struct Admitted {
     _global: Option<Slot>,
-    _tenant: Option<TenantUnit>,
-    _stream: Option<StreamSlot>,
+    _tenant: Option<Place>,
+    _stream: Option<Place>,
     _gauge: Option<InFlight>,
 }
 
@@ -253,17 +277,14 @@ impl InFlightLimitLayer {
         let server_full = global.0 > bounds.in_flight;
         let tenant = match share {
             Some(share) => {
-                let admitted = take_if(&share.hold.in_flight, |held| {
+                let admitted = Place::take(&share, Count::TenantCalls, |held| {
                     held < bounds.in_flight_per_identity
                         && (!server_full || held < bounds.reserved_per_identity)
                 });
                 match admitted {
-                    true => Some(TenantUnit {
-                        share,
-                        stream: false,
-                    }),
-                    false if server_full => return Err(self.overloaded()),
-                    false => {
+                    Some(place) => Some(place),
+                    None if server_full => return Err(self.overloaded()),
+                    None => {
                         return Err(self.refuse(
                             "identity_share",
                             Status::unavailable(format!(
@@ -309,26 +330,25 @@ impl InFlightLimitLayer {
         let Some(share) = share else {
             return Err(refused("no connection known for this stream".into()));
         };
-        let Some(stream) = StreamSlot::take(share.clone(), bounds.streams_per_connection) else {
+        let Some(stream) = Place::take(&share, Count::ConnectionStreams, |open| {
+            open < bounds.streams_per_connection
+        }) else {
             return Err(refused(format!(
                 "more than {} token-less streams open on this connection",
                 bounds.streams_per_connection
             )));
         };
-        if !take_if(&share.hold.streams, |held| {
+        let Some(tenant) = Place::take(&share, Count::TenantStreams, |held| {
             held < bounds.streams_per_identity
-        }) {
+        }) else {
             return Err(refused(format!(
                 "more than {} token-less streams open for this client certificate",
                 bounds.streams_per_identity
             )));
-        }
+        };
         Ok(Admitted {
             _global: None,
-            _tenant: Some(TenantUnit {
-                share,
-                stream: true,
-            }),
+            _tenant: Some(tenant),
             _stream: Some(stream),
             _gauge: None,
         })
@@ -476,27 +496,6 @@ impl Slot {
 impl Drop for Slot {
     fn drop(&mut self) {
         self.1.fetch_sub(1, Ordering::Release);
-    }
-}
-
-/// One token-less stream open on a connection, given back when dropped.
-struct StreamSlot(Arc<ConnectionShare>);
-
-impl StreamSlot {
-    fn take(share: Arc<ConnectionShare>, cap: usize) -> Option<Self> {
-        share
-            .streams
-            .fetch_update(Ordering::AcqRel, Ordering::Relaxed, |n| {
-                (n < cap).then_some(n + 1)
-            })
-            .ok()?;
-        Some(Self(share))
-    }
-}
-
-impl Drop for StreamSlot {
-    fn drop(&mut self) {
-        self.0.streams.fetch_sub(1, Ordering::Release);
     }
 }
 

@@ -35,6 +35,11 @@ impl Bucket {
         (self.tokens + elapsed * limit.per_second).min(f64::from(limit.burst))
     }
 
+    /// Gives a token back, up to the burst.
+    fn give_back(&mut self, limit: RateLimit) {
+        self.tokens = (self.tokens + 1.0).min(f64::from(limit.burst));
+    }
+
     /// Takes a token if there is one.
     fn take(&mut self, limit: RateLimit, now: Instant) -> bool {
         self.tokens = self.level(limit, now);
@@ -74,7 +79,7 @@ impl ConnectionRefusals {
     fn give_back(&self, limit: RateLimit) {
         let mut bucket = self.bucket.lock().unwrap_or_else(|e| e.into_inner());
         if let Some(bucket) = bucket.as_mut() {
-            bucket.tokens = (bucket.tokens + 1.0).min(f64::from(limit.burst));
+            bucket.give_back(limit);
         }
     }
 }
@@ -198,7 +203,7 @@ impl Buckets {
     pub fn give_back(&self, caller: &str) {
         if let Some(bucket) = self.buckets.get(caller) {
             let mut bucket = bucket.lock().unwrap_or_else(|e| e.into_inner());
-            bucket.tokens = (bucket.tokens + 1.0).min(f64::from(self.limit.burst));
+            bucket.give_back(self.limit);
         }
     }
 

@@ -255,7 +255,11 @@ pub fn spawn_poll(
     };
     tokio::spawn(async move {
         let failures = crate::telemetry::LogEvery::new(Duration::from_secs(30));
-        let mut tick = tokio::time::interval(settings.poll_every);
+        // The first read is a poll interval after the initial load, not at once.
+        let mut tick = tokio::time::interval_at(
+            tokio::time::Instant::now() + settings.poll_every,
+            settings.poll_every,
+        );
         tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         let overlap = REVOCATION_READ_OVERLAP.as_nanos() as u64;
         // The initial load read everything up to about now.
